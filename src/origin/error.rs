@@ -1,0 +1,37 @@
+//! Origin errors: one enum, mapped to a client status at the request edge.
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Upstream answered with a status we do not pass through (403, 5xx, ...).
+    /// `code` is the S3 error code (`SignatureDoesNotMatch`, `AccessDenied`, ...).
+    #[error("upstream status {status}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Status { status: u16, code: Option<String> },
+    /// Could not connect (refused, DNS failure, TLS handshake failure).
+    #[error("connect to upstream failed: {0}")]
+    Connect(String),
+    /// Connect, head or body read exceeded its deadline.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The body ended before its declared length or chunked terminator.
+    #[error("upstream body truncated after {received} bytes")]
+    Truncated { received: u64 },
+    /// Malformed response: bad status line, CR/LF in headers, head too large, bad chunk.
+    #[error("invalid upstream response: {0}")]
+    Protocol(String),
+    /// No credentials available for signing.
+    #[error("no AWS credentials: {0}")]
+    Credentials(String),
+    #[error("upstream i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The status returned to the client for this error.
+    pub fn client_status(&self) -> u16 {
+        match self {
+            Error::Timeout => 504,
+            _ => 502,
+        }
+    }
+}

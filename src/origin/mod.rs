@@ -1,0 +1,158 @@
+//! Origins: where objects come from on a miss.
+//!
+//! One small trait, [`Origin`], with one implementation per upstream kind:
+//! - [`s3`]: private S3 bucket, every request signed with SigV4 ([`sigv4`]).
+//! - [`https`]: a plain HTTP(S) server (e.g. a regional chartcache for tiering).
+//! - [`file`]: a local directory (the bundled `examples/` repo, no AWS needed).
+//!
+//! An origin instance is built **per worker** ([`build`]): it owns that worker's
+//! keep-alive connection pool and is never shared across threads. Futures are
+//! `!Send` (monoio), hence [`LocalBoxFuture`].
+//!
+//! Keys passed in are already validated (see `http1::path`): they start with `/`,
+//! contain no `.`/`..` segments and no query. The origin prepends its configured
+//! prefix; nothing client-supplied other than the key and the conditional
+//! headers in [`OriginRequest`] ever reaches the upstream.
+
+pub mod client;
+pub mod credentials;
+pub mod error;
+pub mod file;
+pub mod https;
+pub mod s3;
+pub mod sigv4;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+pub use error::Error;
+
+/// A boxed, thread-local future (monoio tasks are `!Send`).
+pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// HTTP method sent upstream. Only safe, idempotent methods exist here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+}
+
+/// What the proxy asks an origin for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginRequest {
+    /// Validated object key relative to the repository root, starting with `/`
+    /// (e.g. `/index.yaml`, `/mychart-1.2.3.tgz`).
+    pub key: String,
+    pub method: Method,
+    /// Sent as `If-None-Match` (revalidation with a stored ETag).
+    pub if_none_match: Option<String>,
+    /// Sent as `If-Modified-Since`.
+    pub if_modified_since: Option<String>,
+}
+
+impl OriginRequest {
+    pub fn get(key: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            method: Method::Get,
+            if_none_match: None,
+            if_modified_since: None,
+        }
+    }
+}
+
+/// The response headers chartcache cares about. Everything else upstream sends is
+/// dropped (never passed through).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseMeta {
+    /// 200, 206, 304 or 404 (other statuses are [`Error`]s).
+    pub status: u16,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub content_type: Option<String>,
+    /// Body length when upstream declared one (`Content-Length`); `None` for
+    /// chunked bodies.
+    pub content_length: Option<u64>,
+}
+
+/// A response from an origin: head plus a streaming body.
+pub struct OriginResponse {
+    pub meta: ResponseMeta,
+    pub body: Box<dyn BodyStream>,
+}
+
+impl std::fmt::Debug for OriginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginResponse").field("meta", &self.meta).finish_non_exhaustive()
+    }
+}
+
+/// A streaming response body. Yields chunks in order; `Ok(None)` means the body
+/// ended **complete** (the declared length, or the chunked terminator, was
+/// reached). A body that ends early yields `Err(Error::Truncated)`, never `Ok(None)`.
+pub trait BodyStream {
+    fn next_chunk(&mut self) -> LocalBoxFuture<'_, Result<Option<Bytes>, Error>>;
+}
+
+/// An upstream that can serve objects by key.
+pub trait Origin {
+    /// Fetch one object. Non-success statuses other than 304 and 404 are mapped
+    /// to [`Error`] by the implementation (with the S3 error code when there is one).
+    fn fetch(&self, req: OriginRequest) -> LocalBoxFuture<'_, Result<OriginResponse, Error>>;
+
+    /// Short human description for logs, e.g. `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+}
+
+/// An empty body (HEAD, 304, 404).
+pub struct EmptyBody;
+
+impl BodyStream for EmptyBody {
+    fn next_chunk(&mut self) -> LocalBoxFuture<'_, Result<Option<Bytes>, Error>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// Which upstream, parsed from `--upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `s3://BUCKET[/PREFIX]`. `prefix` has no leading or trailing `/` (may be empty).
+    S3 { bucket: String, prefix: String },
+    /// `https://HOST[:PORT][/PATH]` (or `http://`). `base_path` has no trailing `/`.
+    Https {
+        tls: bool,
+        host: String,
+        port: u16,
+        base_path: String,
+    },
+    /// `file:///DIR`.
+    File { dir: std::path::PathBuf },
+}
+
+/// Trust roots for TLS upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsRoots {
+    #[default]
+    Webpki,
+    Native,
+}
+
+/// Everything an origin needs; built by `config` from flags/env/TOML.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    pub upstream: Upstream,
+    /// `--s3-endpoint`, e.g. `http://127.0.0.1:9000`: S3-compatible server,
+    /// path-style addressing. `None` → AWS, virtual-hosted style.
+    pub s3_endpoint: Option<String>,
+    pub region: String,
+    pub connect_timeout: std::time::Duration,
+    /// Deadline for the response head (and for each body read).
+    pub request_timeout: std::time::Duration,
+    /// How often resolved upstream addresses are refreshed.
+    pub dns_refresh: std::time::Duration,
+    pub tls_roots: TlsRoots,
+    /// Max idle keep-alive connections kept per worker.
+    pub max_idle_connections: usize,
+}
