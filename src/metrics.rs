@@ -1,1 +1,280 @@
-//! TODO
+//! Metrics: names as constants, per-worker counters summed at scrape.
+//!
+//! Each worker owns one [`WorkerMetrics`] (plain relaxed atomics on its own
+//! cache lines, so the hot path never contends); the admin thread reads all of
+//! them and renders Prometheus text through `prometheus-client`'s encoder.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+pub const REQUESTS: &str = "chartcache_requests";
+pub const RESPONSE_BYTES: &str = "chartcache_response_bytes";
+pub const UPSTREAM_REQUESTS: &str = "chartcache_upstream_requests";
+pub const UPSTREAM_ERRORS: &str = "chartcache_upstream_errors";
+pub const UPSTREAM_LATENCY: &str = "chartcache_upstream_latency_seconds";
+pub const COALESCED_WAITERS: &str = "chartcache_coalesced_waiters";
+pub const CORRUPT_DROPPED: &str = "chartcache_cache_corrupt_records_dropped";
+pub const FILLS_ABORTED: &str = "chartcache_cache_fills_aborted";
+pub const FILL_SKIPPED: &str = "chartcache_cache_fill_skipped";
+pub const CACHE_BYTES: &str = "chartcache_cache_bytes";
+pub const CACHE_OBJECTS: &str = "chartcache_cache_objects";
+pub const CACHE_EVICTIONS: &str = "chartcache_cache_evictions";
+pub const CONNECTIONS_OPEN: &str = "chartcache_connections_open";
+pub const CONNECTIONS_REJECTED: &str = "chartcache_connections_rejected";
+pub const BAD_REQUESTS: &str = "chartcache_bad_requests";
+
+/// How a response was produced (the `X-Cache` value, and a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Bypass,
+    Revalidated,
+    Stale,
+    /// Not a cache decision (bad request, 405, admin...).
+    None,
+}
+
+impl CacheResult {
+    pub const ALL: [CacheResult; 6] = [
+        CacheResult::Hit,
+        CacheResult::Miss,
+        CacheResult::Bypass,
+        CacheResult::Revalidated,
+        CacheResult::Stale,
+        CacheResult::None,
+    ];
+
+    /// The `X-Cache` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "HIT",
+            CacheResult::Miss => "MISS",
+            CacheResult::Bypass => "BYPASS",
+            CacheResult::Revalidated => "REVALIDATED",
+            CacheResult::Stale => "STALE",
+            CacheResult::None => "NONE",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Statuses with their own label; everything else is counted as `other`.
+const STATUSES: [u16; 15] = [200, 206, 304, 400, 403, 404, 405, 414, 416, 431, 500, 502, 503, 504, 505];
+const STATUS_SLOTS: usize = STATUSES.len() + 1;
+
+fn status_slot(status: u16) -> usize {
+    STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len())
+}
+
+/// Upstream outcomes counted in [`UPSTREAM_REQUESTS`].
+pub const UPSTREAM_OUTCOMES: [&str; 5] = ["200", "304", "404", "other", "error"];
+
+/// Histogram bucket bounds for upstream latency, in seconds.
+pub const LATENCY_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// One worker's counters. Written only by that worker.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    requests: [[AtomicU64; STATUS_SLOTS]; 6],
+    pub response_bytes: AtomicU64,
+    upstream: [AtomicU64; 5],
+    pub upstream_errors: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_micros: AtomicU64,
+    latency_count: AtomicU64,
+    pub coalesced_waiters: AtomicU64,
+    pub corrupt_dropped: AtomicU64,
+    pub fills_aborted: AtomicU64,
+    pub fill_skipped: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_rejected: AtomicU64,
+    pub bad_requests: AtomicU64,
+    /// Gauges published by the shard owner.
+    pub cache_bytes: AtomicU64,
+    pub cache_objects: AtomicU64,
+    pub cache_evictions: AtomicU64,
+}
+
+impl WorkerMetrics {
+    #[inline]
+    pub fn request(&self, result: CacheResult, status: u16, bytes: u64) {
+        self.requests[result.index()][status_slot(status)].fetch_add(1, Relaxed);
+        self.response_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Records one upstream exchange: `status` is `None` for a transport error.
+    pub fn upstream(&self, status: Option<u16>, latency: std::time::Duration) {
+        let slot = match status {
+            Some(200) => 0,
+            Some(304) => 1,
+            Some(404) => 2,
+            Some(_) => 3,
+            None => 4,
+        };
+        self.upstream[slot].fetch_add(1, Relaxed);
+        if status.is_none() {
+            self.upstream_errors.fetch_add(1, Relaxed);
+        }
+        let secs = latency.as_secs_f64();
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_sum_micros
+            .fetch_add(latency.as_micros() as u64, Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    pub fn requests_for(&self, result: CacheResult, status: u16) -> u64 {
+        self.requests[result.index()][status_slot(status)].load(Relaxed)
+    }
+}
+
+/// All workers' metrics; what the admin endpoint renders.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    workers: Arc<Vec<Arc<WorkerMetrics>>>,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Metrics {
+        Metrics {
+            workers: Arc::new((0..workers).map(|_| Arc::default()).collect()),
+        }
+    }
+
+    pub fn worker(&self, i: usize) -> Arc<WorkerMetrics> {
+        self.workers[i].clone()
+    }
+
+    fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.workers.iter().map(|w| f(w)).sum()
+    }
+
+    /// Total upstream requests (all outcomes), e.g. for tests and the load test.
+    pub fn upstream_total(&self) -> u64 {
+        self.sum(|w| w.upstream.iter().map(|a| a.load(Relaxed)).sum())
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut m = enc.encode_descriptor(
+                REQUESTS,
+                "Client requests by cache result and status",
+                None,
+                MetricType::Counter,
+            )?;
+            for result in CacheResult::ALL {
+                for slot in 0..STATUS_SLOTS {
+                    let v = self.sum(|w| w.requests[result.index()][slot].load(Relaxed));
+                    if v == 0 {
+                        continue;
+                    }
+                    let status = STATUSES.get(slot).map_or("other".to_string(), |s| s.to_string());
+                    let labels = vec![("cache", result.as_str().to_ascii_lowercase()), ("status", status)];
+                    m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                UPSTREAM_REQUESTS,
+                "Upstream requests by outcome (status, or error for transport failures)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, outcome) in UPSTREAM_OUTCOMES.iter().enumerate() {
+                let v = self.sum(|w| w.upstream[i].load(Relaxed));
+                m.encode_family(&vec![("outcome", *outcome)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        {
+            let m = enc.encode_descriptor(
+                UPSTREAM_LATENCY,
+                "Upstream response-head latency",
+                None,
+                MetricType::Histogram,
+            )?;
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (*b, self.sum(|w| w.latency_buckets[i].load(Relaxed))))
+                .collect();
+            let count = self.sum(|w| w.latency_count.load(Relaxed));
+            let sum = self.sum(|w| w.latency_sum_micros.load(Relaxed)) as f64 / 1e6;
+            let mut m = m;
+            m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        let counters: [(&str, &str, fn(&WorkerMetrics) -> &AtomicU64); 9] = [
+            (RESPONSE_BYTES, "Response body bytes sent to clients", |w| &w.response_bytes),
+            (UPSTREAM_ERRORS, "Upstream transport errors (connect, timeout, protocol, truncation)", |w| &w.upstream_errors),
+            (COALESCED_WAITERS, "Requests that joined another request's upstream fetch", |w| &w.coalesced_waiters),
+            (CORRUPT_DROPPED, "Cache records that failed verification and were dropped", |w| &w.corrupt_dropped),
+            (FILLS_ABORTED, "Cache fills abandoned (upstream truncated or failed mid-body)", |w| &w.fills_aborted),
+            (FILL_SKIPPED, "Cacheable responses not stored (too large, disk full, unknown length)", |w| &w.fill_skipped),
+            (CACHE_EVICTIONS, "Cache segments evicted", |w| &w.cache_evictions),
+            (CONNECTIONS_REJECTED, "Client connections refused at the per-worker limit", |w| &w.connections_rejected),
+            (BAD_REQUESTS, "Malformed client requests answered with 4xx and closed", |w| &w.bad_requests),
+        ];
+        for (name, help, get) in counters {
+            let v = self.sum(|w| get(w).load(Relaxed));
+            enc.encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        let gauges: [(&str, &str, fn(&WorkerMetrics) -> &AtomicU64); 3] = [
+            (CACHE_BYTES, "Bytes on disk used by the cache", |w| &w.cache_bytes),
+            (CACHE_OBJECTS, "Objects in the cache", |w| &w.cache_objects),
+            (CONNECTIONS_OPEN, "Open client connections", |w| &w.connections_open),
+        ];
+        for (name, help, get) in gauges {
+            let v = self.sum(|w| get(w).load(Relaxed)) as i64;
+            enc.encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&v)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_sums_across_workers() {
+        let m = Metrics::new(2);
+        m.worker(0).request(CacheResult::Hit, 200, 10);
+        m.worker(1).request(CacheResult::Hit, 200, 5);
+        m.worker(1).request(CacheResult::Miss, 404, 0);
+        m.worker(0).upstream(Some(200), std::time::Duration::from_millis(3));
+        let text = m.render();
+        assert!(text.contains("chartcache_requests_total{cache=\"hit\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("chartcache_requests_total{cache=\"miss\",status=\"404\"} 1"), "{text}");
+        assert!(text.contains("chartcache_response_bytes_total 15"), "{text}");
+        assert!(text.contains("chartcache_upstream_requests_total{outcome=\"200\"} 1"), "{text}");
+        assert!(text.contains("chartcache_upstream_latency_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert_eq!(m.upstream_total(), 1);
+    }
+}
