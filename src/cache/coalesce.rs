@@ -1,1 +1,240 @@
-//! TODO
+//! Miss coalescing across all workers: N concurrent requests for one object,
+//! on any worker, share one upstream GET.
+//!
+//! The first request to miss a key creates an [`Inflight`] in the process-wide
+//! [`InflightTable`] (a mutex touched only on misses, never on hits) and sends a
+//! fill job to the key's owner worker. Everyone else who misses the same key
+//! while it is in flight subscribes to the same `Inflight`. The owner publishes
+//! progress through a `tokio::sync::watch` channel (runtime-agnostic, wakes
+//! tasks on other monoio workers): first the response head, then how many body
+//! bytes have been appended to its segment. Waiters stream those bytes straight
+//! from the segment's read-only mmap, so a body is never buffered per waiter.
+//!
+//! Invariants:
+//! - `Done` is published only after the record was committed (whole body, exact
+//!   length). A fill that fails mid-body publishes `Failed { mid_body: true }`,
+//!   and waiters must close their connection (never a silently short 200).
+//! - The owner removes the key from the table *after* publishing the final
+//!   state, and the index entry is inserted before that, so a request arriving
+//!   at any moment either joins the fill or finds the committed entry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::cache::store::{ObjectMeta, Segment};
+use crate::origin::ResponseMeta;
+
+/// Where a body in flight (or just committed) lives.
+#[derive(Clone)]
+pub struct BodyView {
+    pub segment: Arc<Segment>,
+    pub body_offset: usize,
+    pub body_len: u64,
+    pub meta: Arc<ObjectMeta>,
+}
+
+impl BodyView {
+    /// Bytes `[from, to)` of the body. The caller only asks for bytes the
+    /// owner has reported written.
+    pub fn bytes(&self, from: u64, to: u64) -> &[u8] {
+        let s = self.segment.as_slice();
+        let a = self.body_offset.saturating_add(from as usize).min(s.len());
+        let b = self.body_offset.saturating_add(to as usize).min(s.len());
+        &s[a..b]
+    }
+}
+
+/// Why a fill failed, as seen by waiters.
+#[derive(Debug, Clone)]
+pub struct FillError {
+    /// Status to answer with if nothing was sent yet (502 or 504).
+    pub status: u16,
+    pub message: String,
+    /// True if upstream answered (a status), false for transport errors. Used
+    /// by stale-if-error: both kinds allow serving a stale copy.
+    pub upstream_status: Option<u16>,
+}
+
+/// What waiters see.
+#[derive(Clone)]
+pub enum FillState {
+    /// Waiting for upstream's response head.
+    Pending,
+    /// The body is being appended: `written` bytes are readable.
+    Streaming { view: BodyView, written: u64 },
+    /// Committed: the whole body is readable and indexed.
+    Done { view: BodyView },
+    /// Upstream confirmed the stored copy (304); it was refreshed in place.
+    NotModified,
+    /// A small, uncached answer (404, or a body that was buffered in memory
+    /// because it could not be stored).
+    Response { meta: ResponseMeta, body: Bytes },
+    /// The response could not be shared (too large for a segment, disk full):
+    /// each waiter must fetch for itself.
+    Passthrough,
+    /// Upstream failed. `mid_body`: bytes were already published.
+    Failed { error: FillError, mid_body: bool },
+}
+
+impl FillState {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, FillState::Pending | FillState::Streaming { .. })
+    }
+}
+
+/// One fill in flight.
+pub struct Inflight {
+    pub key: String,
+    tx: watch::Sender<FillState>,
+}
+
+impl Inflight {
+    pub fn subscribe(&self) -> watch::Receiver<FillState> {
+        self.tx.subscribe()
+    }
+
+    /// Publishes a new state (wakes every waiter, on every worker).
+    pub fn publish(&self, state: FillState) {
+        self.tx.send_replace(state);
+    }
+
+    /// Advances `written` of a streaming fill.
+    pub fn progress(&self, written: u64) {
+        self.tx.send_modify(|s| {
+            if let FillState::Streaming { written: w, .. } = s {
+                *w = written;
+            }
+        });
+    }
+
+    pub fn current(&self) -> FillState {
+        self.tx.borrow().clone()
+    }
+}
+
+/// Joining a fill: the leader must get it started; followers just wait.
+pub enum Join {
+    Leader(Arc<Inflight>),
+    Follower(Arc<Inflight>),
+}
+
+/// Process-wide table of fills in flight.
+#[derive(Default)]
+pub struct InflightTable {
+    map: Mutex<HashMap<String, Arc<Inflight>>>,
+}
+
+impl InflightTable {
+    /// Joins the fill for `key`, creating it if there is none.
+    pub fn join(&self, key: &str) -> Join {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(key) {
+            return Join::Follower(f.clone());
+        }
+        let (tx, _rx) = watch::channel(FillState::Pending);
+        let f = Arc::new(Inflight {
+            key: key.to_string(),
+            tx,
+        });
+        map.insert(key.to_string(), f.clone());
+        Join::Leader(f)
+    }
+
+    /// Removes `f` from the table (only if it is still the registered fill).
+    pub fn finish(&self, f: &Arc<Inflight>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&f.key).is_some_and(|g| Arc::ptr_eq(g, f)) {
+            map.remove(&f.key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Finishes a fill when dropped without an explicit final state (the owner
+/// task panicked or the worker shut down), so no waiter hangs.
+pub struct FillGuard<'a> {
+    pub table: &'a InflightTable,
+    pub inflight: Arc<Inflight>,
+}
+
+impl Drop for FillGuard<'_> {
+    fn drop(&mut self) {
+        if !self.inflight.current().is_final() {
+            let mid_body = matches!(self.inflight.current(), FillState::Streaming { .. });
+            self.inflight.publish(FillState::Failed {
+                error: FillError {
+                    status: 502,
+                    message: "fill abandoned".into(),
+                    upstream_status: None,
+                },
+                mid_body,
+            });
+        }
+        self.table.finish(&self.inflight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_joiner_leads_and_the_rest_follow_until_finished() {
+        let t = InflightTable::default();
+        let Join::Leader(a) = t.join("/x.tgz") else {
+            panic!("first must lead")
+        };
+        let Join::Follower(b) = t.join("/x.tgz") else {
+            panic!("second must follow")
+        };
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(matches!(t.join("/y.tgz"), Join::Leader(_)));
+        t.finish(&a);
+        assert!(matches!(t.join("/x.tgz"), Join::Leader(_)));
+    }
+
+    #[test]
+    fn dropped_guard_fails_waiters() {
+        let t = InflightTable::default();
+        let Join::Leader(a) = t.join("/k") else { panic!() };
+        let rx = a.subscribe();
+        drop(FillGuard {
+            table: &t,
+            inflight: a.clone(),
+        });
+        assert!(matches!(&*rx.borrow(), FillState::Failed { mid_body: false, .. }));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn waiters_on_other_threads_see_progress() {
+        let t = Arc::new(InflightTable::default());
+        let Join::Leader(a) = t.join("/k") else { panic!() };
+        let mut rx = a.subscribe();
+        let h = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async move {
+                loop {
+                    if rx.borrow_and_update().is_final() {
+                        return true;
+                    }
+                    if rx.changed().await.is_err() {
+                        return false;
+                    }
+                }
+            })
+        });
+        a.publish(FillState::NotModified);
+        assert!(h.join().unwrap());
+    }
+}

@@ -13,9 +13,11 @@
 
 pub mod checkpoint;
 pub mod coalesce;
+pub mod fill;
 pub mod evict;
 pub mod format;
 pub mod index;
 pub mod recover;
 pub mod segment;
+pub mod shard;
 pub mod store;

@@ -14,3 +14,4 @@ pub mod path;
 pub mod render;
 pub mod request;
 pub mod response;
+pub mod conditional;

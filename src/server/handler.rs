@@ -1,1 +1,618 @@
-//! TODO
+//! One request: policy → cache → origin → response.
+//!
+//! Phases, in order:
+//! 1. **Admission**: method (GET/HEAD, else 405), target → object key (400 on
+//!    anything `http1::path` refuses).
+//! 2. **Policy**: the first matching rule decides `Cache`, `Revalidate` or
+//!    `Bypass`, and which headers to override.
+//! 3. **Lookup** (Cache/Revalidate): a fresh, verified record is a `HIT`
+//!    served from mmap (with HEAD, Range and conditional requests answered
+//!    locally). A record that fails verification is dropped and refetched.
+//! 4. **Fill**: otherwise join the key's in-flight fill (one upstream GET per
+//!    object across all workers, conditional when a stored copy has an ETag)
+//!    and stream the body as it lands (`MISS`), or reuse the stored copy on a
+//!    304 (`REVALIDATED`), or serve it as `STALE` when upstream fails.
+//! 5. **Bypass**: stream upstream's answer through, nothing stored (`BYPASS`).
+//!
+//! Every request ends in exactly one access-log line and one metrics update.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+use crate::access_log::Entry;
+use crate::cache::coalesce::{BodyView, FillError, FillState, Join};
+use crate::cache::fill::{fill_error, unix_now};
+use crate::cache::shard::ShardJob;
+use crate::cache::store::{ObjectMeta, Segment};
+use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
+use crate::http1::path::object_key;
+use crate::http1::render::{render, simple, ResponseHead};
+use crate::http1::request::{Method, RequestHead};
+use crate::metrics::CacheResult;
+use crate::origin::{self, OriginRequest, ResponseMeta};
+use crate::policy::{Action, Rule};
+use crate::server::send::{send_all, send_head_and_body, MmapSlice};
+use crate::server::Worker;
+
+/// How long a stale copy may be served while upstream is failing.
+const MAX_STALE: Duration = Duration::from_secs(7 * 86_400);
+
+/// A client connection as the handler sees it.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub peer: Option<SocketAddr>,
+    /// Reused buffer for response heads.
+    pub head_buf: Vec<u8>,
+}
+
+/// What one exchange produced, for the log and metrics.
+struct Exchange {
+    status: u16,
+    bytes: u64,
+    cache: CacheResult,
+    upstream_status: Option<u16>,
+    keep_alive: bool,
+}
+
+/// A stored body, wherever it came from (a lookup or a fill).
+struct Stored<'a> {
+    segment: &'a Arc<Segment>,
+    body_offset: usize,
+    body_len: u64,
+    meta: &'a ObjectMeta,
+}
+
+impl<'a> From<&'a BodyView> for Stored<'a> {
+    fn from(v: &'a BodyView) -> Self {
+        Stored {
+            segment: &v.segment,
+            body_offset: v.body_offset,
+            body_len: v.body_len,
+            meta: &v.meta,
+        }
+    }
+}
+
+/// Handles one parsed request. Returns whether the connection may be reused.
+pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
+    let started = Instant::now();
+    let mut x = Exchange {
+        status: 0,
+        bytes: 0,
+        cache: CacheResult::None,
+        upstream_status: None,
+        keep_alive: req.keep_alive && !w.is_draining(),
+    };
+    let key = object_key(&req.target);
+    let result = match (&key, req.method) {
+        (_, Method::Other) => {
+            x.status = 405;
+            let mut head = std::mem::take(&mut conn.head_buf);
+            head.clear();
+            let msg = b"method not allowed: chartcache serves GET and HEAD\n";
+            render(
+                &ResponseHead {
+                    status: 405,
+                    content_length: Some(msg.len() as u64),
+                    content_type: Some("text/plain; charset=utf-8"),
+                    etag: None,
+                    last_modified: None,
+                    cache_control: None,
+                    x_cache: None,
+                    content_range: None,
+                    allow: Some("GET, HEAD"),
+                    keep_alive: x.keep_alive,
+                    extra: &[],
+                },
+                &mut head,
+            );
+            head.extend_from_slice(msg);
+            send_head(conn, head).await
+        }
+        (Err(e), _) => {
+            w.metrics.bad_requests.fetch_add(1, Relaxed);
+            x.keep_alive = false;
+            respond_simple(conn, &mut x, 400, &format!("bad request path: {e}")).await
+        }
+        (Ok(key), _) => {
+            let rule = w.cfg.policy.decide(key);
+            match rule.action {
+                Action::Bypass => bypass(w, conn, req, key, rule, &mut x, CacheResult::Bypass).await,
+                Action::Cache { ttl } => cached(w, conn, req, key, rule, ttl, ttl, &mut x).await,
+                Action::Revalidate { fresh_for } => {
+                    cached(w, conn, req, key, rule, fresh_for, Duration::ZERO, &mut x).await
+                }
+            }
+        }
+    };
+    let path = match &key {
+        Ok(k) => k.as_str(),
+        Err(_) => req.target.as_str(),
+    };
+    w.metrics.request(x.cache, x.status, x.bytes);
+    w.access_log.log(&Entry {
+        method: &req.method_name,
+        path,
+        status: x.status,
+        bytes: x.bytes,
+        duration: started.elapsed(),
+        cache: x.cache,
+        upstream_status: x.upstream_status,
+        peer: conn.peer,
+        user_agent: req.user_agent.as_deref(),
+    });
+    result.is_ok() && x.keep_alive
+}
+
+/// Cache and Revalidate: serve a fresh copy, else fill / revalidate.
+#[allow(clippy::too_many_arguments)]
+async fn cached(
+    w: &Worker,
+    conn: &mut Conn,
+    req: &RequestHead,
+    key: &str,
+    rule: &Rule,
+    fresh: Duration,
+    ttl: Duration,
+    x: &mut Exchange,
+) -> std::io::Result<()> {
+    let now = unix_now();
+    let mut existing = w.shards.lookup(key);
+    if let Some(hit) = &existing {
+        if !hit.verify() {
+            w.shards.reader(w.shards.owner_of(key)).drop_corrupt(key, hit);
+            w.metrics.corrupt_dropped.fetch_add(1, Relaxed);
+            tracing::warn!(key, "cache record failed verification: dropped, refetching");
+            existing = None;
+        }
+    }
+    if let Some(hit) = &existing {
+        if now < hit.meta.stored_at.saturating_add(fresh.as_secs()) {
+            x.cache = CacheResult::Hit;
+            let stored = Stored {
+                segment: &hit.segment,
+                body_offset: hit.body_offset,
+                body_len: hit.body_len as u64,
+                meta: &hit.meta,
+            };
+            return serve_stored(conn, req, key, rule, &stored, x).await;
+        }
+    }
+
+    let etag = existing.as_ref().and_then(|h| h.meta.etag.clone());
+    let inflight = match w.shards.inflight.join(key) {
+        Join::Leader(f) => {
+            let job = ShardJob::Fill {
+                inflight: f.clone(),
+                etag,
+                ttl_secs: ttl.as_secs().min(u32::MAX as u64) as u32,
+            };
+            if !w.shards.send(key, job) {
+                f.publish(FillState::Failed {
+                    error: FillError {
+                        status: 503,
+                        message: "shutting down".into(),
+                        upstream_status: None,
+                    },
+                    mid_body: false,
+                });
+                w.shards.inflight.finish(&f);
+            }
+            f
+        }
+        Join::Follower(f) => {
+            w.metrics.coalesced_waiters.fetch_add(1, Relaxed);
+            f
+        }
+    };
+    let mut rx = inflight.subscribe();
+    let wait = w.cfg.origin.connect_timeout + w.cfg.origin.request_timeout + Duration::from_secs(1);
+    loop {
+        let state = rx.borrow_and_update().clone();
+        match state {
+            FillState::Pending => match monoio::time::timeout(wait, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    let error = FillError {
+                        status: 504,
+                        message: "timed out waiting for upstream".into(),
+                        upstream_status: None,
+                    };
+                    return failed(conn, req, key, rule, existing.as_ref(), &error, x).await;
+                }
+            },
+            FillState::Streaming { view, .. } | FillState::Done { view } => {
+                x.cache = CacheResult::Miss;
+                x.upstream_status = Some(200);
+                return stream_fill(w, conn, req, key, rule, view, rx, x).await;
+            }
+            FillState::NotModified => {
+                x.upstream_status = Some(304);
+                let hit = w.shards.lookup(key).or(existing);
+                return match hit {
+                    Some(hit) => {
+                        x.cache = CacheResult::Revalidated;
+                        let stored = Stored {
+                            segment: &hit.segment,
+                            body_offset: hit.body_offset,
+                            body_len: hit.body_len as u64,
+                            meta: &hit.meta,
+                        };
+                        serve_stored(conn, req, key, rule, &stored, x).await
+                    }
+                    None => bypass(w, conn, req, key, rule, x, CacheResult::Miss).await,
+                };
+            }
+            FillState::Response { meta, body } => {
+                x.cache = CacheResult::Miss;
+                x.upstream_status = Some(meta.status);
+                return serve_response(conn, req, key, rule, &meta, body, x).await;
+            }
+            FillState::Passthrough => {
+                return bypass(w, conn, req, key, rule, x, CacheResult::Miss).await;
+            }
+            FillState::Failed { error, .. } => {
+                x.upstream_status = error.upstream_status;
+                return failed(conn, req, key, rule, existing.as_ref(), &error, x).await;
+            }
+        }
+    }
+}
+
+/// Upstream failed: serve the stored copy as STALE if allowed, else the error.
+async fn failed(
+    conn: &mut Conn,
+    req: &RequestHead,
+    key: &str,
+    rule: &Rule,
+    existing: Option<&crate::cache::store::Hit>,
+    error: &FillError,
+    x: &mut Exchange,
+) -> std::io::Result<()> {
+    let server_side = error.upstream_status.is_none_or(|s| s >= 500);
+    if let Some(hit) = existing.filter(|_| server_side) {
+        let age = unix_now().saturating_sub(hit.meta.stored_at);
+        if age <= MAX_STALE.as_secs() {
+            x.cache = CacheResult::Stale;
+            let stored = Stored {
+                segment: &hit.segment,
+                body_offset: hit.body_offset,
+                body_len: hit.body_len as u64,
+                meta: &hit.meta,
+            };
+            return serve_stored(conn, req, key, rule, &stored, x).await;
+        }
+    }
+    x.cache = CacheResult::Miss;
+    tracing::warn!(key, status = error.status, error = %error.message, "upstream failed");
+    respond_simple(conn, x, error.status, &error.message).await
+}
+
+/// Streams a fill (in progress or done) to this client from the segment mmap.
+#[allow(clippy::too_many_arguments)]
+async fn stream_fill(
+    w: &Worker,
+    conn: &mut Conn,
+    req: &RequestHead,
+    key: &str,
+    rule: &Rule,
+    view: BodyView,
+    mut rx: tokio::sync::watch::Receiver<FillState>,
+    x: &mut Exchange,
+) -> std::io::Result<()> {
+    let meta = &view.meta;
+    if not_modified(
+        req.if_none_match.as_deref(),
+        req.if_modified_since.as_deref(),
+        meta.etag.as_deref(),
+        meta.last_modified.as_deref(),
+    ) {
+        return send_object_head(conn, key, rule, meta, 304, None, None, x).await;
+    }
+    send_object_head(conn, key, rule, meta, 200, Some(view.body_len), None, x).await?;
+    if req.method == Method::Head {
+        return Ok(());
+    }
+    let mut sent = 0u64;
+    let wait = w.cfg.origin.request_timeout + Duration::from_secs(1);
+    loop {
+        let available = match &*rx.borrow_and_update() {
+            FillState::Streaming { written, .. } => *written,
+            FillState::Done { .. } => view.body_len,
+            _ => {
+                // Failed mid-body (or abandoned): the client must see a broken
+                // response, never a short 200 that looks complete.
+                x.keep_alive = false;
+                return Err(std::io::Error::other("fill failed mid-body"));
+            }
+        };
+        if available > sent {
+            let slice = MmapSlice::new(
+                view.segment.clone(),
+                view.body_offset + sent as usize,
+                (available - sent) as usize,
+            );
+            send_all(&mut conn.stream, slice).await?;
+            x.bytes += available - sent;
+            sent = available;
+        }
+        if sent >= view.body_len {
+            return Ok(());
+        }
+        match monoio::time::timeout(wait, rx.changed()).await {
+            Ok(Ok(())) => {}
+            _ => {
+                x.keep_alive = false;
+                return Err(std::io::Error::other("fill stalled"));
+            }
+        }
+    }
+}
+
+/// Serves a stored body: conditional → 304, Range → 206/416, else 200.
+async fn serve_stored(
+    conn: &mut Conn,
+    req: &RequestHead,
+    key: &str,
+    rule: &Rule,
+    s: &Stored<'_>,
+    x: &mut Exchange,
+) -> std::io::Result<()> {
+    let meta = s.meta;
+    if not_modified(
+        req.if_none_match.as_deref(),
+        req.if_modified_since.as_deref(),
+        meta.etag.as_deref(),
+        meta.last_modified.as_deref(),
+    ) {
+        return send_object_head(conn, key, rule, meta, 304, None, None, x).await;
+    }
+    let len = s.body_len;
+    let (status, start, n, range) = match evaluate_range(req.range.as_deref(), len) {
+        RangeOutcome::Full => (200, 0, len, None),
+        RangeOutcome::Partial {
+            start,
+            end_inclusive,
+        } => (
+            206,
+            start,
+            end_inclusive - start + 1,
+            Some(format!("bytes {start}-{end_inclusive}/{len}")),
+        ),
+        RangeOutcome::Unsatisfiable => {
+            let cr = format!("bytes */{len}");
+            return send_object_head(conn, key, rule, meta, 416, Some(0), Some(&cr), x).await;
+        }
+    };
+    let mut head = std::mem::take(&mut conn.head_buf);
+    head.clear();
+    render_object_head(&mut head, key, rule, meta, status, Some(n), range.as_deref(), x);
+    x.status = status;
+    if req.method == Method::Head {
+        return send_head(conn, head).await;
+    }
+    let body = MmapSlice::new(s.segment.clone(), s.body_offset + start as usize, n as usize);
+    let (res, head) = send_head_and_body(&mut conn.stream, head, body).await;
+    conn.head_buf = head;
+    if res.is_ok() {
+        x.bytes += n;
+    }
+    res
+}
+
+/// A small in-memory answer from a fill (404, or an unstorable body).
+async fn serve_response(
+    conn: &mut Conn,
+    req: &RequestHead,
+    key: &str,
+    rule: &Rule,
+    meta: &ResponseMeta,
+    body: Bytes,
+    x: &mut Exchange,
+) -> std::io::Result<()> {
+    if meta.status != 200 {
+        let status = if meta.status == 304 { 502 } else { meta.status };
+        let msg = if status == 404 { "not found" } else { "upstream error" };
+        return respond_simple(conn, x, status, msg).await;
+    }
+    let object = object_meta(meta);
+    send_object_head(conn, key, rule, &object, 200, Some(body.len() as u64), None, x).await?;
+    if req.method == Method::Get && !body.is_empty() {
+        let n = body.len() as u64;
+        send_all(&mut conn.stream, body).await?;
+        x.bytes += n;
+    }
+    Ok(())
+}
+
+/// Streams upstream's answer straight through; nothing is stored.
+async fn bypass(
+    w: &Worker,
+    conn: &mut Conn,
+    req: &RequestHead,
+    key: &str,
+    rule: &Rule,
+    x: &mut Exchange,
+    result: CacheResult,
+) -> std::io::Result<()> {
+    x.cache = result;
+    let oreq = OriginRequest {
+        key: key.to_string(),
+        method: if req.method == Method::Head {
+            origin::Method::Head
+        } else {
+            origin::Method::Get
+        },
+        if_none_match: req.if_none_match.clone(),
+        if_modified_since: req.if_modified_since.clone(),
+    };
+    let started = Instant::now();
+    let resp = match w.origin.fetch(oreq).await {
+        Ok(r) => {
+            w.metrics.upstream(Some(r.meta.status), started.elapsed());
+            r
+        }
+        Err(e) => {
+            let err = fill_error(&e);
+            w.metrics.upstream(err.upstream_status, started.elapsed());
+            x.upstream_status = err.upstream_status;
+            tracing::warn!(key, error = %e, "upstream request failed");
+            return respond_simple(conn, x, err.status, &err.message).await;
+        }
+    };
+    x.upstream_status = Some(resp.meta.status);
+    let meta = resp.meta;
+    let mut body = resp.body;
+    match meta.status {
+        200 => {}
+        304 => {
+            let object = object_meta(&meta);
+            return send_object_head(conn, key, rule, &object, 304, None, None, x).await;
+        }
+        404 => return respond_simple(conn, x, 404, "not found").await,
+        other => return respond_simple(conn, x, if other >= 500 { 502 } else { other }, "upstream error").await,
+    }
+    if meta.content_length.is_none() {
+        // Close-delimited: the only honest framing without a length.
+        x.keep_alive = false;
+    }
+    let object = object_meta(&meta);
+    send_object_head(conn, key, rule, &object, 200, meta.content_length, None, x).await?;
+    if req.method == Method::Head {
+        return Ok(());
+    }
+    loop {
+        match body.next_chunk().await {
+            Ok(Some(chunk)) => {
+                let n = chunk.len() as u64;
+                send_all(&mut conn.stream, chunk).await?;
+                x.bytes += n;
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "upstream body failed mid-stream");
+                x.keep_alive = false;
+                return Err(std::io::Error::other(e.to_string()));
+            }
+        }
+    }
+}
+
+fn object_meta(meta: &ResponseMeta) -> ObjectMeta {
+    ObjectMeta {
+        status: meta.status,
+        etag: meta.etag.clone(),
+        last_modified: meta.last_modified.clone(),
+        content_type: meta.content_type.clone(),
+        stored_at: 0,
+        ttl_secs: 0,
+    }
+}
+
+/// The Content-Type served for `key`: charts are always `application/gzip`;
+/// YAML gets upstream's type unless that is a generic binary one.
+fn content_type<'a>(key: &str, upstream: Option<&'a str>) -> &'a str {
+    let generic = |ct: &&str| ct.is_empty() || *ct == "binary/octet-stream" || *ct == "application/octet-stream";
+    if key.ends_with(".tgz") {
+        "application/gzip"
+    } else if key.ends_with(".yaml") || key.ends_with(".yml") {
+        upstream.filter(|ct| !generic(ct)).unwrap_or("text/yaml")
+    } else if key.ends_with(".prov") {
+        "application/pgp-signature"
+    } else {
+        upstream.filter(|ct| !generic(ct)).unwrap_or("application/octet-stream")
+    }
+}
+
+/// Renders the head of an object response with the rule's header overrides
+/// (an override replaces chartcache's own value of the same header).
+#[allow(clippy::too_many_arguments)]
+fn render_object_head(
+    out: &mut Vec<u8>,
+    key: &str,
+    rule: &Rule,
+    meta: &ObjectMeta,
+    status: u16,
+    content_length: Option<u64>,
+    content_range: Option<&str>,
+    x: &Exchange,
+) {
+    let overridden = |name: &str| rule.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    let extra: Vec<(&str, &str)> = rule
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let ct = content_type(key, meta.content_type.as_deref());
+    render(
+        &ResponseHead {
+            status,
+            content_length,
+            content_type: (status != 304 && !overridden("content-type")).then_some(ct),
+            etag: meta.etag.as_deref().filter(|_| !overridden("etag")),
+            last_modified: meta.last_modified.as_deref().filter(|_| !overridden("last-modified")),
+            cache_control: None,
+            x_cache: Some(x.cache.as_str()),
+            content_range,
+            allow: None,
+            keep_alive: x.keep_alive,
+            extra: &extra,
+        },
+        out,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_object_head(
+    conn: &mut Conn,
+    key: &str,
+    rule: &Rule,
+    meta: &ObjectMeta,
+    status: u16,
+    content_length: Option<u64>,
+    content_range: Option<&str>,
+    x: &mut Exchange,
+) -> std::io::Result<()> {
+    let mut head = std::mem::take(&mut conn.head_buf);
+    head.clear();
+    render_object_head(&mut head, key, rule, meta, status, content_length, content_range, x);
+    x.status = status;
+    send_head(conn, head).await
+}
+
+async fn send_head(conn: &mut Conn, head: Vec<u8>) -> std::io::Result<()> {
+    let (res, buf) = monoio::io::AsyncWriteRentExt::write_all(&mut conn.stream, head).await;
+    conn.head_buf = buf;
+    res.map(|_| ())
+}
+
+/// A complete small text response.
+async fn respond_simple(conn: &mut Conn, x: &mut Exchange, status: u16, msg: &str) -> std::io::Result<()> {
+    x.status = status;
+    let mut head = std::mem::take(&mut conn.head_buf);
+    head.clear();
+    let mut line = String::with_capacity(msg.len() + 1);
+    line.push_str(msg);
+    line.push('\n');
+    simple(status, &line, x.keep_alive, &mut head);
+    send_head(conn, head).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert_eq!(content_type("/a-1.0.tgz", Some("binary/octet-stream")), "application/gzip");
+        assert_eq!(content_type("/index.yaml", Some("binary/octet-stream")), "text/yaml");
+        assert_eq!(content_type("/index.yaml", Some("application/x-yaml")), "application/x-yaml");
+        assert_eq!(content_type("/index.yaml", None), "text/yaml");
+        assert_eq!(content_type("/x.json", Some("application/json")), "application/json");
+    }
+}

@@ -1,0 +1,263 @@
+//! The [`Filler`]: runs on a shard's owner worker and turns one upstream
+//! response into one committed cache record, publishing progress to every
+//! waiter (see [`coalesce`](super::coalesce)).
+//!
+//! Only complete bodies are committed: the body must end exactly at the
+//! declared `Content-Length`, otherwise the record is aborted (never indexed)
+//! and waiters see `Failed { mid_body: true }` and close their connections.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::cache::coalesce::{BodyView, FillError, FillGuard, FillState, Inflight};
+use crate::cache::shard::Shards;
+use crate::cache::store::{ObjectMeta, ShardStore};
+use crate::metrics::WorkerMetrics;
+use crate::origin::{self, Origin, OriginRequest};
+
+/// Bodies without a declared length are buffered up to this size before being
+/// stored; larger ones are passed through uncached.
+const MAX_UNSIZED_BODY: usize = 8 << 20;
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Maps an origin error to what waiters are told.
+pub fn fill_error(e: &origin::Error) -> FillError {
+    FillError {
+        status: e.client_status(),
+        message: e.to_string(),
+        upstream_status: match e {
+            origin::Error::Status { status, .. } => Some(*status),
+            _ => None,
+        },
+    }
+}
+
+/// A shard owner's filling context.
+pub struct Filler<'a> {
+    pub origin: &'a dyn Origin,
+    pub store: &'a RefCell<ShardStore>,
+    pub shards: &'a Shards,
+    pub metrics: &'a WorkerMetrics,
+}
+
+impl Filler<'_> {
+    /// Fetches `inflight.key` (conditionally when `etag` is set) and stores it.
+    pub async fn fill(&self, inflight: Arc<Inflight>, etag: Option<String>, ttl_secs: u32) {
+        let guard = FillGuard {
+            table: &self.shards.inflight,
+            inflight: inflight.clone(),
+        };
+        let key = inflight.key.clone();
+        let mut req = OriginRequest::get(key.clone());
+        req.if_none_match = etag;
+        let started = Instant::now();
+        let resp = self.origin.fetch(req).await;
+        let resp = match resp {
+            Ok(r) => {
+                self.metrics.upstream(Some(r.meta.status), started.elapsed());
+                r
+            }
+            Err(e) => {
+                let status = match &e {
+                    origin::Error::Status { status, .. } => Some(*status),
+                    _ => None,
+                };
+                self.metrics.upstream(status, started.elapsed());
+                tracing::warn!(key = %key, error = %e, "upstream fetch failed");
+                inflight.publish(FillState::Failed {
+                    error: fill_error(&e),
+                    mid_body: false,
+                });
+                return;
+            }
+        };
+        let meta = resp.meta;
+        let mut body = resp.body;
+        match meta.status {
+            304 => {
+                let refreshed = self.store.borrow_mut().refresh(&key, unix_now(), ttl_secs);
+                if refreshed {
+                    inflight.publish(FillState::NotModified);
+                } else {
+                    // The stored copy vanished (evicted, purged) meanwhile.
+                    inflight.publish(FillState::Passthrough);
+                }
+            }
+            200 => {
+                let object = ObjectMeta {
+                    status: 200,
+                    etag: meta.etag.clone(),
+                    last_modified: meta.last_modified.clone(),
+                    content_type: meta.content_type.clone(),
+                    stored_at: unix_now(),
+                    ttl_secs,
+                };
+                match meta.content_length {
+                    Some(len) => self.fill_sized(&inflight, &key, object, len, body.as_mut()).await,
+                    None => self.fill_unsized(&inflight, &key, object, body.as_mut()).await,
+                }
+            }
+            _ => {
+                // 404 and friends: answered, never stored (the S3 error body
+                // was already discarded by the origin).
+                inflight.publish(FillState::Response {
+                    meta,
+                    body: Bytes::new(),
+                });
+            }
+        }
+        drop(guard);
+    }
+
+    async fn fill_sized(
+        &self,
+        inflight: &Inflight,
+        key: &str,
+        object: ObjectMeta,
+        len: u64,
+        body: &mut dyn origin::BodyStream,
+    ) {
+        let begun = self.store.borrow_mut().begin(key, &object, len);
+        let mut rec = match begun {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.metrics
+                    .fill_skipped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(key, error = %e, "not caching: passing through");
+                inflight.publish(FillState::Passthrough);
+                return;
+            }
+        };
+        let view = BodyView {
+            segment: rec.segment.clone(),
+            body_offset: rec.body_offset,
+            body_len: len,
+            meta: Arc::new(object),
+        };
+        inflight.publish(FillState::Streaming {
+            view: view.clone(),
+            written: 0,
+        });
+        let mut written = 0u64;
+        let failure = loop {
+            match body.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if written + chunk.len() as u64 > len {
+                        break Some(format!("upstream sent more than its Content-Length {len}"));
+                    }
+                    if let Err(e) = self.store.borrow_mut().append(&mut rec, &chunk) {
+                        break Some(format!("cache write failed: {e}"));
+                    }
+                    written += chunk.len() as u64;
+                    inflight.progress(written);
+                }
+                Ok(None) if written == len => break None,
+                Ok(None) => break Some(format!("upstream body ended at {written} of {len} bytes")),
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        let failure = match failure {
+            None => match self.store.borrow_mut().commit(rec) {
+                Ok(()) => None,
+                Err(e) => Some(format!("commit failed: {e}")),
+            },
+            Some(f) => {
+                self.store.borrow_mut().abort(rec);
+                Some(f)
+            }
+        };
+        match failure {
+            None => inflight.publish(FillState::Done { view }),
+            Some(message) => {
+                self.metrics
+                    .fills_aborted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(key, %message, "fill aborted; nothing cached");
+                inflight.publish(FillState::Failed {
+                    error: FillError {
+                        status: 502,
+                        message,
+                        upstream_status: Some(200),
+                    },
+                    mid_body: true,
+                });
+            }
+        }
+    }
+
+    /// A body without `Content-Length`: buffer it (bounded), then store it.
+    async fn fill_unsized(
+        &self,
+        inflight: &Inflight,
+        key: &str,
+        object: ObjectMeta,
+        body: &mut dyn origin::BodyStream,
+    ) {
+        let mut buf = BytesMut::new();
+        loop {
+            match body.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > MAX_UNSIZED_BODY {
+                        inflight.publish(FillState::Passthrough);
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    inflight.publish(FillState::Failed {
+                        error: fill_error(&e),
+                        mid_body: false,
+                    });
+                    return;
+                }
+            }
+        }
+        let body = buf.freeze();
+        let stored = {
+            let mut store = self.store.borrow_mut();
+            store
+                .begin(key, &object, body.len() as u64)
+                .and_then(|mut rec| {
+                    store.append(&mut rec, &body)?;
+                    Ok(rec)
+                })
+                .map(|rec| {
+                    let view = BodyView {
+                        segment: rec.segment.clone(),
+                        body_offset: rec.body_offset,
+                        body_len: body.len() as u64,
+                        meta: Arc::new(object.clone()),
+                    };
+                    (rec, view)
+                })
+        };
+        let committed = match stored {
+            Ok((rec, view)) => self.store.borrow_mut().commit(rec).ok().map(|()| view),
+            Err(_) => None,
+        };
+        match committed {
+            Some(view) => inflight.publish(FillState::Done { view }),
+            None => {
+                let meta = origin::ResponseMeta {
+                    status: 200,
+                    etag: object.etag,
+                    last_modified: object.last_modified,
+                    content_type: object.content_type,
+                    content_length: Some(body.len() as u64),
+                };
+                inflight.publish(FillState::Response { meta, body });
+            }
+        }
+    }
+}
