@@ -282,8 +282,8 @@ fn scan_headers(
 
 /// The HTTP version on the request line.
 enum Version {
-    /// 0 or 1, parseable by httparse as is.
-    Plain(u8),
+    /// 1.0 or 1.1, parseable by httparse as is.
+    Plain,
     /// `HTTP/1.2`..`HTTP/1.9`: served as 1.1 after a rewrite for httparse.
     HigherMinor,
 }
@@ -307,8 +307,8 @@ fn check_request_line(line: &[u8]) -> Result<Version, RequestError> {
     let target = &rest[..sp2];
     let version = &rest[sp2 + 1..];
     let version = match version {
-        b"HTTP/1.1" => Version::Plain(1),
-        b"HTTP/1.0" => Version::Plain(0),
+        b"HTTP/1.1" => Version::Plain,
+        b"HTTP/1.0" => Version::Plain,
         [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Version::HigherMinor,
         [b'H', b'T', b'T', b'P', b'/', major, tail @ ..]
             if major.is_ascii_digit()
@@ -381,7 +381,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, RequestError
         return Ok(Parsed::Partial);
     };
     match version {
-        Version::Plain(_) => finish(&buf[..head_len], limits, head_len),
+        Version::Plain => finish(&buf[..head_len], limits, head_len),
         Version::HigherMinor => {
             // Rare path: httparse only knows 1.0 and 1.1. The version's last byte
             // is the last byte of the request line.
