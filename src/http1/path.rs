@@ -357,6 +357,64 @@ mod tests {
         assert_eq!(no(&encoded_over), PathError::TooLong);
     }
 
+    /// Deterministic random targets: no panic, and every accepted key holds
+    /// the module invariant.
+    #[test]
+    fn random_targets_keep_the_invariant() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces = [
+            "/",
+            ".",
+            "..",
+            "%",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%25",
+            "%5c",
+            "%c0%ae",
+            "%00",
+            "%41",
+            "a",
+            "?",
+            "#",
+            "\\",
+            "http://h",
+            "%e2%82%ac",
+            "\u{e9}",
+        ];
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut t = String::new();
+            for _ in 0..(next() % 8 + 1) {
+                t.push_str(pieces[(next() as usize) % pieces.len()]);
+            }
+            let Ok(key) = object_key(&t) else { continue };
+            accepted += 1;
+            assert!(key.starts_with('/'), "{t:?} -> {key:?}");
+            assert!(key.len() <= MAX_KEY_LEN);
+            assert!(
+                !key.contains('\\') && !key.chars().any(|c| c.is_control()),
+                "{t:?}"
+            );
+            if key != "/" {
+                for seg in key[1..].split('/') {
+                    assert!(
+                        !seg.is_empty() && seg != "." && seg != "..",
+                        "{t:?} -> {key:?}"
+                    );
+                }
+            }
+        }
+        assert!(accepted > 100, "only {accepted} accepted");
+    }
+
     #[test]
     fn every_error_is_400() {
         assert_eq!(no("/a/../b").status(), 400);

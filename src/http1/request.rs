@@ -452,10 +452,8 @@ fn finish(head: &[u8], limits: &Limits, head_len: usize) -> Result<Parsed, Reque
                     }
                 }
             }
-            10 if name_is(name, "user-agent") => {
-                if user_agent.is_none() {
-                    user_agent = Some(value_string(value));
-                }
+            10 if user_agent.is_none() && name_is(name, "user-agent") => {
+                user_agent = Some(value_string(value));
             }
             13 if name_is(name, "if-none-match") => {
                 let v = trim_ows(value);
@@ -1197,6 +1195,46 @@ mod tests {
         );
         assert_eq!(h.user_agent.as_deref(), Some("Helm/4.3"));
         assert_eq!(h.body, BodyFraming::Length(7));
+    }
+
+    /// Deterministic mutation fuzzing: no input may panic, and a complete
+    /// head never claims more bytes than the buffer holds.
+    #[test]
+    fn random_mutations_never_panic() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"\r\n :\t\0/%.aZ0,\x7f\x80\xff";
+        let limits = Limits {
+            max_request_line: 40,
+            max_header_bytes: 80,
+            max_headers: 4,
+        };
+        for _ in 0..20_000 {
+            let mut buf = HELM.to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % (buf.len() + 1);
+                let byte = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 3 {
+                    0 if at < buf.len() => buf[at] = byte,
+                    1 => buf.insert(at, byte),
+                    _ if at < buf.len() => {
+                        buf.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            for l in [&Limits::default(), &limits] {
+                if let Ok(Parsed::Complete(h)) = parse_request(&buf, l) {
+                    assert!(h.head_len <= buf.len());
+                    assert!(buf[..h.head_len].ends_with(b"\r\n\r\n"));
+                }
+            }
+        }
     }
 
     #[test]
