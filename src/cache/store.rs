@@ -91,12 +91,7 @@ impl ShardStore {
     pub fn reader(&self) -> Arc<ShardReader> {
         todo!()
     }
-    pub fn begin(
-        &mut self,
-        _key: &str,
-        _meta: &ObjectMeta,
-        _body_len: u64,
-    ) -> Result<PendingRecord, Error> {
+    pub fn begin(&mut self, _key: &str, _meta: &ObjectMeta, _body_len: u64) -> Result<PendingRecord, Error> {
         todo!()
     }
     pub fn append(&mut self, _rec: &mut PendingRecord, _data: &[u8]) -> Result<(), Error> {
