@@ -10,6 +10,7 @@
 //! each rule is unit-tested in isolation.
 
 pub mod chunked;
+pub mod conditional;
 pub mod path;
 pub mod render;
 pub mod request;
