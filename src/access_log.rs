@@ -216,7 +216,12 @@ mod tests {
     #[test]
     fn json_line_is_valid_json() {
         let mut buf = Vec::new();
-        write_json(&mut buf, Duration::from_millis(1_764_072_000_123), 1, &entry());
+        write_json(
+            &mut buf,
+            Duration::from_millis(1_764_072_000_123),
+            1,
+            &entry(),
+        );
         assert_eq!(buf.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["path"], "/we\"ird\u{1}.tgz");

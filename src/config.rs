@@ -673,21 +673,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size; write it like 2GiB, 512MiB or 1000000"))?;
-    let mult: u64 =
-        match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "kib" | "ki" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" | "mi" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" | "gi" => 1 << 30,
-            "t" | "tb" => 1_000_000_000_000,
-            "tib" | "ti" => 1 << 40,
-            other => return Err(format!(
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" | "ki" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" | "mi" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" | "gi" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" | "ti" => 1 << 40,
+        other => {
+            return Err(format!(
                 "{s:?} has an unknown unit {other:?}; use B, KiB, MiB, GiB, TiB (or KB, MB, GB)"
-            )),
-        };
+            ))
+        }
+    };
     Ok((n * mult as f64) as u64)
 }
 

@@ -68,18 +68,25 @@ impl CacheResult {
 }
 
 /// Statuses with their own label; everything else is counted as `other`.
-const STATUSES: [u16; 15] = [200, 206, 304, 400, 403, 404, 405, 414, 416, 431, 500, 502, 503, 504, 505];
+const STATUSES: [u16; 15] = [
+    200, 206, 304, 400, 403, 404, 405, 414, 416, 431, 500, 502, 503, 504, 505,
+];
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
 
 fn status_slot(status: u16) -> usize {
-    STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len())
+    STATUSES
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or(STATUSES.len())
 }
 
 /// Upstream outcomes counted in [`UPSTREAM_REQUESTS`].
 pub const UPSTREAM_OUTCOMES: [&str; 5] = ["200", "304", "404", "other", "error"];
 
 /// Histogram bucket bounds for upstream latency, in seconds.
-pub const LATENCY_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// One worker's counters. Written only by that worker.
 #[derive(Debug, Default)]
@@ -192,9 +199,15 @@ impl Collector for Metrics {
                     if v == 0 {
                         continue;
                     }
-                    let status = STATUSES.get(slot).map_or("other".to_string(), |s| s.to_string());
-                    let labels = vec![("cache", result.as_str().to_ascii_lowercase()), ("status", status)];
-                    m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                    let status = STATUSES
+                        .get(slot)
+                        .map_or("other".to_string(), |s| s.to_string());
+                    let labels = vec![
+                        ("cache", result.as_str().to_ascii_lowercase()),
+                        ("status", status),
+                    ];
+                    m.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
                 }
             }
         }
@@ -229,15 +242,47 @@ impl Collector for Metrics {
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
         let counters: [(&str, &str, fn(&WorkerMetrics) -> &AtomicU64); 9] = [
-            (RESPONSE_BYTES, "Response body bytes sent to clients", |w| &w.response_bytes),
-            (UPSTREAM_ERRORS, "Upstream transport errors (connect, timeout, protocol, truncation)", |w| &w.upstream_errors),
-            (COALESCED_WAITERS, "Requests that joined another request's upstream fetch", |w| &w.coalesced_waiters),
-            (CORRUPT_DROPPED, "Cache records that failed verification and were dropped", |w| &w.corrupt_dropped),
-            (FILLS_ABORTED, "Cache fills abandoned (upstream truncated or failed mid-body)", |w| &w.fills_aborted),
-            (FILL_SKIPPED, "Cacheable responses not stored (too large, disk full, unknown length)", |w| &w.fill_skipped),
-            (CACHE_EVICTIONS, "Cache segments evicted", |w| &w.cache_evictions),
-            (CONNECTIONS_REJECTED, "Client connections refused at the per-worker limit", |w| &w.connections_rejected),
-            (BAD_REQUESTS, "Malformed client requests answered with 4xx and closed", |w| &w.bad_requests),
+            (RESPONSE_BYTES, "Response body bytes sent to clients", |w| {
+                &w.response_bytes
+            }),
+            (
+                UPSTREAM_ERRORS,
+                "Upstream transport errors (connect, timeout, protocol, truncation)",
+                |w| &w.upstream_errors,
+            ),
+            (
+                COALESCED_WAITERS,
+                "Requests that joined another request's upstream fetch",
+                |w| &w.coalesced_waiters,
+            ),
+            (
+                CORRUPT_DROPPED,
+                "Cache records that failed verification and were dropped",
+                |w| &w.corrupt_dropped,
+            ),
+            (
+                FILLS_ABORTED,
+                "Cache fills abandoned (upstream truncated or failed mid-body)",
+                |w| &w.fills_aborted,
+            ),
+            (
+                FILL_SKIPPED,
+                "Cacheable responses not stored (too large, disk full, unknown length)",
+                |w| &w.fill_skipped,
+            ),
+            (CACHE_EVICTIONS, "Cache segments evicted", |w| {
+                &w.cache_evictions
+            }),
+            (
+                CONNECTIONS_REJECTED,
+                "Client connections refused at the per-worker limit",
+                |w| &w.connections_rejected,
+            ),
+            (
+                BAD_REQUESTS,
+                "Malformed client requests answered with 4xx and closed",
+                |w| &w.bad_requests,
+            ),
         ];
         for (name, help, get) in counters {
             let v = self.sum(|w| get(w).load(Relaxed));
@@ -245,9 +290,13 @@ impl Collector for Metrics {
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
         let gauges: [(&str, &str, fn(&WorkerMetrics) -> &AtomicU64); 3] = [
-            (CACHE_BYTES, "Bytes on disk used by the cache", |w| &w.cache_bytes),
+            (CACHE_BYTES, "Bytes on disk used by the cache", |w| {
+                &w.cache_bytes
+            }),
             (CACHE_OBJECTS, "Objects in the cache", |w| &w.cache_objects),
-            (CONNECTIONS_OPEN, "Open client connections", |w| &w.connections_open),
+            (CONNECTIONS_OPEN, "Open client connections", |w| {
+                &w.connections_open
+            }),
         ];
         for (name, help, get) in gauges {
             let v = self.sum(|w| get(w).load(Relaxed)) as i64;
@@ -268,13 +317,29 @@ mod tests {
         m.worker(0).request(CacheResult::Hit, 200, 10);
         m.worker(1).request(CacheResult::Hit, 200, 5);
         m.worker(1).request(CacheResult::Miss, 404, 0);
-        m.worker(0).upstream(Some(200), std::time::Duration::from_millis(3));
+        m.worker(0)
+            .upstream(Some(200), std::time::Duration::from_millis(3));
         let text = m.render();
-        assert!(text.contains("chartcache_requests_total{cache=\"hit\",status=\"200\"} 2"), "{text}");
-        assert!(text.contains("chartcache_requests_total{cache=\"miss\",status=\"404\"} 1"), "{text}");
-        assert!(text.contains("chartcache_response_bytes_total 15"), "{text}");
-        assert!(text.contains("chartcache_upstream_requests_total{outcome=\"200\"} 1"), "{text}");
-        assert!(text.contains("chartcache_upstream_latency_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert!(
+            text.contains("chartcache_requests_total{cache=\"hit\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chartcache_requests_total{cache=\"miss\",status=\"404\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chartcache_response_bytes_total 15"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chartcache_upstream_requests_total{outcome=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chartcache_upstream_latency_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
         assert_eq!(m.upstream_total(), 1);
     }
 }

@@ -206,23 +206,35 @@ mod tests {
     #[test]
     fn dropped_guard_fails_waiters() {
         let t = InflightTable::default();
-        let Join::Leader(a) = t.join("/k") else { panic!() };
+        let Join::Leader(a) = t.join("/k") else {
+            panic!()
+        };
         let rx = a.subscribe();
         drop(FillGuard {
             table: &t,
             inflight: a.clone(),
         });
-        assert!(matches!(&*rx.borrow(), FillState::Failed { mid_body: false, .. }));
+        assert!(matches!(
+            &*rx.borrow(),
+            FillState::Failed {
+                mid_body: false,
+                ..
+            }
+        ));
         assert!(t.is_empty());
     }
 
     #[test]
     fn waiters_on_other_threads_see_progress() {
         let t = Arc::new(InflightTable::default());
-        let Join::Leader(a) = t.join("/k") else { panic!() };
+        let Join::Leader(a) = t.join("/k") else {
+            panic!()
+        };
         let mut rx = a.subscribe();
         let h = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 loop {
                     if rx.borrow_and_update().is_final() {

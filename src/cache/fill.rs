@@ -63,7 +63,8 @@ impl Filler<'_> {
         let resp = self.origin.fetch(req).await;
         let resp = match resp {
             Ok(r) => {
-                self.metrics.upstream(Some(r.meta.status), started.elapsed());
+                self.metrics
+                    .upstream(Some(r.meta.status), started.elapsed());
                 r
             }
             Err(e) => {
@@ -102,8 +103,14 @@ impl Filler<'_> {
                     ttl_secs,
                 };
                 match meta.content_length {
-                    Some(len) => self.fill_sized(&inflight, &key, object, len, body.as_mut()).await,
-                    None => self.fill_unsized(&inflight, &key, object, body.as_mut()).await,
+                    Some(len) => {
+                        self.fill_sized(&inflight, &key, object, len, body.as_mut())
+                            .await
+                    }
+                    None => {
+                        self.fill_unsized(&inflight, &key, object, body.as_mut())
+                            .await
+                    }
                 }
             }
             _ => {

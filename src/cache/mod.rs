@@ -13,8 +13,8 @@
 
 pub mod checkpoint;
 pub mod coalesce;
-pub mod fill;
 pub mod evict;
+pub mod fill;
 pub mod format;
 pub mod index;
 pub mod recover;

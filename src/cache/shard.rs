@@ -123,7 +123,11 @@ pub struct DirLock {
 }
 
 /// Opens (and recovers) every shard under `dir`, after locking it.
-pub fn open(dir: &Path, total_size: u64, shards: usize) -> Result<(Arc<Shards>, Vec<ShardStore>, DirLock), Error> {
+pub fn open(
+    dir: &Path,
+    total_size: u64,
+    shards: usize,
+) -> Result<(Arc<Shards>, Vec<ShardStore>, DirLock), Error> {
     let dir_err = |source| Error::Dir {
         path: dir.to_path_buf(),
         source,
@@ -179,7 +183,8 @@ fn lock_dir(dir: &Path) -> Result<DirLock, Error> {
         });
     }
     let _ = file.set_len(0);
-    let _ = std::os::unix::fs::FileExt::write_at(&file, std::process::id().to_string().as_bytes(), 0);
+    let _ =
+        std::os::unix::fs::FileExt::write_at(&file, std::process::id().to_string().as_bytes(), 0);
     Ok(DirLock { _file: file })
 }
 

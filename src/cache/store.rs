@@ -122,8 +122,12 @@ impl ShardReader {
     }
 }
 impl ShardStore {
-    pub fn refresh(&mut self, _key: &str, _stored_at: u64, _ttl: u32) -> bool { todo!() }
+    pub fn refresh(&mut self, _key: &str, _stored_at: u64, _ttl: u32) -> bool {
+        todo!()
+    }
 }
 impl ShardReader {
-    pub fn drop_corrupt(&self, _key: &str, _hit: &Hit) -> bool { todo!() }
+    pub fn drop_corrupt(&self, _key: &str, _hit: &Hit) -> bool {
+        todo!()
+    }
 }

@@ -3,6 +3,7 @@
 //! - [`request`]: server-side request-head parser with the limits a proxy needs.
 //! - [`path`]: request target → validated object key (decoded exactly once).
 //! - [`render`]: response-head rendering.
+//! - [`conditional`]: `Range`, `If-None-Match`, `If-Modified-Since` evaluation.
 //! - [`response`]: client-side (upstream) response-head parser.
 //! - [`chunked`]: chunked transfer-coding decoder (upstream bodies).
 //!
@@ -15,4 +16,3 @@ pub mod path;
 pub mod render;
 pub mod request;
 pub mod response;
-pub mod conditional;

@@ -122,7 +122,9 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         (Ok(key), _) => {
             let rule = w.cfg.policy.decide(key);
             match rule.action {
-                Action::Bypass => bypass(w, conn, req, key, rule, &mut x, CacheResult::Bypass).await,
+                Action::Bypass => {
+                    bypass(w, conn, req, key, rule, &mut x, CacheResult::Bypass).await
+                }
                 Action::Cache { ttl } => cached(w, conn, req, key, rule, ttl, ttl, &mut x).await,
                 Action::Revalidate { fresh_for } => {
                     cached(w, conn, req, key, rule, fresh_for, Duration::ZERO, &mut x).await
@@ -165,7 +167,9 @@ async fn cached(
     let mut existing = w.shards.lookup(key);
     if let Some(hit) = &existing {
         if !hit.verify() {
-            w.shards.reader(w.shards.owner_of(key)).drop_corrupt(key, hit);
+            w.shards
+                .reader(w.shards.owner_of(key))
+                .drop_corrupt(key, hit);
             w.metrics.corrupt_dropped.fetch_add(1, Relaxed);
             tracing::warn!(key, "cache record failed verification: dropped, refetching");
             existing = None;
@@ -391,12 +395,25 @@ async fn serve_stored(
     };
     let mut head = std::mem::take(&mut conn.head_buf);
     head.clear();
-    render_object_head(&mut head, key, rule, meta, status, Some(n), range.as_deref(), x);
+    render_object_head(
+        &mut head,
+        key,
+        rule,
+        meta,
+        status,
+        Some(n),
+        range.as_deref(),
+        x,
+    );
     x.status = status;
     if req.method == Method::Head {
         return send_head(conn, head).await;
     }
-    let body = MmapSlice::new(s.segment.clone(), s.body_offset + start as usize, n as usize);
+    let body = MmapSlice::new(
+        s.segment.clone(),
+        s.body_offset + start as usize,
+        n as usize,
+    );
     let (res, head) = send_head_and_body(&mut conn.stream, head, body).await;
     conn.head_buf = head;
     if res.is_ok() {
@@ -417,11 +434,25 @@ async fn serve_response(
 ) -> std::io::Result<()> {
     if meta.status != 200 {
         let status = if meta.status == 304 { 502 } else { meta.status };
-        let msg = if status == 404 { "not found" } else { "upstream error" };
+        let msg = if status == 404 {
+            "not found"
+        } else {
+            "upstream error"
+        };
         return respond_simple(conn, x, status, msg).await;
     }
     let object = object_meta(meta);
-    send_object_head(conn, key, rule, &object, 200, Some(body.len() as u64), None, x).await?;
+    send_object_head(
+        conn,
+        key,
+        rule,
+        &object,
+        200,
+        Some(body.len() as u64),
+        None,
+        x,
+    )
+    .await?;
     if req.method == Method::Get && !body.is_empty() {
         let n = body.len() as u64;
         send_all(&mut conn.stream, body).await?;
@@ -475,7 +506,15 @@ async fn bypass(
             return send_object_head(conn, key, rule, &object, 304, None, None, x).await;
         }
         404 => return respond_simple(conn, x, 404, "not found").await,
-        other => return respond_simple(conn, x, if other >= 500 { 502 } else { other }, "upstream error").await,
+        other => {
+            return respond_simple(
+                conn,
+                x,
+                if other >= 500 { 502 } else { other },
+                "upstream error",
+            )
+            .await
+        }
     }
     if meta.content_length.is_none() {
         // Close-delimited: the only honest framing without a length.
@@ -517,7 +556,9 @@ fn object_meta(meta: &ResponseMeta) -> ObjectMeta {
 /// The Content-Type served for `key`: charts are always `application/gzip`;
 /// YAML gets upstream's type unless that is a generic binary one.
 fn content_type<'a>(key: &str, upstream: Option<&'a str>) -> &'a str {
-    let generic = |ct: &&str| ct.is_empty() || *ct == "binary/octet-stream" || *ct == "application/octet-stream";
+    let generic = |ct: &&str| {
+        ct.is_empty() || *ct == "binary/octet-stream" || *ct == "application/octet-stream"
+    };
     if key.ends_with(".tgz") {
         "application/gzip"
     } else if key.ends_with(".yaml") || key.ends_with(".yml") {
@@ -525,7 +566,9 @@ fn content_type<'a>(key: &str, upstream: Option<&'a str>) -> &'a str {
     } else if key.ends_with(".prov") {
         "application/pgp-signature"
     } else {
-        upstream.filter(|ct| !generic(ct)).unwrap_or("application/octet-stream")
+        upstream
+            .filter(|ct| !generic(ct))
+            .unwrap_or("application/octet-stream")
     }
 }
 
@@ -542,7 +585,11 @@ fn render_object_head(
     content_range: Option<&str>,
     x: &Exchange,
 ) {
-    let overridden = |name: &str| rule.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    let overridden = |name: &str| {
+        rule.headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+    };
     let extra: Vec<(&str, &str)> = rule
         .headers
         .iter()
@@ -555,7 +602,10 @@ fn render_object_head(
             content_length,
             content_type: (status != 304 && !overridden("content-type")).then_some(ct),
             etag: meta.etag.as_deref().filter(|_| !overridden("etag")),
-            last_modified: meta.last_modified.as_deref().filter(|_| !overridden("last-modified")),
+            last_modified: meta
+                .last_modified
+                .as_deref()
+                .filter(|_| !overridden("last-modified")),
             cache_control: None,
             x_cache: Some(x.cache.as_str()),
             content_range,
@@ -580,7 +630,16 @@ async fn send_object_head(
 ) -> std::io::Result<()> {
     let mut head = std::mem::take(&mut conn.head_buf);
     head.clear();
-    render_object_head(&mut head, key, rule, meta, status, content_length, content_range, x);
+    render_object_head(
+        &mut head,
+        key,
+        rule,
+        meta,
+        status,
+        content_length,
+        content_range,
+        x,
+    );
     x.status = status;
     send_head(conn, head).await
 }
@@ -592,7 +651,12 @@ async fn send_head(conn: &mut Conn, head: Vec<u8>) -> std::io::Result<()> {
 }
 
 /// A complete small text response.
-async fn respond_simple(conn: &mut Conn, x: &mut Exchange, status: u16, msg: &str) -> std::io::Result<()> {
+async fn respond_simple(
+    conn: &mut Conn,
+    x: &mut Exchange,
+    status: u16,
+    msg: &str,
+) -> std::io::Result<()> {
     x.status = status;
     let mut head = std::mem::take(&mut conn.head_buf);
     head.clear();
@@ -609,10 +673,22 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(content_type("/a-1.0.tgz", Some("binary/octet-stream")), "application/gzip");
-        assert_eq!(content_type("/index.yaml", Some("binary/octet-stream")), "text/yaml");
-        assert_eq!(content_type("/index.yaml", Some("application/x-yaml")), "application/x-yaml");
+        assert_eq!(
+            content_type("/a-1.0.tgz", Some("binary/octet-stream")),
+            "application/gzip"
+        );
+        assert_eq!(
+            content_type("/index.yaml", Some("binary/octet-stream")),
+            "text/yaml"
+        );
+        assert_eq!(
+            content_type("/index.yaml", Some("application/x-yaml")),
+            "application/x-yaml"
+        );
         assert_eq!(content_type("/index.yaml", None), "text/yaml");
-        assert_eq!(content_type("/x.json", Some("application/json")), "application/json");
+        assert_eq!(
+            content_type("/x.json", Some("application/json")),
+            "application/json"
+        );
     }
 }
