@@ -1,1 +1,486 @@
-//! TODO
+//! Thread per core: one monoio runtime per worker thread.
+//!
+//! # Architecture
+//! 1. `start` checks credentials, locks and recovers the cache (one shard per
+//!    worker), and binds every listener up front, so bad config, a busy port
+//!    or an unusable cache directory fail before anything is served.
+//! 2. The proxy address is bound once per worker with `SO_REUSEPORT` (the
+//!    kernel spreads connections); port 0 is resolved by the first bind.
+//! 3. Each worker builds its runtime on io_uring, or on epoll where io_uring is
+//!    unavailable (Docker's default seccomp profile) — said once in the log —
+//!    then builds its own origin (its own upstream connection pool), and runs
+//!    the accept loop, its shard's job loop (fills, purges) and periodic
+//!    housekeeping (access-log flush, stats, checkpoints).
+//! 4. The admin listener runs on its own plain thread (`admin`).
+//! 5. Shutdown fans out through a watch channel: workers stop accepting, idle
+//!    connections close, in-flight responses finish (bounded by a grace
+//!    period), each shard writes its index checkpoint, the log is flushed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::access_log::AccessLog;
+use crate::admin::{self, AdminState};
+use crate::cache::fill::Filler;
+use crate::cache::shard::{self, ShardJob, Shards};
+use crate::cache::store::ShardStore;
+use crate::config::{Config, Driver};
+use crate::metrics::Metrics;
+use crate::origin::credentials::CredentialsCell;
+use crate::origin::{self, Upstream};
+use crate::server::{conn, Worker, WorkerRef};
+
+/// How long in-flight responses may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often each shard writes its index checkpoint while running.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// Startup and runtime errors; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cache(#[from] shard::Error),
+    #[error("cannot listen on {addr} ({what}): {source}. Fix: pick a free port with --{flag}, or stop the process using it")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+    #[error("AWS credentials: {0}")]
+    Credentials(String),
+    #[error("upstream: {0}")]
+    Origin(String),
+    #[error("worker {worker} failed to start: {message}")]
+    Worker { worker: usize, message: String },
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub shards: Arc<Shards>,
+    shutdown: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    _lock: shard::DirLock,
+}
+
+impl Server {
+    /// Graceful shutdown: stop accepting, finish responses, checkpoint.
+    pub fn shutdown(self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+
+    /// Blocks until SIGTERM or SIGINT, then shuts down gracefully.
+    pub fn run_until_signal(self) -> std::io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down: finishing in-flight responses");
+        }
+        let started = Instant::now();
+        self.shutdown();
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "stopped");
+        Ok(())
+    }
+}
+
+/// Credentials for the configured upstream: required for S3, unused otherwise.
+pub fn credentials_for(cfg: &Config) -> Result<Option<Arc<CredentialsCell>>, Error> {
+    match cfg.origin.upstream {
+        Upstream::S3 { .. } => crate::origin::credentials::from_env()
+            .map(Some)
+            .map_err(|e| Error::Credentials(e.to_string())),
+        _ => Ok(None),
+    }
+}
+
+/// Starts every worker and the admin listener; returns once all serve.
+pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server, Error> {
+    let cfg = Arc::new(cfg);
+    let n = cfg.workers;
+    // Fail fast on an origin that cannot be built (e.g. S3 without credentials).
+    if let Upstream::S3 { .. } = cfg.origin.upstream {
+        if creds.is_none() {
+            return Err(Error::Credentials(
+                "none found. Fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials)".into(),
+            ));
+        }
+    }
+
+    let driver = resolve_driver(cfg.driver);
+    let (shards, stores, lock) = shard::open(&cfg.cache.dir, cfg.cache.size, n)?;
+    let listeners = bind_reuseport(cfg.server.listen, n, driver)?;
+    let addr = listeners[0].local_addr().map_err(|source| Error::Bind {
+        addr: cfg.server.listen,
+        what: "proxy",
+        flag: "listen",
+        source,
+    })?;
+    let admin_listener =
+        std::net::TcpListener::bind(cfg.admin.listen).map_err(|source| Error::Bind {
+            addr: cfg.admin.listen,
+            what: "admin",
+            flag: "admin",
+            source,
+        })?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
+
+    let metrics = Metrics::new(n);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicUsize::new(0));
+
+    let mut senders = Vec::with_capacity(n);
+    let mut receivers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    shards.set_senders(senders);
+
+    let (startup_tx, startup_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
+    let mut workers = Vec::with_capacity(n);
+    for (id, ((listener, store), jobs)) in
+        listeners.into_iter().zip(stores).zip(receivers).enumerate()
+    {
+        let ctx = WorkerStart {
+            id,
+            cfg: cfg.clone(),
+            driver,
+            listener,
+            store,
+            jobs,
+            shards: shards.clone(),
+            metrics: metrics.clone(),
+            creds: creds.clone(),
+            shutdown: shutdown_rx.clone(),
+            draining: draining.clone(),
+            ready: ready.clone(),
+            startup: startup_tx.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("chartcache-w{id}"))
+            .spawn(move || worker_thread(ctx))
+            .map_err(|e| Error::Worker {
+                worker: id,
+                message: e.to_string(),
+            })?;
+        workers.push(handle);
+    }
+    drop(startup_tx);
+    for _ in 0..n {
+        match startup_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = shutdown_tx.send(true);
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = shutdown_tx.send(true);
+                return Err(Error::Worker {
+                    worker: 0,
+                    message: "a worker exited during startup".into(),
+                });
+            }
+        }
+    }
+
+    admin::spawn(
+        admin_listener,
+        AdminState {
+            metrics: metrics.clone(),
+            shards: shards.clone(),
+            ready: ready.clone(),
+            workers: n,
+            draining: draining.clone(),
+            token: cfg.admin.token.clone(),
+        },
+    );
+    tracing::info!(
+        listen = %addr,
+        admin = %admin_addr,
+        workers = n,
+        driver = ?driver,
+        upstream = %describe(&cfg.origin.upstream),
+        cache_dir = %cfg.cache.dir.display(),
+        cache_size = cfg.cache.size,
+        "chartcache listening"
+    );
+    Ok(Server {
+        addr,
+        admin_addr,
+        metrics,
+        shards,
+        shutdown: shutdown_tx,
+        draining,
+        workers,
+        _lock: lock,
+    })
+}
+
+fn describe(u: &Upstream) -> String {
+    match u {
+        Upstream::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+        Upstream::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        Upstream::Https {
+            tls,
+            host,
+            port,
+            base_path,
+        } => format!(
+            "{}://{host}:{port}{base_path}",
+            if *tls { "https" } else { "http" }
+        ),
+        Upstream::File { dir } => format!("file://{}", dir.display()),
+    }
+}
+
+/// `Auto` becomes io_uring when the kernel and seccomp allow it.
+fn resolve_driver(d: Driver) -> Driver {
+    match d {
+        Driver::Auto if monoio::utils::detect_uring() => Driver::IoUring,
+        Driver::Auto => {
+            tracing::warn!(
+                "io_uring is unavailable (old kernel, or blocked by a seccomp profile such as Docker's default): using epoll"
+            );
+            Driver::Epoll
+        }
+        other => other,
+    }
+}
+
+/// Binds `n` listeners on one address with SO_REUSEPORT.
+fn bind_reuseport(
+    addr: SocketAddr,
+    n: usize,
+    driver: Driver,
+) -> Result<Vec<std::net::TcpListener>, Error> {
+    let err = |source| Error::Bind {
+        addr,
+        what: "proxy",
+        flag: "listen",
+        source,
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut bound = addr;
+    for _ in 0..n {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(bound),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .map_err(err)?;
+        sock.set_reuse_address(true).map_err(err)?;
+        sock.set_reuse_port(true).map_err(err)?;
+        sock.bind(&bound.into()).map_err(err)?;
+        sock.listen(4096).map_err(err)?;
+        if driver == Driver::Epoll {
+            sock.set_nonblocking(true).map_err(err)?;
+        }
+        let l: std::net::TcpListener = sock.into();
+        if bound.port() == 0 {
+            bound = l.local_addr().map_err(err)?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+struct WorkerStart {
+    id: usize,
+    cfg: Arc<Config>,
+    driver: Driver,
+    listener: std::net::TcpListener,
+    store: ShardStore,
+    jobs: mpsc::UnboundedReceiver<ShardJob>,
+    shards: Arc<Shards>,
+    metrics: Metrics,
+    creds: Option<Arc<CredentialsCell>>,
+    shutdown: watch::Receiver<bool>,
+    draining: Arc<AtomicBool>,
+    ready: Arc<AtomicUsize>,
+    startup: std::sync::mpsc::Sender<Result<(), Error>>,
+}
+
+fn worker_thread(ctx: WorkerStart) {
+    let startup = ctx.startup.clone();
+    let id = ctx.id;
+    if let Err(e) = block_on(ctx.driver, worker_main(ctx)) {
+        let _ = startup.send(Err(Error::Worker {
+            worker: id,
+            message: format!("cannot build the runtime: {e}"),
+        }));
+    }
+}
+
+fn block_on<F: Future>(driver: Driver, f: F) -> std::io::Result<F::Output> {
+    match driver {
+        Driver::IoUring | Driver::Auto => {
+            Ok(monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(1024)
+                .enable_timer()
+                .build()?
+                .block_on(f))
+        }
+        Driver::Epoll => Ok(monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()?
+            .block_on(f)),
+    }
+}
+
+async fn worker_main(ctx: WorkerStart) {
+    let origin = match origin::build(&ctx.cfg.origin, ctx.creds.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = ctx.startup.send(Err(Error::Origin(e.to_string())));
+            return;
+        }
+    };
+    let listener = match monoio::net::TcpListener::from_std(ctx.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ctx.startup.send(Err(Error::Worker {
+                worker: ctx.id,
+                message: format!("cannot register the listener: {e}"),
+            }));
+            return;
+        }
+    };
+    let w: WorkerRef = Rc::new(Worker {
+        id: ctx.id,
+        cfg: ctx.cfg.clone(),
+        origin,
+        shards: ctx.shards,
+        store: std::cell::RefCell::new(ctx.store),
+        metrics: ctx.metrics.worker(ctx.id),
+        access_log: AccessLog::new(ctx.cfg.access_log, ctx.cfg.log_format, ctx.id),
+        draining: std::cell::Cell::new(false),
+        connections: std::cell::Cell::new(0),
+        shutdown: ctx.shutdown.clone(),
+    });
+    monoio::spawn(job_loop(w.clone(), ctx.jobs));
+    monoio::spawn(housekeeping(w.clone()));
+    ctx.ready.fetch_add(1, Ordering::SeqCst);
+    let _ = ctx.startup.send(Ok(()));
+    drop(ctx.startup);
+
+    accept_loop(&w, &listener, ctx.shutdown).await;
+    drop(listener);
+    w.draining.set(true);
+    let _ = &ctx.draining;
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while w.connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(e) = w.store.borrow_mut().checkpoint() {
+        tracing::error!(worker = w.id, error = %e, "index checkpoint failed at shutdown");
+    }
+    w.access_log.flush();
+}
+
+async fn accept_loop(
+    w: &WorkerRef,
+    listener: &monoio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        let accepted = monoio::select! {
+            a = listener.accept() => Some(a),
+            _ = shutdown.changed() => None,
+        };
+        match accepted {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                if w.connections.get() >= w.cfg.server.max_connections {
+                    w.metrics
+                        .connections_rejected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+                monoio::spawn(conn::serve(w.clone(), stream, peer));
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(worker = w.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Runs this shard's owner jobs: fills and purges.
+async fn job_loop(w: WorkerRef, mut jobs: mpsc::UnboundedReceiver<ShardJob>) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            ShardJob::Fill {
+                inflight,
+                etag,
+                ttl_secs,
+            } => {
+                let w = w.clone();
+                monoio::spawn(async move {
+                    let filler = Filler {
+                        origin: &*w.origin,
+                        store: &w.store,
+                        shards: &w.shards,
+                        metrics: &w.metrics,
+                    };
+                    filler.fill(inflight, etag, ttl_secs).await;
+                });
+            }
+            ShardJob::Purge { key, prefix, reply } => {
+                let n = if prefix {
+                    w.store.borrow_mut().remove_prefix(&key)
+                } else {
+                    usize::from(w.store.borrow_mut().remove(&key))
+                };
+                let _ = reply.send(n);
+            }
+        }
+    }
+}
+
+/// Periodic per-worker chores.
+async fn housekeeping(w: WorkerRef) {
+    let mut last_checkpoint = Instant::now();
+    loop {
+        monoio::time::sleep(Duration::from_millis(200)).await;
+        w.access_log.flush();
+        let stats = w.store.borrow().stats();
+        w.metrics
+            .cache_bytes
+            .store(stats.bytes_on_disk, Ordering::Relaxed);
+        w.metrics
+            .cache_objects
+            .store(stats.objects, Ordering::Relaxed);
+        w.metrics
+            .cache_evictions
+            .store(stats.evictions, Ordering::Relaxed);
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            last_checkpoint = Instant::now();
+            if let Err(e) = w.store.borrow_mut().checkpoint() {
+                tracing::warn!(worker = w.id, error = %e, "index checkpoint failed");
+            }
+        }
+    }
+}

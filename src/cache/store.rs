@@ -131,3 +131,19 @@ impl ShardReader {
         todo!()
     }
 }
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    pub bytes_on_disk: u64,
+    pub objects: u64,
+    pub evictions: u64,
+    pub corrupt_dropped: u64,
+    pub segments: u64,
+}
+impl ShardStore {
+    pub fn remove_prefix(&mut self, _p: &str) -> usize {
+        todo!()
+    }
+    pub fn stats(&self) -> StoreStats {
+        todo!()
+    }
+}

@@ -1,1 +1,195 @@
-//! TODO
+//! One client connection's keep-alive loop.
+//!
+//! Reads into one buffer, parses request heads with the strict codec, and
+//! answers pipelined requests strictly in order (one at a time). Invariants:
+//! - A request body (GETs may carry one) is drained **before** the next
+//!   request in the buffer is parsed; a chunked or large body closes the
+//!   connection after the response instead. Answering without draining is how
+//!   request smuggling poisons caches.
+//! - A malformed head gets its 4xx and the connection is closed.
+//! - The header deadline is absolute from the first byte of a request (a
+//!   slowloris trickling bytes is cut at `header_timeout`); an idle
+//!   keep-alive connection is closed after `idle_timeout`, or at shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+use monoio::net::TcpStream;
+
+use crate::access_log::Entry;
+use crate::http1::render::simple;
+use crate::http1::request::{parse_request, BodyFraming, Parsed};
+use crate::metrics::CacheResult;
+use crate::server::handler::{handle, Conn};
+use crate::server::send::send_all;
+use crate::server::WorkerRef;
+
+/// Request bodies up to this size are read and discarded; larger ones close
+/// the connection after the response.
+const MAX_DRAIN: u64 = 64 * 1024;
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    w.connections.set(w.connections.get() + 1);
+    w.metrics.connections_open.fetch_add(1, Relaxed);
+    let mut conn = Conn {
+        stream,
+        peer: Some(peer),
+        head_buf: Vec::with_capacity(512),
+    };
+    serve_requests(&w, &mut conn).await;
+    w.connections.set(w.connections.get() - 1);
+    w.metrics.connections_open.fetch_sub(1, Relaxed);
+}
+
+async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
+    let limits = &w.cfg.server.limits;
+    let max_buf = limits.max_request_line + limits.max_header_bytes + 1024;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut head_started: Option<Instant> = None;
+    let mut shutdown = w.shutdown.clone();
+    loop {
+        if !buf.is_empty() {
+            match parse_request(&buf, limits) {
+                Ok(Parsed::Complete(head)) => {
+                    buf.drain(..head.head_len);
+                    head_started = None;
+                    let mut keep = true;
+                    match head.body {
+                        BodyFraming::None => {}
+                        BodyFraming::Length(n) if n <= MAX_DRAIN => {
+                            let deadline = Instant::now() + w.cfg.server.header_timeout;
+                            match drain(conn, buf, n, deadline).await {
+                                Some(rest) => buf = rest,
+                                None => return,
+                            }
+                        }
+                        BodyFraming::Length(_) | BodyFraming::Chunked => keep = false,
+                    }
+                    let mut head = head;
+                    head.keep_alive &= keep;
+                    if !handle(w, conn, &head).await || !keep || w.is_draining() {
+                        return;
+                    }
+                    if !buf.is_empty() {
+                        head_started = Some(Instant::now());
+                    }
+                    continue;
+                }
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    w.metrics.bad_requests.fetch_add(1, Relaxed);
+                    if let Some(status) = e.status() {
+                        reject(w, conn, status, &e.to_string()).await;
+                    }
+                    return;
+                }
+            }
+            if buf.len() >= max_buf {
+                reject(w, conn, 431, "request head too large").await;
+                return;
+            }
+        }
+
+        // Need more bytes: wait with the right deadline.
+        let idle = buf.is_empty();
+        let remaining = if idle {
+            w.cfg.server.idle_timeout
+        } else {
+            let started = *head_started.get_or_insert_with(Instant::now);
+            w.cfg
+                .server
+                .header_timeout
+                .saturating_sub(started.elapsed())
+        };
+        if remaining.is_zero() {
+            reject(w, conn, 408, "request head not received in time").await;
+            return;
+        }
+        if idle && w.is_draining() {
+            return;
+        }
+        let len = buf.len();
+        buf.reserve(4096);
+        let read = conn.stream.read(buf.slice_mut(len..));
+        let outcome = if idle {
+            monoio::select! {
+                r = monoio::time::timeout(remaining, read) => Some(r),
+                _ = shutdown.changed() => None,
+            }
+        } else {
+            Some(monoio::time::timeout(remaining, read).await)
+        };
+        match outcome {
+            None => return, // shutdown while idle
+            Some(Err(_elapsed)) => {
+                if !idle {
+                    reject(w, conn, 408, "request head not received in time").await;
+                }
+                return;
+            }
+            Some(Ok((Ok(0), _))) | Some(Ok((Err(_), _))) => return,
+            Some(Ok((Ok(_), slice))) => {
+                buf = slice.into_inner();
+                if idle {
+                    head_started = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// Discards `n` body bytes (first from `buf`, then from the socket). Returns
+/// the leftover bytes (the next pipelined request), or `None` on
+/// error/timeout (close).
+async fn drain(conn: &mut Conn, mut buf: Vec<u8>, n: u64, deadline: Instant) -> Option<Vec<u8>> {
+    let take = (n as usize).min(buf.len());
+    buf.drain(..take);
+    let mut left = n - take as u64;
+    while left > 0 {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining == Duration::ZERO {
+            return None;
+        }
+        buf.clear();
+        buf.reserve(16 * 1024);
+        let cap = buf.capacity();
+        let read = conn.stream.read(buf.slice_mut(0..cap));
+        match monoio::time::timeout(remaining, read).await {
+            Ok((Ok(got), slice)) if got > 0 => {
+                buf = slice.into_inner();
+                let take = (left as usize).min(buf.len());
+                buf.drain(..take);
+                left -= take as u64;
+            }
+            _ => return None,
+        }
+    }
+    Some(buf)
+}
+
+/// Answers a malformed or timed-out request and logs it; the caller closes.
+async fn reject(w: &WorkerRef, conn: &mut Conn, status: u16, why: &str) {
+    let mut out = Vec::with_capacity(256);
+    let mut msg = String::with_capacity(why.len() + 1);
+    msg.push_str(why);
+    msg.push('\n');
+    simple(status, &msg, false, &mut out);
+    let _ = send_all(&mut conn.stream, out).await;
+    w.metrics.request(CacheResult::None, status, 0);
+    w.access_log.log(&Entry {
+        method: "-",
+        path: "-",
+        status,
+        bytes: 0,
+        duration: Duration::ZERO,
+        cache: CacheResult::None,
+        upstream_status: None,
+        peer: conn.peer,
+        user_agent: None,
+    });
+}
