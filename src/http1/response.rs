@@ -1,1 +1,470 @@
-//! TODO
+//! Client-side (upstream) HTTP/1.x response-head parser, strict and bounded.
+//!
+//! Owns: turning the bytes an origin sends into a [`ResponseHead`] with only the
+//! fields chartcache uses, and deciding how the body is framed ([`BodyFraming`]).
+//! Does not own: I/O, body decoding (see [`super::chunked`]), status mapping.
+//!
+//! Invariants (each one is a unit test below):
+//! - a head larger than [`MAX_HEAD_BYTES`] or with more than [`MAX_HEADERS`]
+//!   header lines is an error, whether or not it is complete yet;
+//! - bare CR, NUL or other control bytes inside a header value, obs-fold
+//!   continuation lines and malformed status lines are errors (httparse rejects
+//!   them) — such a response is answered 502, its headers never pass through;
+//! - `Content-Length` must be 1+ ASCII digits fitting `u64`; duplicates must agree;
+//! - `Content-Length` together with `Transfer-Encoding` is an error (smuggling);
+//!   the only transfer coding accepted is a lone `chunked`;
+//! - the headers that are kept (`ETag`, `Last-Modified`, `Content-Type`,
+//!   `x-amz-*` hints) must be visible ASCII and unambiguous (differing duplicates
+//!   are an error), because they are stored and re-served.
+
+/// Upper bound on the response head (status line + headers + final CRLF).
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// Upper bound on the number of header lines.
+pub const MAX_HEADERS: usize = 100;
+
+/// Why a response head was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("more than {MAX_HEADERS} response headers")]
+    TooManyHeaders,
+    /// Status line or header syntax rejected by httparse (includes CR/LF/NUL in values).
+    #[error("malformed response head: {0}")]
+    Malformed(&'static str),
+    #[error("invalid Content-Length")]
+    BadContentLength,
+    #[error("differing duplicate Content-Length headers")]
+    ConflictingContentLength,
+    #[error("both Content-Length and Transfer-Encoding present")]
+    LengthWithTransferEncoding,
+    #[error("unsupported Transfer-Encoding")]
+    UnsupportedTransferEncoding,
+    #[error("header {0} is not visible ASCII")]
+    BadHeaderValue(&'static str),
+    #[error("differing duplicate {0} headers")]
+    DuplicateHeader(&'static str),
+    #[error("unexpected informational (1xx) response")]
+    Informational,
+}
+
+/// How the response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Neither: the body runs until the server closes. The connection cannot be
+    /// reused and a short body cannot be detected.
+    UntilClose,
+}
+
+/// The parts of an upstream response head chartcache uses. Everything else is dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version_minor: u8,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    /// The connection must not be reused (`Connection: close`, or HTTP/1.0
+    /// without `keep-alive`).
+    pub connection_close: bool,
+    /// `x-amz-error-code` (S3 sends it on some error responses without a body).
+    pub amz_error_code: Option<String>,
+    /// `x-amz-request-id`, for logs.
+    pub amz_request_id: Option<String>,
+    /// `x-amz-bucket-region` (hint on a wrong-region redirect/403).
+    pub amz_bucket_region: Option<String>,
+}
+
+impl ResponseHead {
+    /// How the body that follows this head is framed, for a request made with
+    /// `head_request` = method HEAD.
+    pub fn framing(&self, head_request: bool) -> BodyFraming {
+        if head_request || self.status == 204 || self.status == 304 || self.status < 200 {
+            BodyFraming::Empty
+        } else if self.chunked {
+            BodyFraming::Chunked
+        } else if let Some(n) = self.content_length {
+            BodyFraming::Length(n)
+        } else {
+            BodyFraming::UntilClose
+        }
+    }
+}
+
+/// Parse a response head from the start of `buf`.
+///
+/// `Ok(None)`: incomplete, read more (the caller keeps the bytes). `Ok(Some((head,
+/// n)))`: the head is the first `n` bytes; the body starts at `buf[n..]`.
+pub fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, ResponseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(ResponseError::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooManyHeaders),
+        Err(e) => return Err(ResponseError::Malformed(httparse_reason(e))),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(ResponseError::HeadTooLarge);
+    }
+    let status = resp
+        .code
+        .ok_or(ResponseError::Malformed("no status code"))?;
+    if !(100..=599).contains(&status) {
+        return Err(ResponseError::Malformed("status code out of range"));
+    }
+    if status < 200 {
+        return Err(ResponseError::Informational);
+    }
+    let version_minor = resp.version.ok_or(ResponseError::Malformed("no version"))?;
+
+    let mut head = ResponseHead {
+        status,
+        version_minor,
+        ..ResponseHead::default()
+    };
+    let mut transfer_encoding_seen = false;
+    let mut te_codings: Vec<String> = Vec::new();
+    let mut keep_alive = false;
+
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let value = h.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            for part in value.split(|&b| b == b',') {
+                let n = parse_content_length(trim(part))?;
+                match head.content_length {
+                    Some(prev) if prev != n => return Err(ResponseError::ConflictingContentLength),
+                    _ => head.content_length = Some(n),
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding_seen = true;
+            for part in value.split(|&b| b == b',') {
+                let part = trim(part);
+                if !part.is_empty() {
+                    te_codings.push(String::from_utf8_lossy(part).to_ascii_lowercase());
+                }
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for part in value.split(|&b| b == b',') {
+                let part = trim(part);
+                if part.eq_ignore_ascii_case(b"close") {
+                    head.connection_close = true;
+                } else if part.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("etag") {
+            keep(&mut head.etag, "ETag", value)?;
+        } else if name.eq_ignore_ascii_case("last-modified") {
+            keep(&mut head.last_modified, "Last-Modified", value)?;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            keep(&mut head.content_type, "Content-Type", value)?;
+        } else if name.eq_ignore_ascii_case("x-amz-error-code") {
+            keep(&mut head.amz_error_code, "x-amz-error-code", value)?;
+        } else if name.eq_ignore_ascii_case("x-amz-request-id") {
+            keep(&mut head.amz_request_id, "x-amz-request-id", value)?;
+        } else if name.eq_ignore_ascii_case("x-amz-bucket-region") {
+            keep(&mut head.amz_bucket_region, "x-amz-bucket-region", value)?;
+        }
+    }
+
+    if transfer_encoding_seen {
+        if head.content_length.is_some() {
+            return Err(ResponseError::LengthWithTransferEncoding);
+        }
+        if te_codings.len() != 1 || te_codings[0] != "chunked" {
+            return Err(ResponseError::UnsupportedTransferEncoding);
+        }
+        head.chunked = true;
+    }
+    if version_minor == 0 && !keep_alive {
+        head.connection_close = true;
+    }
+    Ok(Some((head, head_len)))
+}
+
+fn httparse_reason(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value (control byte, CR or LF)",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn parse_content_length(s: &[u8]) -> Result<u64, ResponseError> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return Err(ResponseError::BadContentLength);
+    }
+    s.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            .ok_or(ResponseError::BadContentLength)
+    })
+}
+
+/// Store a kept header: visible ASCII (plus space/tab) only; duplicates must agree.
+fn keep(slot: &mut Option<String>, name: &'static str, value: &[u8]) -> Result<(), ResponseError> {
+    let value = trim(value);
+    if !value
+        .iter()
+        .all(|&b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        return Err(ResponseError::BadHeaderValue(name));
+    }
+    // Checked above: ASCII only, so this cannot fail.
+    let value = std::str::from_utf8(value).map_err(|_| ResponseError::BadHeaderValue(name))?;
+    match slot {
+        Some(prev) if prev != value => Err(ResponseError::DuplicateHeader(name)),
+        Some(_) => Ok(()),
+        None => {
+            *slot = Some(value.to_owned());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(raw: &[u8]) -> (ResponseHead, usize) {
+        parse_response(raw).unwrap().expect("complete head")
+    }
+
+    #[test]
+    fn parses_s3_style_head() {
+        let raw = b"HTTP/1.1 200 OK\r\nx-amz-request-id: ABC123\r\nETag: \"9a0364b9e99bb480dd25e1f0284c8555\"\r\nLast-Modified: Fri, 24 May 2013 00:00:00 GMT\r\nContent-Type: application/gzip\r\nContent-Length: 12\r\nServer: AmazonS3\r\n\r\nhello world!";
+        let (head, n) = parse_ok(raw);
+        assert_eq!(&raw[n..], b"hello world!");
+        assert_eq!(head.status, 200);
+        assert_eq!(head.version_minor, 1);
+        assert_eq!(
+            head.etag.as_deref(),
+            Some("\"9a0364b9e99bb480dd25e1f0284c8555\"")
+        );
+        assert_eq!(
+            head.last_modified.as_deref(),
+            Some("Fri, 24 May 2013 00:00:00 GMT")
+        );
+        assert_eq!(head.content_type.as_deref(), Some("application/gzip"));
+        assert_eq!(head.content_length, Some(12));
+        assert_eq!(head.amz_request_id.as_deref(), Some("ABC123"));
+        assert!(!head.chunked);
+        assert!(!head.connection_close);
+        assert_eq!(head.framing(false), BodyFraming::Length(12));
+        assert_eq!(head.framing(true), BodyFraming::Empty);
+    }
+
+    #[test]
+    fn partial_head_asks_for_more() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n";
+        assert_eq!(parse_response(raw).unwrap(), None);
+        assert_eq!(parse_response(b"HTT").unwrap(), None);
+        assert_eq!(parse_response(b"").unwrap(), None);
+    }
+
+    #[test]
+    fn oversized_head_is_rejected_even_when_incomplete() {
+        let mut raw = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
+        assert_eq!(parse_response(&raw), Err(ResponseError::HeadTooLarge));
+        // Complete but too large.
+        raw.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_response(&raw), Err(ResponseError::HeadTooLarge));
+    }
+
+    #[test]
+    fn head_just_under_limit_is_accepted() {
+        let mut raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Big: ".to_vec();
+        let fill = MAX_HEAD_BYTES - raw.len() - 4;
+        raw.extend(std::iter::repeat_n(b'a', fill));
+        raw.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(raw.len(), MAX_HEAD_BYTES);
+        assert_eq!(parse_ok(&raw).1, MAX_HEAD_BYTES);
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            raw.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        assert_eq!(parse_response(&raw), Err(ResponseError::TooManyHeaders));
+    }
+
+    #[test]
+    fn control_bytes_in_values_are_rejected() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nETag: \"a\rInjected: 1\"\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\nETag: \"a\0b\"\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\n\r\n"[..],
+        ] {
+            assert!(
+                matches!(parse_response(raw), Err(ResponseError::Malformed(_))),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn obs_fold_is_rejected() {
+        let raw = b"HTTP/1.1 200 OK\r\nETag: \"a\"\r\n folded\r\n\r\n";
+        assert!(matches!(
+            parse_response(raw),
+            Err(ResponseError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_status_lines() {
+        for raw in [
+            &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+            &b"HTTP/2.0 200 OK\r\n\r\n"[..],
+            &b"HTTP/1.1 OK\r\n\r\n"[..],
+            &b"garbage\r\n\r\n"[..],
+        ] {
+            assert!(
+                matches!(parse_response(raw), Err(ResponseError::Malformed(_))),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(
+            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            Err(ResponseError::Informational)
+        );
+    }
+
+    #[test]
+    fn content_length_rules() {
+        let dup_same = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(parse_ok(dup_same).0.content_length, Some(5));
+        let list_same = b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n";
+        assert_eq!(parse_ok(list_same).0.content_length, Some(5));
+        let dup_diff = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        assert_eq!(
+            parse_response(dup_diff),
+            Err(ResponseError::ConflictingContentLength)
+        );
+        let list_diff = b"HTTP/1.1 200 OK\r\nContent-Length: 5,6\r\n\r\n";
+        assert_eq!(
+            parse_response(list_diff),
+            Err(ResponseError::ConflictingContentLength)
+        );
+        for bad in ["-1", "+5", "5a", "", "0x10", "99999999999999999999999"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(
+                parse_response(raw.as_bytes()),
+                Err(ResponseError::BadContentLength),
+                "{bad}"
+            );
+        }
+        let max = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", u64::MAX);
+        assert_eq!(parse_ok(max.as_bytes()).0.content_length, Some(u64::MAX));
+    }
+
+    #[test]
+    fn transfer_encoding_rules() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        let head = parse_ok(chunked).0;
+        assert!(head.chunked);
+        assert_eq!(head.framing(false), BodyFraming::Chunked);
+        let cl_te = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parse_response(cl_te),
+            Err(ResponseError::LengthWithTransferEncoding)
+        );
+        let te_cl = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(
+            parse_response(te_cl),
+            Err(ResponseError::LengthWithTransferEncoding)
+        );
+        for te in ["gzip, chunked", "gzip", "chunked, chunked", "identity", ""] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(
+                parse_response(raw.as_bytes()),
+                Err(ResponseError::UnsupportedTransferEncoding),
+                "{te}"
+            );
+        }
+        let two =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parse_response(two),
+            Err(ResponseError::UnsupportedTransferEncoding)
+        );
+    }
+
+    #[test]
+    fn connection_handling() {
+        let close =
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_ok(close).0.connection_close);
+        let http10 = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_ok(http10).0.connection_close);
+        let http10_ka = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        assert!(!parse_ok(http10_ka).0.connection_close);
+    }
+
+    #[test]
+    fn framing_by_status() {
+        let not_modified =
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(parse_ok(not_modified).0.framing(false), BodyFraming::Empty);
+        let no_len = b"HTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(parse_ok(no_len).0.framing(false), BodyFraming::UntilClose);
+    }
+
+    #[test]
+    fn amz_hints_and_kept_header_rules() {
+        let raw = b"HTTP/1.1 403 Forbidden\r\nx-amz-error-code: AccessDenied\r\nx-amz-bucket-region: eu-west-1\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_ok(raw).0;
+        assert_eq!(head.status, 403);
+        assert_eq!(head.amz_error_code.as_deref(), Some("AccessDenied"));
+        assert_eq!(head.amz_bucket_region.as_deref(), Some("eu-west-1"));
+
+        let dup_etag = b"HTTP/1.1 200 OK\r\nETag: \"a\"\r\nETag: \"b\"\r\n\r\n";
+        assert_eq!(
+            parse_response(dup_etag),
+            Err(ResponseError::DuplicateHeader("ETag"))
+        );
+        let non_ascii = b"HTTP/1.1 200 OK\r\nContent-Type: text/\xffplain\r\n\r\n";
+        assert_eq!(
+            parse_response(non_ascii),
+            Err(ResponseError::BadHeaderValue("Content-Type"))
+        );
+        // Non-ASCII in a header we drop is fine.
+        let dropped = b"HTTP/1.1 200 OK\r\nX-Other: caf\xc3\xa9\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(parse_ok(dropped).0.status, 200);
+    }
+}

@@ -1,1 +1,910 @@
-//! TODO
+//! A small HTTP/1.1 client for monoio, one instance per worker and upstream.
+//!
+//! Owns: connecting (plain TCP or rustls TLS) to one `host:port`, a per-worker
+//! keep-alive pool, DNS caching, timeouts, sending a GET/HEAD, parsing the head
+//! (with [`crate::http1::response`]) and streaming the body ([`ClientBody`]).
+//! Does not own: signing, status mapping (the origins do that).
+//!
+//! Invariants:
+//! - the pool is `Rc<RefCell<…>>`: never shared across threads; capped at
+//!   `max_idle` connections; idle connections older than [`POOL_IDLE_TIMEOUT`] are
+//!   dropped instead of reused;
+//! - a connection goes back to the pool only after its body was read completely
+//!   (declared length or chunked terminator, no surplus bytes) and the server did
+//!   not ask to close; never after any error, and never if the body is dropped early;
+//! - bodies stream: at most one read (≤ [`READ_CHUNK`]) is buffered at a time;
+//!   a body that ends before its framing says is [`Error::Truncated`];
+//! - responses framed by connection close (no `Content-Length`, not chunked) are
+//!   rejected: a short body could not be told from a complete one;
+//! - a pooled connection that fails before any response byte (stale keep-alive)
+//!   is retried once on a fresh connection; only GET/HEAD exist here, so the
+//!   retry is always safe;
+//! - DNS is resolved off the worker thread and cached for `dns_refresh` (like
+//!   Envoy `LOGICAL_DNS`); a failed refresh keeps the last good addresses.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio_rustls::{ClientTlsStream, TlsConnector};
+use rustls::pki_types::ServerName;
+
+use super::{BodyStream, Error, LocalBoxFuture, Method, OriginConfig, TlsRoots};
+use crate::http1::chunked::{ChunkedDecoder, ChunkedError};
+use crate::http1::response::{parse_response, BodyFraming, ResponseError, ResponseHead};
+
+/// Size of one socket read.
+pub const READ_CHUNK: usize = 32 * 1024;
+/// Idle pooled connections older than this are closed rather than reused
+/// (S3 closes idle connections after roughly 20 s).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Sent as `User-Agent` upstream.
+const USER_AGENT: &str = concat!("chartcache/", env!("CARGO_PKG_VERSION"));
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host[:port]` as sent in `Host` and signed: the port is omitted when it is
+    /// the scheme default; IPv6 literals are bracketed.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// Parse `http[s]://host[:port]` (an optional trailing `/` is allowed, no path).
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::Config(format!("endpoint {url:?}: {why}"));
+        let u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let tls = match u.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad("scheme must be http or https")),
+        };
+        if !(u.path().is_empty() || u.path() == "/") || u.query().is_some() {
+            return Err(bad("must not have a path or query"));
+        }
+        let host = match u.host() {
+            Some(url::Host::Domain(d)) => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(bad("no host")),
+        };
+        let port = u.port_or_known_default().ok_or_else(|| bad("no port"))?;
+        Ok(Self { tls, host, port })
+    }
+}
+
+/// Timeouts and limits, usually from [`OriginConfig`].
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    /// Deadline for the whole response head, and for each body read.
+    pub request_timeout: Duration,
+    pub dns_refresh: Duration,
+    pub max_idle: usize,
+    pub tls_roots: TlsRoots,
+}
+
+impl From<&OriginConfig> for ClientSettings {
+    fn from(c: &OriginConfig) -> Self {
+        Self {
+            connect_timeout: c.connect_timeout,
+            request_timeout: c.request_timeout,
+            dns_refresh: c.dns_refresh,
+            max_idle: c.max_idle_connections,
+            tls_roots: c.tls_roots,
+        }
+    }
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// New connections established.
+    pub connects: u64,
+    /// Requests sent on a pooled connection.
+    pub reuses: u64,
+    /// Stale pooled connections retried on a fresh one.
+    pub stale_retries: u64,
+}
+
+/// A head plus its streaming body.
+pub struct ClientResponse {
+    pub head: ResponseHead,
+    pub body: ClientBody,
+}
+
+/// HTTP/1.1 client bound to one endpoint. Cheap to clone (shares the pool).
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    authority: String,
+    settings: ClientSettings,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    pool: RefCell<Vec<Conn>>,
+    dns: RefCell<DnsCache>,
+    stats: Cell<ClientStats>,
+}
+
+#[derive(Default)]
+struct DnsCache {
+    addrs: Vec<SocketAddr>,
+    resolved_at: Option<Instant>,
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<ClientTlsStream<TcpStream>>),
+}
+
+struct Conn {
+    io: Io,
+    /// Bytes read but not yet consumed.
+    buf: BytesMut,
+    idle_since: Instant,
+}
+
+impl Conn {
+    async fn write_all(&mut self, data: Vec<u8>) -> io::Result<()> {
+        let (res, _) = match &mut self.io {
+            Io::Plain(s) => s.write_all(data).await,
+            Io::Tls(s) => s.write_all(data).await,
+        };
+        res.map(|_| ())
+    }
+
+    /// Read once, appending to `self.buf`. `Ok(0)` is end of stream.
+    async fn read_some(&mut self) -> io::Result<usize> {
+        let chunk = BytesMut::with_capacity(READ_CHUNK);
+        let (res, chunk) = match &mut self.io {
+            Io::Plain(s) => s.read(chunk).await,
+            Io::Tls(s) => s.read(chunk).await,
+        };
+        let n = res?;
+        if self.buf.is_empty() {
+            self.buf = chunk;
+        } else {
+            self.buf.extend_from_slice(&chunk);
+        }
+        Ok(n)
+    }
+}
+
+/// Why one request/response exchange failed; `Stale` ones may be retried.
+enum ExchangeError {
+    /// Failed before any response byte arrived (write error, EOF, reset).
+    Stale(Error),
+    Fatal(Error),
+}
+
+impl HttpClient {
+    pub fn new(endpoint: Endpoint, settings: ClientSettings) -> Result<Self, Error> {
+        let tls = if endpoint.tls {
+            let config = tls_config(settings.tls_roots)?;
+            let name = ServerName::try_from(endpoint.host.clone())
+                .map_err(|e| Error::Config(format!("TLS server name {:?}: {e}", endpoint.host)))?;
+            Some((TlsConnector::from(config), name))
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Rc::new(Inner {
+                authority: endpoint.authority(),
+                endpoint,
+                settings,
+                tls,
+                pool: RefCell::new(Vec::new()),
+                dns: RefCell::new(DnsCache::default()),
+                stats: Cell::new(ClientStats::default()),
+            }),
+        })
+    }
+
+    /// The `Host` value every request carries (and that S3 requests are signed with).
+    pub fn authority(&self) -> &str {
+        &self.inner.authority
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        self.inner.stats.get()
+    }
+
+    /// Idle connections currently pooled.
+    pub fn idle_connections(&self) -> usize {
+        self.inner.pool.borrow().len()
+    }
+
+    /// Send `method path` with `Host`, `User-Agent` and `headers` (which must not
+    /// contain `host`; values must be free of control bytes). Returns once the
+    /// response head has arrived.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<ClientResponse, Error> {
+        let request = self.render(method, path, headers)?;
+        let head_request = method == Method::Head;
+        // First attempt may use a pooled connection; a stale one is retried once fresh.
+        let mut conn_from_pool = self.take_idle();
+        loop {
+            let pooled = conn_from_pool.is_some();
+            let conn = match conn_from_pool.take() {
+                Some(c) => {
+                    self.bump(|s| s.reuses += 1);
+                    c
+                }
+                None => self.connect().await?,
+            };
+            match self.exchange(conn, request.clone(), head_request).await {
+                Ok(resp) => return Ok(resp),
+                Err(ExchangeError::Stale(e)) if pooled => {
+                    tracing::debug!(error = %e, "stale pooled upstream connection; retrying fresh");
+                    self.bump(|s| s.stale_retries += 1);
+                }
+                Err(ExchangeError::Stale(e) | ExchangeError::Fatal(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn render(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Vec<u8>, Error> {
+        let valid = |s: &str| s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::Protocol(format!("invalid request path {path:?}")));
+        }
+        let mut out = Vec::with_capacity(256 + path.len());
+        out.extend_from_slice(match method {
+            Method::Get => b"GET ",
+            Method::Head => b"HEAD ",
+        });
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(self.inner.authority.as_bytes());
+        out.extend_from_slice(b"\r\nuser-agent: ");
+        out.extend_from_slice(USER_AGENT.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("host")
+                || name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                || !valid(value)
+            {
+                return Err(Error::Protocol(format!("invalid request header {name:?}")));
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(out)
+    }
+
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        request: Vec<u8>,
+        head_request: bool,
+    ) -> Result<ClientResponse, ExchangeError> {
+        if let Err(e) = conn.write_all(request).await {
+            return Err(ExchangeError::Stale(Error::Io(e)));
+        }
+        let timeout = self.inner.settings.request_timeout;
+        let head = match monoio::time::timeout(timeout, read_head(&mut conn)).await {
+            Err(_) => return Err(ExchangeError::Fatal(Error::Timeout)),
+            Ok(r) => r?,
+        };
+        let framing = match head.framing(head_request) {
+            BodyFraming::Empty => Framing::Empty,
+            BodyFraming::Length(n) => Framing::Length { remaining: n },
+            BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new()),
+            BodyFraming::UntilClose => {
+                return Err(ExchangeError::Fatal(Error::Protocol(
+                    "response has neither Content-Length nor chunked framing".into(),
+                )))
+            }
+        };
+        let empty = matches!(framing, Framing::Empty);
+        let mut body = ClientBody {
+            reusable: !head.connection_close,
+            conn: Some(conn),
+            framing,
+            received: 0,
+            state: BodyState::Open,
+            read_timeout: timeout,
+            client: self.inner.clone(),
+        };
+        if empty {
+            // Nothing to read (HEAD, 304): the connection is free right away.
+            body.complete();
+        }
+        Ok(ClientResponse { head, body })
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut pool = self.inner.pool.borrow_mut();
+        while let Some(conn) = pool.pop() {
+            if conn.idle_since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut ClientStats)) {
+        self.inner.bump(f);
+    }
+
+    async fn connect(&self) -> Result<Conn, Error> {
+        let settings = &self.inner.settings;
+        let fut = async {
+            let addrs = self.resolve().await?;
+            let mut last_err = None;
+            let mut stream = None;
+            for addr in addrs {
+                match TcpStream::connect_addr(addr).await {
+                    Ok(s) => {
+                        stream = Some(s);
+                        break;
+                    }
+                    Err(e) => last_err = Some(format!("{addr}: {e}")),
+                }
+            }
+            let stream = stream.ok_or_else(|| {
+                Error::Connect(last_err.unwrap_or_else(|| "no addresses".to_owned()))
+            })?;
+            stream.set_nodelay(true)?;
+            let io = match &self.inner.tls {
+                None => Io::Plain(stream),
+                Some((connector, name)) => {
+                    let tls = connector
+                        .connect(name.clone(), stream)
+                        .await
+                        .map_err(|e| Error::Connect(format!("TLS handshake: {e}")))?;
+                    Io::Tls(Box::new(tls))
+                }
+            };
+            Ok::<_, Error>(io)
+        };
+        let io = monoio::time::timeout(settings.connect_timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout)??;
+        self.bump(|s| s.connects += 1);
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Resolve the endpoint, using the cache while it is fresh.
+    async fn resolve(&self) -> Result<Vec<SocketAddr>, Error> {
+        let Endpoint { host, port, .. } = &self.inner.endpoint;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, *port)]);
+        }
+        {
+            let dns = self.inner.dns.borrow();
+            if let Some(at) = dns.resolved_at {
+                if at.elapsed() < self.inner.settings.dns_refresh && !dns.addrs.is_empty() {
+                    return Ok(dns.addrs.clone());
+                }
+            }
+        }
+        let result =
+            resolve_off_thread(host.clone(), *port, self.inner.settings.connect_timeout).await;
+        let mut dns = self.inner.dns.borrow_mut();
+        match result {
+            Ok(addrs) if !addrs.is_empty() => {
+                dns.addrs = addrs.clone();
+                dns.resolved_at = Some(Instant::now());
+                Ok(addrs)
+            }
+            other => {
+                let why = match other {
+                    Err(e) => e,
+                    Ok(_) => "no addresses".to_owned(),
+                };
+                if dns.addrs.is_empty() {
+                    Err(Error::Connect(format!("resolve {host}: {why}")))
+                } else {
+                    tracing::warn!(host = %host, error = %why, "DNS refresh failed; keeping previous addresses");
+                    Ok(dns.addrs.clone())
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn bump(&self, f: impl FnOnce(&mut ClientStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// Return a connection whose exchange completed cleanly.
+    fn release(&self, mut conn: Conn) {
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() < self.settings.max_idle {
+            conn.idle_since = Instant::now();
+            pool.push(conn);
+        }
+    }
+}
+
+/// `getaddrinfo` blocks, so it runs on a short-lived thread; the worker awaits a
+/// oneshot (monoio's `sync` feature makes cross-thread wakeups work).
+async fn resolve_off_thread(
+    host: String,
+    port: u16,
+    limit: Duration,
+) -> Result<Vec<SocketAddr>, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("chartcache-dns".into())
+        .spawn(move || {
+            let r = (host.as_str(), port)
+                .to_socket_addrs()
+                .map(|it| it.collect::<Vec<_>>())
+                .map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("spawn resolver thread: {e}"));
+    }
+    match monoio::time::timeout(limit, rx).await {
+        Err(_) => Err("timed out".to_owned()),
+        Ok(Err(_)) => Err("resolver thread failed".to_owned()),
+        Ok(Ok(r)) => r,
+    }
+}
+
+/// Read until a complete head is buffered; leave body bytes in `conn.buf`.
+async fn read_head(conn: &mut Conn) -> Result<ResponseHead, ExchangeError> {
+    let mut got_any = !conn.buf.is_empty();
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_response(&conn.buf) {
+                Ok(Some((head, n))) => {
+                    let _ = conn.buf.split_to(n);
+                    return Ok(head);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ExchangeError::Fatal(protocol(e))),
+            }
+        }
+        match conn.read_some().await {
+            Ok(0) if !got_any => {
+                return Err(ExchangeError::Stale(Error::Io(
+                    io::ErrorKind::UnexpectedEof.into(),
+                )))
+            }
+            Ok(0) => {
+                return Err(ExchangeError::Fatal(Error::Protocol(
+                    "connection closed inside the response head".into(),
+                )))
+            }
+            Ok(_) => got_any = true,
+            Err(e) if !got_any => return Err(ExchangeError::Stale(Error::Io(e))),
+            Err(e) => return Err(ExchangeError::Fatal(Error::Io(e))),
+        }
+    }
+}
+
+fn protocol(e: ResponseError) -> Error {
+    Error::Protocol(e.to_string())
+}
+
+fn chunked_err(e: ChunkedError) -> Error {
+    Error::Protocol(format!("chunked body: {e}"))
+}
+
+enum Framing {
+    Empty,
+    Length { remaining: u64 },
+    Chunked(ChunkedDecoder),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Open,
+    Complete,
+    Failed,
+}
+
+/// A streaming upstream body. Dropping it before the end closes the connection.
+pub struct ClientBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    received: u64,
+    state: BodyState,
+    reusable: bool,
+    read_timeout: Duration,
+    client: Rc<Inner>,
+}
+
+impl ClientBody {
+    /// Bytes of body delivered so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The body has been read to its end (the connection may be back in the pool).
+    pub fn is_complete(&self) -> bool {
+        self.state == BodyState::Complete
+    }
+
+    /// Read the whole body, failing if it is larger than `cap` bytes (for small
+    /// error documents). The connection is reused only if the body completed.
+    pub async fn read_to_end_capped(&mut self, cap: usize) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next().await? {
+            if out.len() + chunk.len() > cap {
+                self.fail();
+                return Err(Error::Protocol(format!(
+                    "error body larger than {cap} bytes"
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    fn fail(&mut self) {
+        self.state = BodyState::Failed;
+        self.conn = None;
+    }
+
+    fn complete(&mut self) {
+        self.state = BodyState::Complete;
+        if let Some(conn) = self.conn.take() {
+            // Surplus bytes after the body mean the stream is out of sync: drop it.
+            if self.reusable && conn.buf.is_empty() {
+                self.client.release(conn);
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), Error> {
+        let received = self.received;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Error::Protocol("body read after failure".into()));
+        };
+        match monoio::time::timeout(self.read_timeout, conn.read_some()).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Ok(0)) => Err(Error::Truncated { received }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => match e.kind() {
+                io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe => Err(Error::Truncated { received }),
+                _ => Err(Error::Io(e)),
+            },
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, Error> {
+        match self.state {
+            BodyState::Complete => return Ok(None),
+            BodyState::Failed => return Err(Error::Protocol("body read after failure".into())),
+            BodyState::Open => {}
+        }
+        let r = self.step().await;
+        if r.is_err() {
+            self.fail();
+        }
+        r
+    }
+
+    async fn step(&mut self) -> Result<Option<Bytes>, Error> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(Error::Protocol("body read after failure".into()));
+            };
+            match &mut self.framing {
+                Framing::Empty => {
+                    self.complete();
+                    return Ok(None);
+                }
+                Framing::Length { remaining } => {
+                    if *remaining == 0 {
+                        self.complete();
+                        return Ok(None);
+                    }
+                    if !conn.buf.is_empty() {
+                        let take = (*remaining).min(conn.buf.len() as u64) as usize;
+                        *remaining -= take as u64;
+                        self.received += take as u64;
+                        return Ok(Some(conn.buf.split_to(take).freeze()));
+                    }
+                }
+                Framing::Chunked(dec) => {
+                    if !conn.buf.is_empty() {
+                        let d = dec.decode(&conn.buf).map_err(chunked_err)?;
+                        let consumed = conn.buf.split_to(d.consumed).freeze();
+                        if let Some((start, len)) = d.data {
+                            if len > 0 {
+                                self.received += len as u64;
+                                return Ok(Some(consumed.slice(start..start + len)));
+                            }
+                        }
+                        if d.done {
+                            self.complete();
+                            return Ok(None);
+                        }
+                        if !conn.buf.is_empty() {
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.read_more().await?;
+        }
+    }
+}
+
+impl BodyStream for ClientBody {
+    fn next_chunk(&mut self) -> LocalBoxFuture<'_, Result<Option<Bytes>, Error>> {
+        Box::pin(self.next())
+    }
+}
+
+/// One rustls config per trust-root choice, shared by all workers.
+fn tls_config(roots: TlsRoots) -> Result<Arc<rustls::ClientConfig>, Error> {
+    static WEBPKI: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    static NATIVE: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let cell = match roots {
+        TlsRoots::Webpki => &WEBPKI,
+        TlsRoots::Native => &NATIVE,
+    };
+    cell.get_or_init(|| build_tls_config(roots))
+        .clone()
+        .map_err(Error::Config)
+}
+
+fn build_tls_config(roots: TlsRoots) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    match roots {
+        TlsRoots::Webpki => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        TlsRoots::Native => {
+            let loaded = rustls_native_certs::load_native_certs();
+            for e in &loaded.errors {
+                tracing::warn!(error = %e, "loading a native trust root failed");
+            }
+            let (added, _ignored) = store.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                return Err("no usable native trust roots found".to_owned());
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS config: {e}"))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_error_code_parsing() {
+        let doc = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>x</Message></Error>";
+        assert_eq!(s3_error_code(doc).as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(s3_error_code(b"<Error><Code></Code></Error>"), None);
+        assert_eq!(s3_error_code(b"<Error><Code>a<b></Code></Error>"), None);
+        assert_eq!(s3_error_code(b"<Error><Code>NoEnd"), None);
+        assert_eq!(s3_error_code(b"\xff\xfe"), None);
+    }
+
+    #[test]
+    fn authority_omits_default_ports() {
+        let ep = |tls, host: &str, port| Endpoint {
+            tls,
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            ep(true, "b.s3.us-east-1.amazonaws.com", 443).authority(),
+            "b.s3.us-east-1.amazonaws.com"
+        );
+        assert_eq!(ep(true, "h", 8443).authority(), "h:8443");
+        assert_eq!(ep(false, "127.0.0.1", 80).authority(), "127.0.0.1");
+        assert_eq!(ep(false, "127.0.0.1", 9000).authority(), "127.0.0.1:9000");
+        assert_eq!(ep(false, "::1", 9000).authority(), "[::1]:9000");
+    }
+
+    #[test]
+    fn endpoint_parse() {
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:9000").unwrap(),
+            Endpoint {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 9000
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("https://minio.internal/").unwrap(),
+            Endpoint {
+                tls: true,
+                host: "minio.internal".into(),
+                port: 443
+            }
+        );
+        assert_eq!(Endpoint::parse("http://[::1]:9/").unwrap().host, "::1");
+        assert!(Endpoint::parse("ftp://x").is_err());
+        assert!(Endpoint::parse("http://x/path").is_err());
+        assert!(Endpoint::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn tls_configs_build() {
+        assert!(tls_config(TlsRoots::Webpki).is_ok());
+    }
+
+    fn client() -> HttpClient {
+        HttpClient::new(
+            Endpoint {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 9000,
+            },
+            ClientSettings {
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(1),
+                dns_refresh: Duration::from_secs(60),
+                max_idle: 4,
+                tls_roots: TlsRoots::Webpki,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn render_request_head() {
+        let c = client();
+        let out = c
+            .render(
+                Method::Get,
+                "/b/k%20x.tgz",
+                &[("if-none-match", "\"e\"".into())],
+            )
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(
+            "GET /b/k%20x.tgz HTTP/1.1\r\nhost: 127.0.0.1:9000\r\nuser-agent: chartcache/"
+        ));
+        assert!(text.ends_with("\r\nif-none-match: \"e\"\r\n\r\n"), "{text}");
+        let head = c.render(Method::Head, "/x", &[]).unwrap();
+        assert!(head.starts_with(b"HEAD /x HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn render_rejects_injection() {
+        let c = client();
+        assert!(c.render(Method::Get, "/a b", &[]).is_err());
+        assert!(c.render(Method::Get, "x", &[]).is_err());
+        assert!(c
+            .render(
+                Method::Get,
+                "/a",
+                &[("if-none-match", "\"e\"\r\nx-evil: 1".into())]
+            )
+            .is_err());
+        assert!(c
+            .render(Method::Get, "/a", &[("Host", "evil".into())])
+            .is_err());
+        assert!(c
+            .render(Method::Get, "/a", &[("bad name", "v".into())])
+            .is_err());
+    }
+}
+
+/// Map an upstream response to an origin response, the same way for every
+/// HTTP origin: 200/206/304 pass; 404 becomes `Ok` with status 404 and an empty
+/// body (the error document is drained, capped, so the connection can be
+/// reused); anything else is [`Error::Status`], with the S3 `<Code>` from the
+/// (capped) XML error body when `s3_error_codes` is set.
+pub async fn map_response(
+    resp: ClientResponse,
+    s3_error_codes: bool,
+) -> Result<super::OriginResponse, Error> {
+    use super::{EmptyBody, OriginResponse, ResponseMeta};
+    let ClientResponse { head, mut body } = resp;
+    let meta = ResponseMeta {
+        status: head.status,
+        etag: head.etag.clone(),
+        last_modified: head.last_modified.clone(),
+        content_type: head.content_type.clone(),
+        content_length: head.content_length,
+    };
+    match head.status {
+        200 | 206 | 304 => Ok(OriginResponse {
+            meta,
+            body: Box::new(body),
+        }),
+        404 => {
+            // Drained only so the connection can be reused; failures just close it.
+            let _ = body.read_to_end_capped(MAX_ERROR_BODY).await;
+            Ok(OriginResponse {
+                meta: ResponseMeta {
+                    content_length: None,
+                    content_type: None,
+                    ..meta
+                },
+                body: Box::new(EmptyBody),
+            })
+        }
+        status => {
+            let doc = body.read_to_end_capped(MAX_ERROR_BODY).await.ok();
+            let code = if s3_error_codes {
+                doc.as_deref()
+                    .and_then(s3_error_code)
+                    .or_else(|| head.amz_error_code.clone())
+            } else {
+                None
+            };
+            if let Some(region) = &head.amz_bucket_region {
+                tracing::warn!(status, bucket_region = %region, "upstream error names the bucket's region");
+            }
+            Err(Error::Status { status, code })
+        }
+    }
+}
+
+/// Error documents larger than this are not read (the connection is closed).
+pub const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// The `<Code>` of an S3 XML error document, if it is a plausible code.
+pub fn s3_error_code(doc: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(doc).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    let code = text[start..start + len].trim();
+    (!code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
+    .then(|| code.to_owned())
+}

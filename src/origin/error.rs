@@ -22,6 +22,12 @@ pub enum Error {
     /// No credentials available for signing.
     #[error("no AWS credentials: {0}")]
     Credentials(String),
+    /// The request could not be signed (bad endpoint, unusable credentials).
+    #[error("cannot sign upstream request: {0}")]
+    Signing(String),
+    /// The origin configuration is unusable (bad endpoint URL, TLS setup).
+    #[error("invalid origin configuration: {0}")]
+    Config(String),
     #[error("upstream i/o: {0}")]
     Io(#[from] std::io::Error),
 }

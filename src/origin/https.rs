@@ -1,1 +1,122 @@
-//! TODO
+//! The plain HTTP(S) origin: `GET base_path + key` on another server (for
+//! example a regional chartcache, for tiering).
+//!
+//! Owns: building the request path and mapping statuses (as S3, without XML
+//! error codes). Does not own: connections ([`super::client`]).
+//!
+//! Invariants: `base_path` is used as it appears in the upstream URL (already
+//! in URL-encoded form); the key is encoded once with the S3 rules; only
+//! `Host`, `User-Agent` and the conditional headers are sent.
+
+use super::client::{map_response, ClientSettings, Endpoint, HttpClient};
+use super::sigv4::encode_key_path;
+use super::{Error, LocalBoxFuture, Origin, OriginConfig, OriginRequest, OriginResponse, Upstream};
+
+/// One worker's HTTP(S) origin.
+pub struct HttpsOrigin {
+    client: HttpClient,
+    base_path: String,
+}
+
+impl HttpsOrigin {
+    pub fn new(cfg: &OriginConfig) -> Result<Self, Error> {
+        let Upstream::Https {
+            tls,
+            host,
+            port,
+            base_path,
+        } = &cfg.upstream
+        else {
+            return Err(Error::Config("not an http(s) upstream".into()));
+        };
+        if host.is_empty() {
+            return Err(Error::Config("http(s) upstream without a host".into()));
+        }
+        let endpoint = Endpoint {
+            tls: *tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: *port,
+        };
+        Ok(Self {
+            client: HttpClient::new(endpoint, ClientSettings::from(cfg))?,
+            base_path: base_path.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// `base_path + encoded key`.
+    pub fn request_path(&self, key: &str) -> String {
+        let key = if key.starts_with('/') {
+            encode_key_path(key)
+        } else {
+            encode_key_path(&format!("/{key}"))
+        };
+        format!("{}{key}", self.base_path)
+    }
+
+    async fn fetch_inner(&self, req: OriginRequest) -> Result<OriginResponse, Error> {
+        let path = self.request_path(&req.key);
+        let mut headers: Vec<(&str, String)> = Vec::with_capacity(2);
+        if let Some(v) = req.if_none_match {
+            headers.push(("if-none-match", v));
+        }
+        if let Some(v) = req.if_modified_since {
+            headers.push(("if-modified-since", v));
+        }
+        let resp = self.client.send(req.method, &path, &headers).await?;
+        map_response(resp, false).await
+    }
+}
+
+impl Origin for HttpsOrigin {
+    fn fetch(&self, req: OriginRequest) -> LocalBoxFuture<'_, Result<OriginResponse, Error>> {
+        Box::pin(self.fetch_inner(req))
+    }
+
+    fn describe(&self) -> String {
+        let ep = self.client.endpoint();
+        let scheme = if ep.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.client.authority(), self.base_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::TlsRoots;
+    use std::time::Duration;
+
+    fn cfg(base_path: &str) -> OriginConfig {
+        OriginConfig {
+            upstream: Upstream::Https {
+                tls: true,
+                host: "charts.example.com".into(),
+                port: 443,
+                base_path: base_path.into(),
+            },
+            s3_endpoint: None,
+            region: "us-east-1".into(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            dns_refresh: Duration::from_secs(60),
+            tls_roots: TlsRoots::Webpki,
+            max_idle_connections: 2,
+        }
+    }
+
+    #[test]
+    fn paths_and_description() {
+        let o = HttpsOrigin::new(&cfg("/mirror/stable")).unwrap();
+        assert_eq!(o.request_path("/index.yaml"), "/mirror/stable/index.yaml");
+        assert_eq!(o.request_path("/a b.tgz"), "/mirror/stable/a%20b.tgz");
+        assert_eq!(o.describe(), "https://charts.example.com/mirror/stable");
+        let o = HttpsOrigin::new(&cfg("")).unwrap();
+        assert_eq!(o.request_path("/index.yaml"), "/index.yaml");
+    }
+}

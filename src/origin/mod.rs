@@ -24,6 +24,8 @@ pub mod sigv4;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -159,10 +161,25 @@ pub struct OriginConfig {
     pub max_idle_connections: usize,
 }
 
-/// STUB
+/// Build this worker's origin from the configuration. Called once per worker
+/// thread (the result owns that worker's connection pool). The S3 upstream needs
+/// `creds`; the others ignore them.
 pub fn build(
-    _cfg: &OriginConfig,
-    _creds: Option<std::sync::Arc<credentials::CredentialsCell>>,
-) -> Result<std::rc::Rc<dyn Origin>, Error> {
-    todo!()
+    cfg: &OriginConfig,
+    creds: Option<Arc<credentials::CredentialsCell>>,
+) -> Result<Rc<dyn Origin>, Error> {
+    match &cfg.upstream {
+        Upstream::S3 { bucket, prefix } => {
+            let creds = creds.ok_or_else(|| {
+                Error::Credentials(
+                    "the s3:// upstream signs every request: set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials)"
+                        .into(),
+                )
+            })?;
+            Ok(Rc::new(s3::S3Origin::new(cfg, bucket, prefix, creds)?))
+        }
+        Upstream::Https { .. } => Ok(Rc::new(https::HttpsOrigin::new(cfg)?)),
+        Upstream::File { dir } => Ok(Rc::new(file::FileOrigin::new(dir.clone()))),
+    }
 }
