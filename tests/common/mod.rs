@@ -11,6 +11,8 @@
 //! when dropped (or on [`S3Server::stop`], for outage tests).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
