@@ -6,8 +6,7 @@ use std::hint::black_box;
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
-use chartcache::origin::sigv4::{encode_key_path, sign_request, Conditional};
-use chartcache::origin::Method;
+use chartcache::origin::sigv4::{encode_key_path, sign_request, RequestToSign};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn bench_sign(c: &mut Criterion) {
@@ -34,11 +33,7 @@ fn bench_sign(c: &mut Criterion) {
             sign_request(
                 black_box(&creds),
                 "us-east-1",
-                Method::Get,
-                true,
-                "charts.s3.us-east-1.amazonaws.com",
-                black_box(&path),
-                Conditional::default(),
+                &RequestToSign::get(true, "charts.s3.us-east-1.amazonaws.com", black_box(&path)),
                 black_box(time),
             )
             .unwrap()
@@ -49,13 +44,13 @@ fn bench_sign(c: &mut Criterion) {
             sign_request(
                 black_box(&with_token),
                 "us-east-1",
-                Method::Get,
-                true,
-                "charts.s3.us-east-1.amazonaws.com",
-                black_box(&path),
-                Conditional {
+                &RequestToSign {
                     if_none_match: Some("\"9b2cf535f27731c974343645a3985328\""),
-                    if_modified_since: None,
+                    ..RequestToSign::get(
+                        true,
+                        "charts.s3.us-east-1.amazonaws.com",
+                        black_box(&path),
+                    )
                 },
                 black_box(time),
             )
