@@ -87,7 +87,9 @@ pub struct OriginResponse {
 
 impl std::fmt::Debug for OriginResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OriginResponse").field("meta", &self.meta).finish_non_exhaustive()
+        f.debug_struct("OriginResponse")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
     }
 }
 
