@@ -120,6 +120,39 @@ fn s3_signed_get_returns_exact_bytes() {
 }
 
 #[test]
+fn s3_get_on_legacy_driver() {
+    // runtime.rs falls back to the epoll driver where io_uring is blocked.
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object(BUCKET, "index.yaml", &content(100_000));
+    let o = origin::build(&s3_config(&s3.endpoint, ""), Some(creds(AK, SK))).unwrap();
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut r = o.fetch(OriginRequest::get("/index.yaml")).await.unwrap();
+        assert_eq!(read_all(r.body.as_mut()).await.unwrap(), content(100_000));
+    });
+}
+
+#[test]
+fn s3_endpoint_by_hostname_is_resolved() {
+    // `localhost` goes through the off-thread resolver (and may list ::1 first,
+    // where nothing listens: the next address is tried).
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object(BUCKET, "index.yaml", b"via dns");
+    let endpoint = format!("http://localhost:{}", s3.addr.port());
+    let o = origin::build(&s3_config(&endpoint, ""), Some(creds(AK, SK))).unwrap();
+    run(async move {
+        for _ in 0..2 {
+            let mut r = o.fetch(OriginRequest::get("/index.yaml")).await.unwrap();
+            assert_eq!(read_all(r.body.as_mut()).await.unwrap(), b"via dns");
+        }
+    });
+    assert_eq!(s3.get_count("/charts/index.yaml"), 2);
+}
+
+#[test]
 fn s3_conditional_get_with_etag_is_304() {
     let s3 = spawn_s3(AK, SK);
     s3.put_object(BUCKET, "index.yaml", b"apiVersion: v1\n");
@@ -695,4 +728,257 @@ fn file_origin_shrinking_file_is_truncated() {
         let err = read_all(r.body.as_mut()).await.unwrap_err();
         assert!(matches!(err, Error::Truncated { .. }), "{err:?}");
     });
+}
+
+// ------------------------------------------------------------------------ TLS
+
+/// CA + leaf for 127.0.0.1 made with the openssl CLI; `None` if it is missing.
+fn make_test_pki(dir: &std::path::Path) -> Option<()> {
+    let sh = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .ok()?;
+    sh(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "ca.key.sec1",
+    ])?;
+    sh(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        "ca.key.sec1",
+        "-out",
+        "ca.key",
+    ])?;
+    sh(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-sha256",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=chartcache test CA",
+        "-out",
+        "ca.pem",
+    ])?;
+    sh(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "leaf.key.sec1",
+    ])?;
+    sh(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        "leaf.key.sec1",
+        "-out",
+        "leaf.key",
+    ])?;
+    sh(&[
+        "req",
+        "-new",
+        "-key",
+        "leaf.key",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-out",
+        "leaf.csr",
+    ])?;
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ])?;
+    Some(())
+}
+
+#[test]
+fn tls_get_with_keep_alive_over_monoio_rustls() {
+    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = tempfile::tempdir().unwrap();
+    if make_test_pki(dir.path()).is_none() {
+        eprintln!("openssl CLI unavailable: skipping the TLS test");
+        return;
+    }
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
+    let leaf = CertificateDer::from_pem_file(dir.path().join("leaf.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.path().join("leaf.key")).unwrap();
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    // A monoio TLS server answering two requests on one connection.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = monoio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            for body in ["first over tls", "second"] {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let (r, buf) = tls.read(vec![0u8; 1]).await;
+                    assert_eq!(r.unwrap(), 1);
+                    head.push(buf[0]);
+                }
+                assert!(head.starts_with(b"GET /x HTTP/1.1\r\nhost: 127.0.0.1:"));
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let (r, _) = tls.write_all(reply.into_bytes()).await;
+                r.unwrap();
+            }
+        });
+    });
+    let addr: std::net::SocketAddr = addr_rx.recv().unwrap();
+
+    let client = HttpClient::with_tls_config(
+        Endpoint {
+            tls: true,
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+        },
+        ClientSettings {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            dns_refresh: Duration::from_secs(60),
+            max_idle: 2,
+            tls_roots: TlsRoots::Webpki,
+        },
+        Arc::new(client_cfg),
+    )
+    .unwrap();
+    run(async {
+        for expected in [&b"first over tls"[..], b"second"] {
+            let mut resp = client.send(Method::Get, "/x", &[]).await.unwrap();
+            assert_eq!(resp.head.status, 200);
+            assert_eq!(read_all(&mut resp.body).await.unwrap(), expected);
+        }
+    });
+    let stats = client.stats();
+    assert_eq!((stats.connects, stats.reuses), (1, 1));
+    server.join().unwrap();
+}
+
+#[test]
+fn tls_untrusted_certificate_is_connect_error() {
+    // The default (webpki) roots do not trust the test CA: handshake fails.
+    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = tempfile::tempdir().unwrap();
+    if make_test_pki(dir.path()).is_none() {
+        eprintln!("openssl CLI unavailable: skipping the TLS test");
+        return;
+    }
+    let leaf = CertificateDer::from_pem_file(dir.path().join("leaf.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.path().join("leaf.key")).unwrap();
+    let server_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf], key)
+    .unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = monoio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+            assert!(acceptor.accept(tcp).await.is_err());
+        });
+    });
+    let addr: std::net::SocketAddr = addr_rx.recv().unwrap();
+    let client = HttpClient::new(
+        Endpoint {
+            tls: true,
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+        },
+        ClientSettings {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            dns_refresh: Duration::from_secs(60),
+            max_idle: 2,
+            tls_roots: TlsRoots::Webpki,
+        },
+    )
+    .unwrap();
+    run(async {
+        let err = client.send(Method::Get, "/x", &[]).await.err().unwrap();
+        assert!(
+            matches!(&err, Error::Connect(m) if m.contains("TLS")),
+            "{err:?}"
+        );
+    });
+    server.join().unwrap();
 }

@@ -206,12 +206,36 @@ enum ExchangeError {
 impl HttpClient {
     pub fn new(endpoint: Endpoint, settings: ClientSettings) -> Result<Self, Error> {
         let tls = if endpoint.tls {
-            let config = tls_config(settings.tls_roots)?;
-            let name = ServerName::try_from(endpoint.host.clone())
-                .map_err(|e| Error::Config(format!("TLS server name {:?}: {e}", endpoint.host)))?;
-            Some((TlsConnector::from(config), name))
+            Some(tls_config(settings.tls_roots)?)
         } else {
             None
+        };
+        Self::build(endpoint, settings, tls)
+    }
+
+    /// Like [`new`](Self::new) but with a caller-provided rustls config (a
+    /// private CA bundle, tests). Ignored for plain-HTTP endpoints.
+    pub fn with_tls_config(
+        endpoint: Endpoint,
+        settings: ClientSettings,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, Error> {
+        Self::build(endpoint, settings, Some(config))
+    }
+
+    fn build(
+        endpoint: Endpoint,
+        settings: ClientSettings,
+        config: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, Error> {
+        let tls = match config {
+            Some(config) if endpoint.tls => {
+                let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+                    Error::Config(format!("TLS server name {:?}: {e}", endpoint.host))
+                })?;
+                Some((TlsConnector::from(config), name))
+            }
+            _ => None,
         };
         Ok(Self {
             inner: Rc::new(Inner {
@@ -321,11 +345,14 @@ impl HttpClient {
         request: Vec<u8>,
         head_request: bool,
     ) -> Result<ClientResponse, ExchangeError> {
-        if let Err(e) = conn.write_all(request).await {
-            return Err(ExchangeError::Stale(Error::Io(e)));
-        }
         let timeout = self.inner.settings.request_timeout;
-        let head = match monoio::time::timeout(timeout, read_head(&mut conn)).await {
+        let send_and_read_head = async {
+            if let Err(e) = conn.write_all(request).await {
+                return Err(ExchangeError::Stale(Error::Io(e)));
+            }
+            read_head(&mut conn).await
+        };
+        let head = match monoio::time::timeout(timeout, send_and_read_head).await {
             Err(_) => return Err(ExchangeError::Fatal(Error::Timeout)),
             Ok(r) => r?,
         };
@@ -724,6 +751,73 @@ fn build_tls_config(roots: TlsRoots) -> Result<Arc<rustls::ClientConfig>, String
     Ok(Arc::new(config))
 }
 
+/// Map an upstream response to an origin response, the same way for every
+/// HTTP origin: 200/206/304 pass; 404 becomes `Ok` with status 404 and an empty
+/// body (the error document is drained, capped, so the connection can be
+/// reused); anything else is [`Error::Status`], with the S3 `<Code>` from the
+/// (capped) XML error body when `s3_error_codes` is set.
+pub async fn map_response(
+    resp: ClientResponse,
+    s3_error_codes: bool,
+) -> Result<super::OriginResponse, Error> {
+    use super::{EmptyBody, OriginResponse, ResponseMeta};
+    let ClientResponse { head, mut body } = resp;
+    let meta = ResponseMeta {
+        status: head.status,
+        etag: head.etag.clone(),
+        last_modified: head.last_modified.clone(),
+        content_type: head.content_type.clone(),
+        content_length: head.content_length,
+    };
+    match head.status {
+        200 | 206 | 304 => Ok(OriginResponse {
+            meta,
+            body: Box::new(body),
+        }),
+        404 => {
+            // Drained only so the connection can be reused; failures just close it.
+            let _ = body.read_to_end_capped(MAX_ERROR_BODY).await;
+            Ok(OriginResponse {
+                meta: ResponseMeta {
+                    content_length: None,
+                    content_type: None,
+                    ..meta
+                },
+                body: Box::new(EmptyBody),
+            })
+        }
+        status => {
+            let doc = body.read_to_end_capped(MAX_ERROR_BODY).await.ok();
+            let code = if s3_error_codes {
+                doc.as_deref()
+                    .and_then(s3_error_code)
+                    .or_else(|| head.amz_error_code.clone())
+            } else {
+                None
+            };
+            if let Some(region) = &head.amz_bucket_region {
+                tracing::warn!(status, bucket_region = %region, "upstream error names the bucket's region");
+            }
+            Err(Error::Status { status, code })
+        }
+    }
+}
+
+/// Error documents larger than this are not read (the connection is closed).
+pub const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// The `<Code>` of an S3 XML error document, if it is a plausible code.
+pub fn s3_error_code(doc: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(doc).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    let code = text[start..start + len].trim();
+    (!code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
+    .then(|| code.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -840,71 +934,4 @@ mod tests {
             .render(Method::Get, "/a", &[("bad name", "v".into())])
             .is_err());
     }
-}
-
-/// Map an upstream response to an origin response, the same way for every
-/// HTTP origin: 200/206/304 pass; 404 becomes `Ok` with status 404 and an empty
-/// body (the error document is drained, capped, so the connection can be
-/// reused); anything else is [`Error::Status`], with the S3 `<Code>` from the
-/// (capped) XML error body when `s3_error_codes` is set.
-pub async fn map_response(
-    resp: ClientResponse,
-    s3_error_codes: bool,
-) -> Result<super::OriginResponse, Error> {
-    use super::{EmptyBody, OriginResponse, ResponseMeta};
-    let ClientResponse { head, mut body } = resp;
-    let meta = ResponseMeta {
-        status: head.status,
-        etag: head.etag.clone(),
-        last_modified: head.last_modified.clone(),
-        content_type: head.content_type.clone(),
-        content_length: head.content_length,
-    };
-    match head.status {
-        200 | 206 | 304 => Ok(OriginResponse {
-            meta,
-            body: Box::new(body),
-        }),
-        404 => {
-            // Drained only so the connection can be reused; failures just close it.
-            let _ = body.read_to_end_capped(MAX_ERROR_BODY).await;
-            Ok(OriginResponse {
-                meta: ResponseMeta {
-                    content_length: None,
-                    content_type: None,
-                    ..meta
-                },
-                body: Box::new(EmptyBody),
-            })
-        }
-        status => {
-            let doc = body.read_to_end_capped(MAX_ERROR_BODY).await.ok();
-            let code = if s3_error_codes {
-                doc.as_deref()
-                    .and_then(s3_error_code)
-                    .or_else(|| head.amz_error_code.clone())
-            } else {
-                None
-            };
-            if let Some(region) = &head.amz_bucket_region {
-                tracing::warn!(status, bucket_region = %region, "upstream error names the bucket's region");
-            }
-            Err(Error::Status { status, code })
-        }
-    }
-}
-
-/// Error documents larger than this are not read (the connection is closed).
-pub const MAX_ERROR_BODY: usize = 16 * 1024;
-
-/// The `<Code>` of an S3 XML error document, if it is a plausible code.
-pub fn s3_error_code(doc: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(doc).ok()?;
-    let start = text.find("<Code>")? + "<Code>".len();
-    let len = text[start..].find("</Code>")?;
-    let code = text[start..start + len].trim();
-    (!code.is_empty()
-        && code.len() <= 64
-        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
-    .then(|| code.to_owned())
 }

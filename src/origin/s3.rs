@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use super::client::{map_response, ClientSettings, Endpoint, HttpClient};
 use super::credentials::CredentialsCell;
-use super::sigv4::{encode_key_path, sign_request, Conditional};
+use super::sigv4::{encode_key_path, sign_request, RequestToSign};
 use super::{Error, LocalBoxFuture, Origin, OriginConfig, OriginRequest, OriginResponse};
 
 /// One worker's S3 origin.
@@ -94,19 +94,15 @@ impl S3Origin {
             Error::Credentials("credentials not loaded (or expired and not refreshed)".into())
         })?;
         let path = self.request_path(&req.key);
-        let signed = sign_request(
-            &creds,
-            &self.region,
-            req.method,
-            self.client.endpoint().tls,
-            self.client.authority(),
-            &path,
-            Conditional {
-                if_none_match: req.if_none_match.as_deref(),
-                if_modified_since: req.if_modified_since.as_deref(),
-            },
-            SystemTime::now(),
-        )?;
+        let to_sign = RequestToSign {
+            method: req.method,
+            tls: self.client.endpoint().tls,
+            authority: self.client.authority(),
+            path: &path,
+            if_none_match: req.if_none_match.as_deref(),
+            if_modified_since: req.if_modified_since.as_deref(),
+        };
+        let signed = sign_request(&creds, &self.region, &to_sign, SystemTime::now())?;
         // The client writes `Host` itself, from the same authority that was signed.
         let headers: Vec<(&str, String)> =
             signed.into_iter().filter(|(n, _)| *n != "host").collect();

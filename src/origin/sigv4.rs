@@ -44,40 +44,56 @@ pub fn encode_key_path(path: &str) -> String {
     percent_encoding::utf8_percent_encode(path, S3_KEY).to_string()
 }
 
-/// Conditional headers to add to a signed request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Conditional<'a> {
+/// What is signed: one GET/HEAD to `authority` + `path`, with optional
+/// conditional headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestToSign<'a> {
+    pub method: Method,
+    /// `https` (true) or `http`.
+    pub tls: bool,
+    /// `host[:port]` exactly as sent in `Host` (default ports omitted).
+    pub authority: &'a str,
+    /// Already encoded (see [`encode_key_path`]); sent byte-for-byte.
+    pub path: &'a str,
     pub if_none_match: Option<&'a str>,
     pub if_modified_since: Option<&'a str>,
 }
 
-/// Sign a request. `authority` is `host[:port]` exactly as it will be sent in
-/// `Host` (omit default ports); `path` is already encoded (see
-/// [`encode_key_path`]). Returns every header to send, `host` first.
+impl<'a> RequestToSign<'a> {
+    /// A GET without conditions.
+    pub fn get(tls: bool, authority: &'a str, path: &'a str) -> Self {
+        Self {
+            method: Method::Get,
+            tls,
+            authority,
+            path,
+            if_none_match: None,
+            if_modified_since: None,
+        }
+    }
+}
+
+/// Sign a request. Returns every header to send, `host` first.
 pub fn sign_request(
     creds: &Credentials,
     region: &str,
-    method: Method,
-    tls: bool,
-    authority: &str,
-    path: &str,
-    cond: Conditional<'_>,
+    req: &RequestToSign<'_>,
     time: SystemTime,
 ) -> Result<Vec<(&'static str, String)>, Error> {
     let mut extra: Vec<(&'static str, &str)> = Vec::with_capacity(2);
-    if let Some(v) = cond.if_none_match {
+    if let Some(v) = req.if_none_match {
         extra.push(("if-none-match", v));
     }
-    if let Some(v) = cond.if_modified_since {
+    if let Some(v) = req.if_modified_since {
         extra.push(("if-modified-since", v));
     }
     sign_with(
         creds,
         region,
-        method_str(method),
-        tls,
-        authority,
-        path,
+        method_str(req.method),
+        req.tls,
+        req.authority,
+        req.path,
         &extra,
         SignableBody::UnsignedPayload,
         time,
@@ -276,11 +292,7 @@ mod tests {
         let h = sign_request(
             &creds(None),
             "us-east-1",
-            Method::Get,
-            true,
-            HOST,
-            "/test.txt",
-            Conditional::default(),
+            &RequestToSign::get(true, HOST, "/test.txt"),
             example_time(),
         )
         .unwrap();
@@ -316,13 +328,10 @@ mod tests {
         let h = sign_request(
             &creds(Some("SESSIONTOKEN")),
             "us-east-1",
-            Method::Get,
-            false,
-            "127.0.0.1:9000",
-            "/bucket/a%20b.tgz",
-            Conditional {
+            &RequestToSign {
                 if_none_match: Some(etag),
                 if_modified_since: Some("Fri, 24 May 2013 00:00:00 GMT"),
+                ..RequestToSign::get(false, "127.0.0.1:9000", "/bucket/a%20b.tgz")
             },
             example_time(),
         )
@@ -359,11 +368,10 @@ mod tests {
                 &sign_request(
                     &creds(None),
                     "us-east-1",
-                    m,
-                    true,
-                    HOST,
-                    "/x",
-                    Conditional::default(),
+                    &RequestToSign {
+                        method: m,
+                        ..RequestToSign::get(true, HOST, "/x")
+                    },
                     example_time(),
                 )
                 .unwrap(),
@@ -391,11 +399,7 @@ mod tests {
         let h = sign_request(
             &creds(None),
             "us-east-1",
-            Method::Get,
-            true,
-            HOST,
-            &path,
-            Conditional::default(),
+            &RequestToSign::get(true, HOST, &path),
             example_time(),
         )
         .unwrap();
@@ -415,11 +419,7 @@ mod tests {
         let r = sign_request(
             &creds(None),
             "us-east-1",
-            Method::Get,
-            true,
-            "",
-            "/x",
-            Conditional::default(),
+            &RequestToSign::get(true, "", "/x"),
             example_time(),
         );
         assert!(matches!(r, Err(Error::Signing(_))));
