@@ -636,3 +636,274 @@ pub(super) fn live_header(key: &str, meta_bytes: &[u8], loc: &Location) -> [u8; 
     }
     .encode(key.as_bytes(), meta_bytes)
 }
+
+/// Helpers shared by the cache unit tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use std::path::Path;
+
+    pub const SEG: u64 = 64 * 1024;
+
+    pub fn open(dir: &Path, capacity: u64) -> ShardStore {
+        let cfg = StoreConfig {
+            dir: dir.to_path_buf(),
+            shard: 0,
+            capacity,
+        };
+        ShardStore::open_with_segment_size(cfg, SEG).unwrap()
+    }
+
+    pub fn meta(etag: &str) -> ObjectMeta {
+        ObjectMeta {
+            status: 200,
+            etag: Some(etag.to_owned()),
+            last_modified: Some("Tue, 01 Jul 2025 10:00:00 GMT".into()),
+            content_type: Some("application/gzip".into()),
+            stored_at: 1_750_000_000,
+            ttl_secs: 60,
+        }
+    }
+
+    /// Deterministic body bytes for object `i`.
+    pub fn body(i: u64, len: usize) -> Vec<u8> {
+        let mut r = Rng(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        (0..len).map(|_| r.next() as u8).collect()
+    }
+
+    /// Write and commit one object, appending in a few chunks.
+    pub fn put(store: &mut ShardStore, key: &str, body: &[u8], etag: &str) {
+        let mut rec = store.begin(key, &meta(etag), body.len() as u64).unwrap();
+        for chunk in body.chunks(1000) {
+            store.append(&mut rec, chunk).unwrap();
+        }
+        store.commit(rec).unwrap();
+    }
+
+    /// Lookup + verify + body bytes.
+    pub fn get(reader: &ShardReader, key: &str) -> Option<Vec<u8>> {
+        let hit = reader.lookup(key)?;
+        assert!(hit.verify(), "{key} does not verify");
+        Some(hit.body().to_vec())
+    }
+
+    /// xorshift64*: seeded, reproducible.
+    pub struct Rng(pub u64);
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn write_commit_lookup_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        let reader = s.reader();
+        assert!(reader.lookup("/a.tgz").is_none());
+        let b = body(1, 5000);
+        let mut rec = s.begin("/a.tgz", &meta("\"e1\""), 5000).unwrap();
+        s.append(&mut rec, &b[..3000]).unwrap();
+        // The appended prefix is readable through the segment before commit.
+        let seg = Arc::clone(&rec.segment);
+        assert_eq!(
+            &seg.as_slice()[rec.body_offset..rec.body_offset + 3000],
+            &b[..3000]
+        );
+        assert_eq!(rec.written(), 3000);
+        assert!(reader.lookup("/a.tgz").is_none(), "indexed before commit");
+        s.append(&mut rec, &b[3000..]).unwrap();
+        s.commit(rec).unwrap();
+        let hit = reader.lookup("/a.tgz").unwrap();
+        assert!(hit.verify());
+        assert_eq!(hit.body(), &b[..]);
+        assert_eq!(*hit.meta, meta("\"e1\""));
+        assert_eq!(hit.key(), "/a.tgz");
+        // A second write replaces the first.
+        put(&mut s, "/a.tgz", b"v2", "\"e2\"");
+        assert_eq!(get(&reader, "/a.tgz").unwrap(), b"v2");
+        assert_eq!(s.stats().objects, 1);
+    }
+
+    #[test]
+    fn short_or_long_body_is_length_mismatch_and_not_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        let mut rec = s.begin("/short", &meta("x"), 100).unwrap();
+        s.append(&mut rec, &[1; 99]).unwrap();
+        assert!(matches!(
+            s.commit(rec),
+            Err(Error::LengthMismatch {
+                declared: 100,
+                written: 99
+            })
+        ));
+        assert!(s.reader().lookup("/short").is_none());
+        let mut rec = s.begin("/long", &meta("x"), 10).unwrap();
+        assert!(matches!(
+            s.append(&mut rec, &[1; 11]),
+            Err(Error::LengthMismatch {
+                declared: 10,
+                written: 11
+            })
+        ));
+        s.abort(rec);
+        assert!(s.reader().lookup("/long").is_none());
+        drop(s);
+        let s = open(dir.path(), 1 << 20);
+        assert_eq!(s.stats().objects, 0);
+    }
+
+    #[test]
+    fn too_large_and_too_long_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        assert!(matches!(
+            s.begin("/big", &meta("x"), SEG),
+            Err(Error::TooLarge(_))
+        ));
+        assert!(matches!(
+            s.begin("/huge", &meta("x"), u64::MAX),
+            Err(Error::TooLarge(_))
+        ));
+        let long = "k".repeat(70_000);
+        assert!(matches!(
+            s.begin(&long, &meta("x"), 1),
+            Err(Error::FieldTooLong("key"))
+        ));
+        // The largest object that fits works.
+        let m = meta("x");
+        let max = SEG - (HEADER_LEN + 4 + format::meta_len(&m)) as u64;
+        put(&mut s, "/max", &body(3, max as usize), "x");
+        assert_eq!(get(&s.reader(), "/max").unwrap().len() as u64, max);
+    }
+
+    #[test]
+    fn open_creates_dir_and_names_unusable_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/shard-0");
+        let s = open(&nested, 1 << 20);
+        assert!(nested.is_dir());
+        drop(s);
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let cfg = StoreConfig {
+            dir: file.join("shard"),
+            shard: 0,
+            capacity: 1 << 20,
+        };
+        let err = ShardStore::open(cfg).err().unwrap();
+        assert!(matches!(err, Error::Io(_)));
+        assert!(err.to_string().contains("plain-file"), "{err}");
+        let cfg = StoreConfig {
+            dir: dir.path().join("tiny"),
+            shard: 0,
+            capacity: 1000,
+        };
+        assert!(matches!(
+            ShardStore::open(cfg),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn reader_on_other_thread_sees_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 4 << 20);
+        let reader = s.reader();
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let t = std::thread::spawn(move || {
+            let mut seen = 0;
+            while let Ok(i) = rx.recv() {
+                let got = get(&reader, &format!("/k/{i}")).expect("committed entry visible");
+                assert_eq!(got, body(i, 700 + i as usize));
+                seen += 1;
+            }
+            seen
+        });
+        for i in 0..200u64 {
+            put(&mut s, &format!("/k/{i}"), &body(i, 700 + i as usize), "e");
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        assert_eq!(t.join().unwrap(), 200);
+    }
+
+    #[test]
+    fn entry_pointing_at_another_keys_record_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        put(&mut s, "/a", b"aaaa", "ea");
+        put(&mut s, "/b", b"bbbb", "eb");
+        let r = s.reader();
+        let a = r.index.get("/a").unwrap();
+        // Same record geometry, but claims to be "/b": key check must reject it.
+        let forged = Entry::new(
+            "/b".into(),
+            Arc::clone(&a.segment),
+            a.location(),
+            Arc::clone(&a.meta),
+            false,
+        )
+        .unwrap();
+        r.index.insert(Arc::new(forged));
+        let hit = r.lookup("/b").unwrap();
+        assert!(!hit.verify());
+        assert!(r.drop_corrupt("/b", &hit));
+        assert!(r.lookup("/b").is_none());
+        assert_eq!(r.stats().corrupt_dropped, 1);
+        assert!(
+            !r.drop_corrupt("/b", &hit),
+            "only drops the same record once"
+        );
+    }
+
+    #[test]
+    fn remove_prefix_refresh_and_their_persistence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        for i in 0..10 {
+            put(&mut s, &format!("/charts/a-{i}.tgz"), &body(i, 100), "e");
+        }
+        put(&mut s, "/index.yaml", b"index", "e");
+        assert!(s.refresh("/index.yaml", 1_800_000_000, 999));
+        assert!(!s.refresh("/nope", 1, 1));
+        s.checkpoint().unwrap();
+        assert!(s.remove("/charts/a-0.tgz"));
+        assert!(!s.remove("/charts/a-0.tgz"));
+        assert_eq!(s.remove_prefix("/charts/a-1"), 1);
+        assert_eq!(s.remove_prefix("/charts/"), 8);
+        put(&mut s, "/charts/a-5.tgz", b"new", "e2");
+        // Crash (no checkpoint): tombstones in the log keep the removals.
+        drop(s);
+        let s = open(dir.path(), 1 << 20);
+        let r = s.reader();
+        for i in 0..10 {
+            let got = get(&r, &format!("/charts/a-{i}.tgz"));
+            assert_eq!(
+                got.as_deref(),
+                if i == 5 { Some(&b"new"[..]) } else { None },
+                "{i}"
+            );
+        }
+        let hit = r.lookup("/index.yaml").unwrap();
+        assert_eq!(
+            (hit.meta.stored_at, hit.meta.ttl_secs),
+            (1_800_000_000, 999)
+        );
+        assert!(hit.verify());
+        assert_eq!(s.stats().objects, 2);
+    }
+}
