@@ -1,1 +1,258 @@
-//! TODO
+//! Eviction: a log-structured FIFO over whole segments, with a second chance.
+//!
+//! When a new segment is needed and `bytes_on_disk + segment_size > capacity`, the
+//! oldest segment is evicted whole: its file is unlinked (readers holding its `Arc`
+//! keep the old bytes) and its index entries are dropped — except entries that were
+//! looked up since written (`hit` flag): those are copied, body CRC re-checked, to the
+//! head of the new segment, with their current meta and original sequence number, if
+//! they fit without crowding out the record that triggered the rotation. Their `hit`
+//! flag starts clear again, so an object must be hit once per lap to stay.
+//!
+//! Invariants: only the owner (`ShardStore`) runs this; an entry is only replaced or
+//! removed if the index still holds that very entry.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::format::HEADER_LEN;
+use super::index::{Entry, Location};
+use super::segment::{Segment, SegmentId};
+use super::store::{live_header, Active, Error, ShardStore};
+
+impl ShardStore {
+    /// Seal the active segment, make room under the capacity, open a new segment and
+    /// copy rescued hot entries into it, leaving at least `reserve_for` bytes free.
+    pub(super) fn rotate(&mut self, reserve_for: u64) -> Result<(), Error> {
+        self.active = None;
+        let mut rescued = Vec::new();
+        while self.bytes_on_disk() + self.segment_size > self.capacity {
+            if !self.evict_oldest(Some(&mut rescued)) {
+                break;
+            }
+        }
+        let seg = loop {
+            let id = SegmentId(self.next_segment_id);
+            self.next_segment_id += 1;
+            match Segment::create(&self.dir, id, self.segment_size) {
+                Ok(s) => break Arc::new(s),
+                // The device is fuller than our budget says: give back a segment and retry.
+                Err(Error::NoSpace) if self.evict_oldest(Some(&mut rescued)) => continue,
+                Err(e) => {
+                    self.drop_rescued(rescued);
+                    self.publish_sizes();
+                    return Err(e);
+                }
+            }
+        };
+        self.segment_bytes += seg.len();
+        self.segments.insert(seg.id(), Arc::clone(&seg));
+        self.active = Some(Active { seg, pos: 0 });
+        self.reinsert(rescued, reserve_for);
+        self.publish_sizes();
+        Ok(())
+    }
+
+    /// Evict the oldest segment. Hot entries go to `rescue` (if given) and stay indexed
+    /// until reinserted or dropped; the rest are removed now. False if none is left.
+    pub(super) fn evict_oldest(&mut self, rescue: Option<&mut Vec<Arc<Entry>>>) -> bool {
+        let Some((id, seg)) = self.segments.pop_first() else {
+            return false;
+        };
+        if let Err(e) = seg.unlink() {
+            tracing::warn!(error = %e, "evicted cache segment not removed");
+        }
+        self.segment_bytes -= seg.len();
+        self.pending.retain(|(s, _)| *s != id);
+        self.dirty.remove(&id);
+        if self.active.as_ref().is_some_and(|a| a.seg.id() == id) {
+            self.active = None;
+        }
+        let index = &self.reader.index;
+        let mut dropped = 0u64;
+        let mut rescue = rescue;
+        for e in index.entries_in(id) {
+            match rescue.as_deref_mut() {
+                Some(r) if e.hit.load(Ordering::Relaxed) => r.push(e),
+                _ => dropped += u64::from(index.remove_if_same(&e)),
+            }
+        }
+        self.reader.count_evicted(dropped);
+        self.reader.count_segment_evicted();
+        tracing::debug!(segment = %id, dropped, "cache segment evicted");
+        true
+    }
+
+    fn drop_rescued(&self, rescued: Vec<Arc<Entry>>) {
+        let n = rescued
+            .iter()
+            .filter(|e| self.reader.index.remove_if_same(e))
+            .count();
+        self.reader.count_evicted(n as u64);
+    }
+
+    /// Copy rescued entries into the active segment (oldest first) while they fit.
+    fn reinsert(&mut self, mut rescued: Vec<Arc<Entry>>, reserve_for: u64) {
+        rescued.sort_by_key(|e| (e.segment_id(), e.offset));
+        let mut meta = Vec::new();
+        for e in rescued {
+            meta.clear();
+            if super::format::encode_meta(&e.meta, &mut meta).is_err() {
+                self.drop_rescued(vec![e]);
+                continue;
+            }
+            let total = (HEADER_LEN + e.key.len() + meta.len()) as u64 + e.body_len;
+            let fits = self.active.as_ref().is_some_and(|a| {
+                a.pos
+                    .checked_add(total)
+                    .and_then(|x| x.checked_add(reserve_for))
+                    .is_some_and(|end| end <= a.seg.len())
+            });
+            if !fits {
+                self.drop_rescued(vec![e]);
+                continue;
+            }
+            // In bounds: checked when the entry was built.
+            let start = e.body_offset() as usize;
+            let body = &e.segment.as_slice()[start..start + e.body_len as usize];
+            if crc32fast::hash(body) != e.body_crc {
+                if self.reader.index.remove_if_same(&e) {
+                    self.reader.count_corrupt(1);
+                }
+                continue;
+            }
+            let Some((seg, off)) = self.try_reserve(total) else {
+                self.drop_rescued(vec![e]);
+                continue;
+            };
+            let loc = Location {
+                offset: off,
+                record_meta_len: meta.len() as u16,
+                body_len: e.body_len,
+                body_crc: e.body_crc,
+                seq: e.seq,
+            };
+            let mut head = live_header(&e.key, &meta, &loc).to_vec();
+            head.extend_from_slice(e.key.as_bytes());
+            head.extend_from_slice(&meta);
+            // Body first, header last: a crash in between leaves a zero header.
+            let body_at = off + head.len() as u64;
+            let written = seg
+                .write_at(body_at, body)
+                .and_then(|()| seg.write_at(off, &head));
+            if let Err(err) = written {
+                tracing::warn!(error = %err, "second-chance copy failed");
+                self.drop_rescued(vec![e]);
+                continue;
+            }
+            self.dirty.insert(seg.id());
+            let new = Entry::new(Arc::clone(&e.key), seg, loc, Arc::clone(&e.meta), true);
+            if new.is_some_and(|n| self.reader.index.replace_if_same(&e, Arc::new(n))) {
+                self.reader.count_reinserted();
+            }
+        }
+    }
+
+    /// Evict oldest segments (no second chance) while over capacity, keeping the active
+    /// segment (used after open and after a checkpoint grew).
+    pub(super) fn shrink_to_capacity(&mut self) -> Result<(), Error> {
+        while self.bytes_on_disk() > self.capacity {
+            let oldest_is_active = match (self.segments.first_key_value(), &self.active) {
+                (Some((id, _)), Some(a)) => *id == a.seg.id(),
+                (None, _) => true,
+                _ => false,
+            };
+            if oldest_is_active || !self.evict_oldest(None) {
+                break;
+            }
+        }
+        self.publish_sizes();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::testutil::*;
+
+    const CAP: u64 = 640 * 1024; // ten 64 KiB segments, checkpoints included
+
+    #[test]
+    fn stays_within_capacity_and_second_chance_keeps_hot_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), CAP);
+        let r = s.reader();
+        put(&mut s, "/hot", &body(999, 5000), "hot");
+        let mut written = 0u64;
+        let mut i = 0u64;
+        while written < 3 * CAP {
+            let len = 1000 + (i % 7) as usize * 700;
+            put(&mut s, &format!("/cold/{i}"), &body(i, len), "c");
+            written += len as u64;
+            i += 1;
+            if i % 10 == 0 {
+                assert_eq!(get(&r, "/hot").unwrap(), body(999, 5000));
+            }
+            if i % 50 == 0 {
+                s.checkpoint().unwrap();
+            }
+            let st = s.stats();
+            assert!(st.bytes_on_disk <= CAP, "{st:?}");
+        }
+        let st = s.stats();
+        assert!(
+            st.segments_evicted >= 10 && st.evictions > 100 && st.reinserted >= 2,
+            "{st:?}"
+        );
+        assert!(r.lookup("/cold/0").is_none(), "oldest cold object evicted");
+        assert_eq!(
+            get(&r, &format!("/cold/{}", i - 1)).unwrap().len(),
+            1000 + ((i - 1) % 7) as usize * 700
+        );
+        // The on-disk size matches what stats say.
+        let on_disk: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(on_disk, st.bytes_on_disk);
+        // Restart: still within capacity, hot key still there (moved copies replay).
+        drop(s);
+        let s = open(dir.path(), CAP);
+        assert!(s.stats().bytes_on_disk <= CAP);
+        assert_eq!(get(&s.reader(), "/hot").unwrap(), body(999, 5000));
+    }
+
+    #[test]
+    fn cold_key_is_evicted_but_a_held_hit_keeps_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), CAP);
+        let r = s.reader();
+        put(&mut s, "/old", &body(1, 4000), "o");
+        let hit = r.lookup("/old").unwrap();
+        assert!(hit.verify());
+        let path = hit.segment.path().to_path_buf();
+        // Looked up once → one second chance; then it must go on the next lap.
+        for i in 0..400u64 {
+            put(&mut s, &format!("/f/{i}"), &body(i, 4000), "f");
+        }
+        assert!(r.lookup("/old").is_none());
+        assert!(!path.exists(), "evicted segment file unlinked");
+        assert_eq!(hit.body(), &body(1, 4000)[..]);
+        assert!(hit.verify());
+        assert!(s.stats().reinserted >= 1);
+    }
+
+    #[test]
+    fn capacity_shrink_on_reopen_evicts_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), CAP);
+        for i in 0..100u64 {
+            put(&mut s, &format!("/k/{i}"), &body(i, 4000), "k");
+        }
+        drop(s);
+        let s = open(dir.path(), CAP / 2);
+        let st = s.stats();
+        assert!(st.bytes_on_disk <= CAP / 2, "{st:?}");
+        assert!(s.reader().lookup("/k/0").is_none());
+        assert_eq!(get(&s.reader(), "/k/99").unwrap(), body(99, 4000));
+    }
+}

@@ -1,7 +1,44 @@
-//! STUB — the public API the rest of chartcache uses. To be implemented.
+//! One shard's storage engine: [`ShardStore`] (the owner's handle: writes, removes,
+//! checkpoints, eviction) and [`ShardReader`] (everyone's handle: lock-free lookups).
+//!
+//! Synchronous std code: `pwrite` into preallocated segments, read-only mmaps, no
+//! network I/O. Exactly one thread owns a `ShardStore`; any thread may hold the
+//! `Arc<ShardReader>`.
+//!
+//! # Write protocol
+//! 1. [`ShardStore::begin`] reserves `header + key + meta + body_len` in the active
+//!    segment (rotating, and evicting to stay within capacity, when it does not fit) and
+//!    writes a *dead* header (covering the whole reservation) + key + meta in one
+//!    `pwrite`. A crash or an abort from here on leaves a record replay steps over.
+//! 2. [`ShardStore::append`] `pwrite`s body bytes in order (on the file before it
+//!    returns, so other threads can read the prefix through `segment.as_slice()`),
+//!    computing the body CRC as it goes.
+//! 3. [`ShardStore::commit`] checks the length, overwrites the header with the live one
+//!    (both CRCs, a fresh sequence number), then inserts the index entry, already
+//!    verified. [`ShardStore::abort`] just forgets the reservation.
+//!
+//! A segment evicted while a fill was pending still takes the writes (the file is
+//! unlinked, the fd and map live on); its commit succeeds but indexes nothing.
+//!
+//! # Capacity
+//! `bytes_on_disk` = segment files (full preallocated size) + both checkpoint copies.
+//! A new segment is only created when it fits under `capacity`, after evicting the
+//! oldest segments (see [`super::evict`]). Capacity must allow at least one segment.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use super::checkpoint::{self, CheckpointState};
+use super::format::{
+    self, CheckpointEntry, CheckpointHeader, RecordHeader, RecordKind, HEADER_LEN,
+};
+use super::index::{Entry, Index, Location};
+use super::recover::{self, RecoveryReport};
+use super::segment::{io_at, SegmentId, MIN_SEGMENT_SIZE};
+
+pub use super::segment::Segment;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +51,15 @@ pub enum Error {
     NoSpace,
     #[error("record length mismatch: declared {declared}, written {written}")]
     LengthMismatch { declared: u64, written: u64 },
+    /// Key or meta longer than the record format allows (64 KiB each).
+    #[error("{0} too long for a cache record")]
+    FieldTooLong(&'static str),
+    #[error("invalid cache configuration: {0}")]
+    InvalidConfig(String),
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
+    #[error("magic mismatch")]
+    MagicMismatch,
 }
 
 /// What is stored next to a body and served with it.
@@ -38,16 +84,23 @@ pub struct StoreConfig {
     pub capacity: u64,
 }
 
-/// One segment file, mapped read-only. Kept alive by `Arc` while anyone reads it.
-pub struct Segment {
-    _private: (),
-}
-
-impl Segment {
-    /// The whole mapping (segment size bytes).
-    pub fn as_slice(&self) -> &[u8] {
-        todo!()
-    }
+/// Counters of one shard (any thread may read them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Segment files (preallocated size) + checkpoint copies.
+    pub bytes_on_disk: u64,
+    /// Entries in the index.
+    pub objects: u64,
+    /// Objects dropped by eviction (not counting those given a second chance).
+    pub evictions: u64,
+    /// Entries dropped because they failed verification.
+    pub corrupt_dropped: u64,
+    /// Live segment files.
+    pub segments: u64,
+    /// Segments evicted whole.
+    pub segments_evicted: u64,
+    /// Hot objects copied forward at eviction (second chance).
+    pub reinserted: u64,
 }
 
 /// A lookup result: where the body lives. Cheap to clone.
@@ -57,68 +110,801 @@ pub struct Hit {
     pub body_offset: usize,
     pub body_len: usize,
     pub meta: Arc<ObjectMeta>,
+    entry: Arc<Entry>,
+}
+
+impl std::fmt::Debug for Hit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hit")
+            .field("segment", &self.segment.id())
+            .field("body_offset", &self.body_offset)
+            .field("body_len", &self.body_len)
+            .field("meta", &self.meta)
+            .finish()
+    }
 }
 
 impl Hit {
+    /// The body bytes (always in bounds of the mapping).
     pub fn body(&self) -> &[u8] {
         &self.segment.as_slice()[self.body_offset..self.body_offset + self.body_len]
     }
     /// Full integrity check (header CRC, key, body CRC) unless this record was
-    /// already verified in this process. False → the caller must not serve it.
+    /// already verified in this process. False → the caller must not serve it
+    /// (and should call [`ShardReader::drop_corrupt`]).
     pub fn verify(&self) -> bool {
-        todo!()
+        self.entry.verify()
+    }
+    /// The key this hit is for.
+    pub fn key(&self) -> &str {
+        &self.entry.key
     }
 }
 
-pub struct ShardStore {
-    _private: (),
+#[derive(Default)]
+struct Counters {
+    bytes_on_disk: AtomicU64,
+    segments: AtomicU64,
+    evictions: AtomicU64,
+    corrupt_dropped: AtomicU64,
+    segments_evicted: AtomicU64,
+    reinserted: AtomicU64,
 }
 
+/// Everyone's handle: lookups without locks. `Send + Sync`, shared as `Arc`.
 pub struct ShardReader {
-    _private: (),
-}
-
-pub struct PendingRecord {
-    pub segment: Arc<Segment>,
-    pub body_offset: usize,
-    pub body_len: u64,
-}
-
-impl ShardStore {
-    pub fn open(_cfg: StoreConfig) -> Result<ShardStore, Error> {
-        todo!()
-    }
-    pub fn reader(&self) -> Arc<ShardReader> {
-        todo!()
-    }
-    pub fn begin(
-        &mut self,
-        _key: &str,
-        _meta: &ObjectMeta,
-        _body_len: u64,
-    ) -> Result<PendingRecord, Error> {
-        todo!()
-    }
-    pub fn append(&mut self, _rec: &mut PendingRecord, _data: &[u8]) -> Result<(), Error> {
-        todo!()
-    }
-    pub fn commit(&mut self, _rec: PendingRecord) -> Result<(), Error> {
-        todo!()
-    }
-    pub fn abort(&mut self, _rec: PendingRecord) {
-        todo!()
-    }
-    pub fn remove(&mut self, _key: &str) -> bool {
-        todo!()
-    }
-    pub fn checkpoint(&mut self) -> Result<(), Error> {
-        todo!()
-    }
+    pub(super) index: Index,
+    counters: Counters,
 }
 
 impl ShardReader {
-    pub fn lookup(&self, _key: &str) -> Option<Hit> {
-        todo!()
+    /// The entry for `key` (not verified: call [`Hit::verify`] before serving).
+    pub fn lookup(&self, key: &str) -> Option<Hit> {
+        let entry = self.index.get(key)?;
+        if !entry.hit.load(Ordering::Relaxed) {
+            entry.hit.store(true, Ordering::Relaxed);
+        }
+        Some(Hit {
+            segment: Arc::clone(&entry.segment),
+            // In bounds of the mapping (checked when the entry was built), so these
+            // fit usize.
+            body_offset: entry.body_offset() as usize,
+            body_len: entry.body_len as usize,
+            meta: Arc::clone(&entry.meta),
+            entry,
+        })
+    }
+
+    /// Remove `key`'s entry if it is still the record `hit` points at (after a failed
+    /// [`Hit::verify`]). Any thread. True if removed.
+    pub fn drop_corrupt(&self, key: &str, hit: &Hit) -> bool {
+        if &*hit.entry.key != key || !self.index.remove_if_same(&hit.entry) {
+            return false;
+        }
+        self.counters
+            .corrupt_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(key, segment = %hit.segment.id(), "corrupt cache record dropped");
+        true
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        StoreStats {
+            bytes_on_disk: c.bytes_on_disk.load(Ordering::Relaxed),
+            objects: self.index.len() as u64,
+            evictions: c.evictions.load(Ordering::Relaxed),
+            corrupt_dropped: c.corrupt_dropped.load(Ordering::Relaxed),
+            segments: c.segments.load(Ordering::Relaxed),
+            segments_evicted: c.segments_evicted.load(Ordering::Relaxed),
+            reinserted: c.reinserted.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn count_evicted(&self, n: u64) {
+        self.counters.evictions.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(super) fn count_corrupt(&self, n: u64) {
+        self.counters
+            .corrupt_dropped
+            .fetch_add(n, Ordering::Relaxed);
+    }
+    pub(super) fn count_segment_evicted(&self) {
+        self.counters
+            .segments_evicted
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn count_reinserted(&self) {
+        self.counters.reinserted.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A fill in progress. Must end in [`ShardStore::commit`] or [`ShardStore::abort`].
+pub struct PendingRecord {
+    pub segment: Arc<Segment>,
+    /// Where the body starts in `segment`.
+    pub body_offset: usize,
+    /// Declared body length.
+    pub body_len: u64,
+    record_offset: u64,
+    written: u64,
+    crc: crc32fast::Hasher,
+    key: Arc<str>,
+    meta: Arc<ObjectMeta>,
+    meta_bytes: Vec<u8>,
+}
+
+impl PendingRecord {
+    /// Body bytes appended so far (readable at `body_offset..body_offset + written`).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// The segment being appended to.
+pub(super) struct Active {
+    pub(super) seg: Arc<Segment>,
+    /// Next free byte.
+    pub(super) pos: u64,
+}
+
+/// The owner's handle of one shard.
+pub struct ShardStore {
+    pub(super) dir: PathBuf,
+    pub(super) shard: u32,
+    pub(super) capacity: u64,
+    pub(super) segment_size: u64,
+    /// All live segments (the active one included), oldest first.
+    pub(super) segments: BTreeMap<SegmentId, Arc<Segment>>,
+    pub(super) segment_bytes: u64,
+    pub(super) active: Option<Active>,
+    pub(super) next_segment_id: u64,
+    pub(super) next_seq: u64,
+    /// Reservations not yet committed/aborted: (segment, record offset).
+    pub(super) pending: BTreeSet<(SegmentId, u64)>,
+    /// Segments written since the last checkpoint (fdatasync'ed before it).
+    pub(super) dirty: BTreeSet<SegmentId>,
+    pub(super) ckpt: CheckpointState,
+    pub(super) reader: Arc<ShardReader>,
+    report: RecoveryReport,
+}
+
+/// Default segment size for a capacity: clamp(capacity/8, 1 MiB, 64 MiB), never more
+/// than the capacity, a multiple of 4 KiB.
+pub fn default_segment_size(capacity: u64) -> u64 {
+    (capacity / 8).clamp(1 << 20, 64 << 20).min(capacity) & !4095
+}
+
+impl ShardStore {
+    /// Open (or create) the shard in `cfg.dir` and recover its index.
+    pub fn open(cfg: StoreConfig) -> Result<ShardStore, Error> {
+        let size = default_segment_size(cfg.capacity);
+        Self::open_with_segment_size(cfg, size)
+    }
+
+    /// [`ShardStore::open`] with an explicit segment size (tests, benches, tuning).
+    pub fn open_with_segment_size(
+        cfg: StoreConfig,
+        segment_size: u64,
+    ) -> Result<ShardStore, Error> {
+        let segment_size = segment_size & !4095;
+        if segment_size < MIN_SEGMENT_SIZE || segment_size > cfg.capacity {
+            return Err(Error::InvalidConfig(format!(
+                "shard {}: capacity {} must hold at least one segment of {} bytes (min {})",
+                cfg.shard,
+                cfg.capacity,
+                segment_size.max(MIN_SEGMENT_SIZE),
+                MIN_SEGMENT_SIZE
+            )));
+        }
+        let dir = cfg.dir;
+        std::fs::create_dir_all(&dir).map_err(|e| io_at(&dir, "create cache dir", e))?;
+        let probe = dir.join(".write-probe");
+        std::fs::write(&probe, b"").map_err(|e| io_at(&dir, "cache dir not writable:", e))?;
+        let _ = std::fs::remove_file(&probe);
+
+        let reader = Arc::new(ShardReader {
+            index: Index::default(),
+            counters: Counters::default(),
+        });
+        let rec = recover::recover(&dir, &reader.index)?;
+        let segment_bytes = rec.segments.values().map(|s| s.len()).sum();
+        let mut store = ShardStore {
+            dir,
+            shard: cfg.shard,
+            capacity: cfg.capacity,
+            segment_size,
+            segments: rec.segments,
+            segment_bytes,
+            active: rec.active.map(|(seg, pos)| Active { seg, pos }),
+            next_segment_id: rec.next_segment_id,
+            next_seq: rec.next_seq,
+            pending: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            ckpt: rec.ckpt,
+            reader,
+            report: rec.report,
+        };
+        store.shrink_to_capacity()?;
+        store.publish_sizes();
+        tracing::info!(
+            shard = store.shard,
+            objects = store.reader.index.len(),
+            segments = store.segments.len(),
+            report = ?store.report,
+            "cache shard opened"
+        );
+        Ok(store)
+    }
+
+    /// The shared lookup handle.
+    pub fn reader(&self) -> Arc<ShardReader> {
+        Arc::clone(&self.reader)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.reader.stats()
+    }
+
+    /// What `open` found (checkpoint used, records replayed, damage).
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    pub(super) fn bytes_on_disk(&self) -> u64 {
+        self.segment_bytes + self.ckpt.bytes_on_disk()
+    }
+
+    pub(super) fn publish_sizes(&self) {
+        let c = &self.reader.counters;
+        c.bytes_on_disk
+            .store(self.bytes_on_disk(), Ordering::Relaxed);
+        c.segments
+            .store(self.segments.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Start a fill of `body_len` bytes for `key`.
+    pub fn begin(
+        &mut self,
+        key: &str,
+        meta: &ObjectMeta,
+        body_len: u64,
+    ) -> Result<PendingRecord, Error> {
+        let key_len = u16::try_from(key.len()).map_err(|_| Error::FieldTooLong("key"))?;
+        let mut buf = Vec::with_capacity(HEADER_LEN + key.len() + format::meta_len(meta));
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        buf.extend_from_slice(key.as_bytes());
+        format::encode_meta(meta, &mut buf).map_err(|_| Error::FieldTooLong("meta"))?;
+        let meta_bytes = buf[HEADER_LEN + key.len()..].to_vec();
+        let head = RecordHeader {
+            kind: RecordKind::Object,
+            key_len,
+            meta_len: meta_bytes.len() as u16,
+            body_crc: 0,
+            body_len,
+            seq: 0,
+        };
+        let total = head.record_len();
+        if total > self.segment_size {
+            return Err(Error::TooLarge(body_len));
+        }
+        let (seg, offset) = self.reserve(total)?;
+        buf[..HEADER_LEN].copy_from_slice(&dead_header(total));
+        seg.write_at(offset, &buf)?;
+        self.pending.insert((seg.id(), offset));
+        self.dirty.insert(seg.id());
+        Ok(PendingRecord {
+            body_offset: (offset + head.body_offset()) as usize,
+            segment: seg,
+            body_len,
+            record_offset: offset,
+            written: 0,
+            crc: crc32fast::Hasher::new(),
+            key: Arc::from(key),
+            meta: Arc::new(meta.clone()),
+            meta_bytes,
+        })
+    }
+
+    /// Append body bytes (written to the file before this returns).
+    pub fn append(&mut self, rec: &mut PendingRecord, data: &[u8]) -> Result<(), Error> {
+        let written = rec.written + data.len() as u64;
+        if written > rec.body_len {
+            return Err(Error::LengthMismatch {
+                declared: rec.body_len,
+                written,
+            });
+        }
+        rec.segment
+            .write_at(rec.body_offset as u64 + rec.written, data)?;
+        rec.crc.update(data);
+        rec.written = written;
+        Ok(())
+    }
+
+    /// Seal the record and index it (replacing any older entry for the key).
+    pub fn commit(&mut self, rec: PendingRecord) -> Result<(), Error> {
+        let seg_id = rec.segment.id();
+        self.pending.remove(&(seg_id, rec.record_offset));
+        if rec.written != rec.body_len {
+            // The dead header written at `begin` stays: replay steps over it.
+            return Err(Error::LengthMismatch {
+                declared: rec.body_len,
+                written: rec.written,
+            });
+        }
+        if !self.segments.contains_key(&seg_id) {
+            tracing::debug!(key = &*rec.key, "segment evicted during fill; not indexed");
+            return Ok(());
+        }
+        let seq = self.take_seq();
+        let loc = Location {
+            offset: rec.record_offset,
+            record_meta_len: rec.meta_bytes.len() as u16,
+            body_len: rec.body_len,
+            body_crc: rec.crc.clone().finalize(),
+            seq,
+        };
+        let header = live_header(&rec.key, &rec.meta_bytes, &loc);
+        rec.segment.write_at(rec.record_offset, &header)?;
+        match Entry::new(rec.key, rec.segment, loc, rec.meta, true) {
+            Some(e) => {
+                self.reader.index.insert(Arc::new(e));
+            }
+            None => debug_assert!(false, "reserved record outside its segment"),
+        }
+        Ok(())
+    }
+
+    /// Give up a fill: the space stays dead and is never indexed.
+    pub fn abort(&mut self, rec: PendingRecord) {
+        self.pending.remove(&(rec.segment.id(), rec.record_offset));
+    }
+
+    /// Remove `key` (logged as a tombstone so it stays removed after a crash).
+    pub fn remove(&mut self, key: &str) -> bool {
+        if self.reader.index.remove(key).is_none() {
+            return false;
+        }
+        self.log_tombstone(RecordKind::Tombstone, key);
+        true
+    }
+
+    /// Remove every key starting with `prefix`; returns how many.
+    pub fn remove_prefix(&mut self, prefix: &str) -> usize {
+        let n = self
+            .reader
+            .index
+            .remove_where(|e| e.key.starts_with(prefix));
+        if n > 0 {
+            self.log_tombstone(RecordKind::TombstonePrefix, prefix);
+        }
+        n
+    }
+
+    /// Update an entry's freshness (after a 304) without rewriting its body. Persisted by
+    /// the next checkpoint (and by a second-chance copy). False if `key` is absent.
+    pub fn refresh(&mut self, key: &str, stored_at: u64, ttl_secs: u32) -> bool {
+        let Some(old) = self.reader.index.get(key) else {
+            return false;
+        };
+        let mut meta = (*old.meta).clone();
+        meta.stored_at = stored_at;
+        meta.ttl_secs = ttl_secs;
+        let Some(new) = Entry::new(
+            Arc::clone(&old.key),
+            Arc::clone(&old.segment),
+            old.location(),
+            Arc::new(meta),
+            old.verified.load(Ordering::Acquire),
+        ) else {
+            return false;
+        };
+        new.hit
+            .store(old.hit.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.reader.index.replace_if_same(&old, Arc::new(new))
+    }
+
+    /// Persist the index: fdatasync segments written since the last checkpoint, then write
+    /// the older checkpoint copy (fsync).
+    pub fn checkpoint(&mut self) -> Result<(), Error> {
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(seg) = self.segments.get(&id) {
+                seg.sync()?;
+            }
+        }
+        let (log_segment, log_offset) = match (self.pending.first(), &self.active) {
+            (Some(&(id, off)), _) => (id, off),
+            (None, Some(a)) => (a.seg.id(), a.pos),
+            (None, None) => (SegmentId(self.next_segment_id), 0),
+        };
+        let salt = self.ckpt.last_seq + 1;
+        let entries = self.reader.index.entries();
+        let mut buf = Vec::with_capacity(entries.len() * 160);
+        let mut meta = Vec::new();
+        let mut count = 0u64;
+        for e in &entries {
+            meta.clear();
+            if format::encode_meta(&e.meta, &mut meta).is_err() {
+                continue;
+            }
+            let ce = CheckpointEntry {
+                segment: e.segment_id().0,
+                offset: e.offset,
+                body_len: e.body_len,
+                seq: e.seq,
+                body_crc: e.body_crc,
+                record_meta_len: e.record_meta_len,
+                key: e.key.as_bytes(),
+                meta: &meta,
+            };
+            if ce.encode(salt, &mut buf).is_ok() {
+                count += 1;
+            }
+        }
+        let header = CheckpointHeader {
+            log_segment: log_segment.0,
+            log_offset,
+            next_seq: self.next_seq,
+            next_segment_id: self.next_segment_id,
+            ..CheckpointHeader::default()
+        };
+        checkpoint::write(&self.dir, &mut self.ckpt, header, count, &buf)?;
+        self.shrink_to_capacity()?;
+        self.publish_sizes();
+        Ok(())
+    }
+
+    pub(super) fn take_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// Reserve `total` bytes; rotates to a new segment when the active one is full.
+    pub(super) fn reserve(&mut self, total: u64) -> Result<(Arc<Segment>, u64), Error> {
+        if let Some(r) = self.try_reserve(total) {
+            return Ok(r);
+        }
+        self.rotate(total)?;
+        self.try_reserve(total).ok_or(Error::TooLarge(total))
+    }
+
+    pub(super) fn try_reserve(&mut self, total: u64) -> Option<(Arc<Segment>, u64)> {
+        let a = self.active.as_mut()?;
+        let end = a.pos.checked_add(total)?;
+        if end > a.seg.len() {
+            return None;
+        }
+        let off = a.pos;
+        a.pos = end;
+        Some((Arc::clone(&a.seg), off))
+    }
+
+    /// Write a tombstone record (best effort: the in-memory removal already happened).
+    fn log_tombstone(&mut self, kind: RecordKind, key: &str) {
+        let Ok(key_len) = u16::try_from(key.len()) else {
+            return;
+        };
+        let seq = self.take_seq();
+        let h = RecordHeader {
+            kind,
+            key_len,
+            meta_len: 0,
+            body_crc: 0,
+            body_len: 0,
+            seq,
+        };
+        let mut buf = h.encode(key.as_bytes(), &[]).to_vec();
+        buf.extend_from_slice(key.as_bytes());
+        let r = self.reserve(buf.len() as u64).and_then(|(seg, off)| {
+            self.dirty.insert(seg.id());
+            seg.write_at(off, &buf)
+        });
+        if let Err(e) = r {
+            tracing::warn!(key, error = %e, "cache tombstone not logged; removal may not survive a crash");
+        }
+    }
+}
+
+/// A dead header covering `total` bytes (CRC over the header only).
+pub(super) fn dead_header(total: u64) -> [u8; HEADER_LEN] {
+    RecordHeader {
+        kind: RecordKind::Dead,
+        key_len: 0,
+        meta_len: 0,
+        body_crc: 0,
+        body_len: total - HEADER_LEN as u64,
+        seq: 0,
+    }
+    .encode(&[], &[])
+}
+
+/// The live header of an object record.
+pub(super) fn live_header(key: &str, meta_bytes: &[u8], loc: &Location) -> [u8; HEADER_LEN] {
+    RecordHeader {
+        kind: RecordKind::Object,
+        key_len: key.len() as u16,
+        meta_len: loc.record_meta_len,
+        body_crc: loc.body_crc,
+        body_len: loc.body_len,
+        seq: loc.seq,
+    }
+    .encode(key.as_bytes(), meta_bytes)
+}
+
+/// Helpers shared by the cache unit tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use std::path::Path;
+
+    pub const SEG: u64 = 64 * 1024;
+
+    pub fn open(dir: &Path, capacity: u64) -> ShardStore {
+        let cfg = StoreConfig {
+            dir: dir.to_path_buf(),
+            shard: 0,
+            capacity,
+        };
+        ShardStore::open_with_segment_size(cfg, SEG).unwrap()
+    }
+
+    pub fn meta(etag: &str) -> ObjectMeta {
+        ObjectMeta {
+            status: 200,
+            etag: Some(etag.to_owned()),
+            last_modified: Some("Tue, 01 Jul 2025 10:00:00 GMT".into()),
+            content_type: Some("application/gzip".into()),
+            stored_at: 1_750_000_000,
+            ttl_secs: 60,
+        }
+    }
+
+    /// Deterministic body bytes for object `i`.
+    pub fn body(i: u64, len: usize) -> Vec<u8> {
+        let mut r = Rng(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        (0..len).map(|_| r.next() as u8).collect()
+    }
+
+    /// Write and commit one object, appending in a few chunks.
+    pub fn put(store: &mut ShardStore, key: &str, body: &[u8], etag: &str) {
+        let mut rec = store.begin(key, &meta(etag), body.len() as u64).unwrap();
+        for chunk in body.chunks(1000) {
+            store.append(&mut rec, chunk).unwrap();
+        }
+        store.commit(rec).unwrap();
+    }
+
+    /// Lookup + verify + body bytes.
+    pub fn get(reader: &ShardReader, key: &str) -> Option<Vec<u8>> {
+        let hit = reader.lookup(key)?;
+        assert!(hit.verify(), "{key} does not verify");
+        Some(hit.body().to_vec())
+    }
+
+    /// xorshift64*: seeded, reproducible.
+    pub struct Rng(pub u64);
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn write_commit_lookup_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        let reader = s.reader();
+        assert!(reader.lookup("/a.tgz").is_none());
+        let b = body(1, 5000);
+        let mut rec = s.begin("/a.tgz", &meta("\"e1\""), 5000).unwrap();
+        s.append(&mut rec, &b[..3000]).unwrap();
+        // The appended prefix is readable through the segment before commit.
+        let seg = Arc::clone(&rec.segment);
+        assert_eq!(
+            &seg.as_slice()[rec.body_offset..rec.body_offset + 3000],
+            &b[..3000]
+        );
+        assert_eq!(rec.written(), 3000);
+        assert!(reader.lookup("/a.tgz").is_none(), "indexed before commit");
+        s.append(&mut rec, &b[3000..]).unwrap();
+        s.commit(rec).unwrap();
+        let hit = reader.lookup("/a.tgz").unwrap();
+        assert!(hit.verify());
+        assert_eq!(hit.body(), &b[..]);
+        assert_eq!(*hit.meta, meta("\"e1\""));
+        assert_eq!(hit.key(), "/a.tgz");
+        // A second write replaces the first.
+        put(&mut s, "/a.tgz", b"v2", "\"e2\"");
+        assert_eq!(get(&reader, "/a.tgz").unwrap(), b"v2");
+        assert_eq!(s.stats().objects, 1);
+    }
+
+    #[test]
+    fn short_or_long_body_is_length_mismatch_and_not_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        let mut rec = s.begin("/short", &meta("x"), 100).unwrap();
+        s.append(&mut rec, &[1; 99]).unwrap();
+        assert!(matches!(
+            s.commit(rec),
+            Err(Error::LengthMismatch {
+                declared: 100,
+                written: 99
+            })
+        ));
+        assert!(s.reader().lookup("/short").is_none());
+        let mut rec = s.begin("/long", &meta("x"), 10).unwrap();
+        assert!(matches!(
+            s.append(&mut rec, &[1; 11]),
+            Err(Error::LengthMismatch {
+                declared: 10,
+                written: 11
+            })
+        ));
+        s.abort(rec);
+        assert!(s.reader().lookup("/long").is_none());
+        drop(s);
+        let s = open(dir.path(), 1 << 20);
+        assert_eq!(s.stats().objects, 0);
+    }
+
+    #[test]
+    fn too_large_and_too_long_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        assert!(matches!(
+            s.begin("/big", &meta("x"), SEG),
+            Err(Error::TooLarge(_))
+        ));
+        assert!(matches!(
+            s.begin("/huge", &meta("x"), u64::MAX),
+            Err(Error::TooLarge(_))
+        ));
+        let long = "k".repeat(70_000);
+        assert!(matches!(
+            s.begin(&long, &meta("x"), 1),
+            Err(Error::FieldTooLong("key"))
+        ));
+        // The largest object that fits works.
+        let m = meta("x");
+        let max = SEG - (HEADER_LEN + 4 + format::meta_len(&m)) as u64;
+        put(&mut s, "/max", &body(3, max as usize), "x");
+        assert_eq!(get(&s.reader(), "/max").unwrap().len() as u64, max);
+    }
+
+    #[test]
+    fn open_creates_dir_and_names_unusable_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/shard-0");
+        let s = open(&nested, 1 << 20);
+        assert!(nested.is_dir());
+        drop(s);
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let cfg = StoreConfig {
+            dir: file.join("shard"),
+            shard: 0,
+            capacity: 1 << 20,
+        };
+        let err = ShardStore::open(cfg).err().unwrap();
+        assert!(matches!(err, Error::Io(_)));
+        assert!(err.to_string().contains("plain-file"), "{err}");
+        let cfg = StoreConfig {
+            dir: dir.path().join("tiny"),
+            shard: 0,
+            capacity: 1000,
+        };
+        assert!(matches!(
+            ShardStore::open(cfg),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn reader_on_other_thread_sees_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 4 << 20);
+        let reader = s.reader();
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let t = std::thread::spawn(move || {
+            let mut seen = 0;
+            while let Ok(i) = rx.recv() {
+                let got = get(&reader, &format!("/k/{i}")).expect("committed entry visible");
+                assert_eq!(got, body(i, 700 + i as usize));
+                seen += 1;
+            }
+            seen
+        });
+        for i in 0..200u64 {
+            put(&mut s, &format!("/k/{i}"), &body(i, 700 + i as usize), "e");
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        assert_eq!(t.join().unwrap(), 200);
+    }
+
+    #[test]
+    fn entry_pointing_at_another_keys_record_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        put(&mut s, "/a", b"aaaa", "ea");
+        put(&mut s, "/b", b"bbbb", "eb");
+        let r = s.reader();
+        let a = r.index.get("/a").unwrap();
+        // Same record geometry, but claims to be "/b": key check must reject it.
+        let forged = Entry::new(
+            "/b".into(),
+            Arc::clone(&a.segment),
+            a.location(),
+            Arc::clone(&a.meta),
+            false,
+        )
+        .unwrap();
+        r.index.insert(Arc::new(forged));
+        let hit = r.lookup("/b").unwrap();
+        assert!(!hit.verify());
+        assert!(r.drop_corrupt("/b", &hit));
+        assert!(r.lookup("/b").is_none());
+        assert_eq!(r.stats().corrupt_dropped, 1);
+        assert!(
+            !r.drop_corrupt("/b", &hit),
+            "only drops the same record once"
+        );
+    }
+
+    #[test]
+    fn remove_prefix_refresh_and_their_persistence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        for i in 0..10 {
+            put(&mut s, &format!("/charts/a-{i}.tgz"), &body(i, 100), "e");
+        }
+        put(&mut s, "/index.yaml", b"index", "e");
+        assert!(s.refresh("/index.yaml", 1_800_000_000, 999));
+        assert!(!s.refresh("/nope", 1, 1));
+        s.checkpoint().unwrap();
+        assert!(s.remove("/charts/a-0.tgz"));
+        assert!(!s.remove("/charts/a-0.tgz"));
+        assert_eq!(s.remove_prefix("/charts/a-1"), 1);
+        assert_eq!(s.remove_prefix("/charts/"), 8);
+        put(&mut s, "/charts/a-5.tgz", b"new", "e2");
+        // Crash (no checkpoint): tombstones in the log keep the removals.
+        drop(s);
+        let s = open(dir.path(), 1 << 20);
+        let r = s.reader();
+        for i in 0..10 {
+            let got = get(&r, &format!("/charts/a-{i}.tgz"));
+            assert_eq!(
+                got.as_deref(),
+                if i == 5 { Some(&b"new"[..]) } else { None },
+                "{i}"
+            );
+        }
+        let hit = r.lookup("/index.yaml").unwrap();
+        assert_eq!(
+            (hit.meta.stored_at, hit.meta.ttl_secs),
+            (1_800_000_000, 999)
+        );
+        assert!(hit.verify());
+        assert_eq!(s.stats().objects, 2);
     }
 }
 impl ShardStore {
