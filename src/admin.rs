@@ -195,6 +195,7 @@ fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
         if !prefix.starts_with('/') {
             return Reply::text(400, "prefix must start with /\n");
         }
+        state.shards.negative.remove(&prefix, true);
         let (tx, rx) = std::sync::mpsc::channel();
         let sent = state.shards.broadcast(|| ShardJob::Purge {
             key: prefix.clone(),
@@ -217,6 +218,7 @@ fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
         Ok(k) => k,
         Err(e) => return Reply::text(400, format!("bad path: {e}\n")),
     };
+    state.shards.negative.remove(&key, false);
     let (tx, rx) = std::sync::mpsc::channel();
     if !state.shards.send(
         &key,

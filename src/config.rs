@@ -123,6 +123,10 @@ pub struct Cli {
     #[arg(long, env = "CHARTCACHE_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<String>,
 
+    /// How long an upstream 404 is remembered (0 disables; never for revalidated paths) [default: 5s].
+    #[arg(long, env = "CHARTCACHE_NEGATIVE_TTL", value_name = "DURATION")]
+    pub negative_ttl: Option<String>,
+
     /// Maximum client connections per worker [default: 10000].
     #[arg(long, env = "CHARTCACHE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -163,6 +167,7 @@ struct FileConfig {
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
+    negative_ttl: Option<String>,
     connect_timeout: Option<String>,
     upstream_timeout: Option<String>,
     tls_roots: Option<String>,
@@ -226,6 +231,8 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// Total bytes on disk, split evenly across shards.
     pub size: u64,
+    /// How long an upstream 404 is remembered.
+    pub negative_ttl: Duration,
 }
 
 /// Admin listener settings.
@@ -447,6 +454,11 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
         cli.upstream_timeout.or(file.upstream_timeout),
         Duration::from_secs(10),
     );
+    let negative_ttl = dur(
+        "negative_ttl",
+        cli.negative_ttl.or(file.negative_ttl),
+        Duration::from_secs(5),
+    );
     let max_connections = cli
         .max_connections
         .or(file.max_connections)
@@ -513,6 +525,7 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
         cache: CacheConfig {
             dir: cache_dir,
             size,
+            negative_ttl,
         },
         policy,
         workers,

@@ -122,7 +122,8 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     }
 
     let driver = resolve_driver(cfg.driver);
-    let (shards, stores, lock) = shard::open(&cfg.cache.dir, cfg.cache.size, n)?;
+    let (shards, stores, lock) =
+        shard::open(&cfg.cache.dir, cfg.cache.size, n, cfg.cache.negative_ttl)?;
     let listeners = bind_reuseport(cfg.server.listen, n, driver)?;
     let addr = listeners[0].local_addr().map_err(|source| Error::Bind {
         addr: cfg.server.listen,

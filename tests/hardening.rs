@@ -15,7 +15,12 @@ fn expect_status_and_close(p: &Proxy, raw: &[u8], status: u16) {
     let out = raw_exchange(p.addr, raw);
     let (resp, used) = parse_response_at(&out, false)
         .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
-    assert_eq!(resp.status, status, "for {:?}", String::from_utf8_lossy(raw));
+    assert_eq!(
+        resp.status,
+        status,
+        "for {:?}",
+        String::from_utf8_lossy(raw)
+    );
     assert_eq!(
         used,
         out.len(),
@@ -31,9 +36,14 @@ fn malformed_requests_get_4xx_and_close() {
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
     let many_headers = format!(
         "GET /index.yaml HTTP/1.1\r\nHost: x\r\n{}\r\n",
-        (0..120).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+        (0..120)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
     );
-    let huge_header = format!("GET /index.yaml HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(40_000));
+    let huge_header = format!(
+        "GET /index.yaml HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(40_000)
+    );
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (long_target.into_bytes(), 414),
         (many_headers.into_bytes(), 431),
@@ -82,7 +92,10 @@ fn http09_is_closed_silently() {
 #[test]
 fn higher_http1_minor_is_served_as_1_1_and_absolute_form_uses_path_only() {
     let p = Proxy::examples();
-    let out = raw_exchange(p.addr, b"GET /index.yaml HTTP/1.7\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let out = raw_exchange(
+        p.addr,
+        b"GET /index.yaml HTTP/1.7\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(parse_response_at(&out, false).unwrap().0.status, 200);
     let out = raw_exchange(
         p.addr,
@@ -104,7 +117,10 @@ fn upgrade_never_switches_protocols() {
         b"GET /index.yaml HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
     );
     assert_eq!(parse_response_at(&out, false).unwrap().0.status, 200);
-    let out = raw_exchange(p.addr, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    let out = raw_exchange(
+        p.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    );
     let r = parse_response_at(&out, false).unwrap().0;
     assert!(r.status == 405 || r.status == 400, "{}", r.status);
 }
@@ -125,7 +141,11 @@ fn request_body_on_get_is_drained_not_parsed_as_a_request() {
     assert_eq!(a.header("content-type"), Some("text/yaml"));
     assert_eq!(b.status, 200);
     assert_eq!(b.header("content-type"), Some("application/gzip"));
-    assert_ne!(b.x_cache(), "BYPASS", "the smuggled dev request must not have been answered");
+    assert_ne!(
+        b.x_cache(),
+        "BYPASS",
+        "the smuggled dev request must not have been answered"
+    );
     assert_eq!(n + m, out.len(), "exactly two responses");
 
     // Chunked body: answered, then closed (nothing after it is parsed).
@@ -143,7 +163,8 @@ fn half_open_connections_do_not_delay_other_clients() {
     let mut stalled = Vec::new();
     for _ in 0..300 {
         let mut s = TcpStream::connect(p.addr).unwrap();
-        s.write_all(b"GET /index.yaml HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+        s.write_all(b"GET /index.yaml HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .unwrap();
         stalled.push(s);
     }
     // Everyone else is still served promptly (bounded, not a timing threshold:
@@ -172,7 +193,8 @@ fn slow_header_is_cut_off_by_the_header_timeout() {
     // would reset it and could discard the answer).
     let mut out = Vec::new();
     let mut chunk = [0u8; 1024];
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     for _ in 0..50 {
         match s.read(&mut chunk) {
             Ok(0) => break,

@@ -15,7 +15,11 @@ fn helm_repo_add_update_and_pull_through_chartcache() {
     for entry in std::fs::read_dir(examples_repo()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        s3.put_object("helm-charts", &format!("stable/{name}"), &std::fs::read(&path).unwrap());
+        s3.put_object(
+            "helm-charts",
+            &format!("stable/{name}"),
+            &std::fs::read(&path).unwrap(),
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli("s3://helm-charts/stable", &tmp.path().join("cache"));

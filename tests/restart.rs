@@ -43,7 +43,9 @@ fn start(s3: &common::S3Server, cache_dir: &Path) -> Binary {
 }
 
 fn total_gets(s3: &common::S3Server, n: usize) -> u64 {
-    (0..n).map(|i| s3.get_count(&format!("/charts/c-{i}.tgz"))).sum()
+    (0..n)
+        .map(|i| s3.get_count(&format!("/charts/c-{i}.tgz")))
+        .sum()
 }
 
 #[test]
@@ -71,7 +73,11 @@ fn clean_restart_keeps_every_object() {
         assert_eq!(r.x_cache(), "HIT", "object {i} after restart");
         assert_eq!(r.body, body_for(i));
     }
-    assert_eq!(total_gets(&s3, n), n as u64, "no upstream request after restart");
+    assert_eq!(
+        total_gets(&s3, n),
+        n as u64,
+        "no upstream request after restart"
+    );
 }
 
 #[test]
@@ -109,7 +115,11 @@ fn kill_9_during_fills_then_restart_answers_correctly() {
     for i in 0..n {
         let r = get(bin.addr, &format!("/c-{i}.tgz"), &[]);
         assert_eq!(r.status, 200, "object {i}");
-        assert!(r.body == body_for(i), "object {i}: wrong bytes after kill -9 ({})", r.x_cache());
+        assert!(
+            r.body == body_for(i),
+            "object {i}: wrong bytes after kill -9 ({})",
+            r.x_cache()
+        );
     }
 }
 
@@ -168,7 +178,11 @@ fn flipped_bits_in_any_cache_file_are_never_served() {
         for i in 0..n {
             let r = get(bin.addr, &format!("/c-{i}.tgz"), &[]);
             assert_eq!(r.status, 200, "round {round} object {i}");
-            assert!(r.body == body_for(i), "round {round} object {i}: corrupt bytes served ({})", r.x_cache());
+            assert!(
+                r.body == body_for(i),
+                "round {round} object {i}: corrupt bytes served ({})",
+                r.x_cache()
+            );
         }
         assert!(bin.terminate().success());
     }
@@ -195,7 +209,10 @@ fn second_process_on_the_same_cache_dir_is_refused() {
         &[("AWS_ACCESS_KEY_ID", AK), ("AWS_SECRET_ACCESS_KEY", SK)],
     );
     assert_ne!(code, 0);
-    assert!(out.contains("in use by another chartcache process"), "{out}");
+    assert!(
+        out.contains("in use by another chartcache process"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -205,14 +222,33 @@ fn startup_errors_name_the_fix() {
 
     // No credentials for an S3 upstream.
     let (code, out) = run_binary(
-        &["--upstream", "s3://charts", "--cache-dir", dir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        &[
+            "--upstream",
+            "s3://charts",
+            "--cache-dir",
+            dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
         &[],
     );
     assert_ne!(code, 0);
     assert!(out.contains("AWS_ACCESS_KEY_ID"), "{out}");
 
     // Invalid config: every field named.
-    let (code, out) = run_binary(&["--listen", "nowhere", "--cache-size", "lots", "--upstream", "gopher://x"], &[]);
+    let (code, out) = run_binary(
+        &[
+            "--listen",
+            "nowhere",
+            "--cache-size",
+            "lots",
+            "--upstream",
+            "gopher://x",
+        ],
+        &[],
+    );
     assert_eq!(code, 2);
     for needle in ["listen:", "cache_size:", "upstream:"] {
         assert!(out.contains(needle), "{needle} in {out}");
@@ -250,7 +286,14 @@ fn startup_errors_name_the_fix() {
 fn help_explains_the_flags() {
     let (code, out) = run_binary(&["--help"], &[]);
     assert_eq!(code, 0);
-    for flag in ["--upstream", "--s3-endpoint", "--cache-dir", "--cache-size", "--workers", "CHARTCACHE_UPSTREAM"] {
+    for flag in [
+        "--upstream",
+        "--s3-endpoint",
+        "--cache-dir",
+        "--cache-size",
+        "--workers",
+        "CHARTCACHE_UPSTREAM",
+    ] {
         assert!(out.contains(flag), "{flag} missing from --help");
     }
 }

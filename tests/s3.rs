@@ -12,7 +12,9 @@ use common::{spawn_raw_http, spawn_s3};
 const BUCKET: &str = "charts";
 
 fn chart_bytes(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn s3_proxy(s3: &common::S3Server, upstream: &str) -> Proxy {
@@ -27,7 +29,11 @@ fn signed_fetches_through_a_prefix() {
     let s3 = spawn_s3(AK, SK);
     let body = chart_bytes(1, 300_000);
     s3.put_object(BUCKET, "stable/app-1.0.0.tgz", &body);
-    s3.put_object(BUCKET, "stable/index.yaml", b"apiVersion: v1\nentries: {}\n");
+    s3.put_object(
+        BUCKET,
+        "stable/index.yaml",
+        b"apiVersion: v1\nentries: {}\n",
+    );
     s3.put_object(BUCKET, "other/secret.tgz", b"not yours");
     let p = s3_proxy(&s3, "s3://charts/stable");
 
@@ -57,9 +63,15 @@ fn wrong_secret_is_a_502_not_a_pass_through() {
     let p = s3_proxy(&s3, "s3://charts");
     let r = p.get("/app-1.0.0.tgz");
     assert_eq!(r.status, 502);
-    assert!(!r.text().contains("SignatureDoesNotMatch</Code>"), "S3's XML is not passed through");
+    assert!(
+        !r.text().contains("SignatureDoesNotMatch</Code>"),
+        "S3's XML is not passed through"
+    );
     let m = p.metrics();
-    assert!(m.contains("chartcache_upstream_requests_total{outcome=\"other\"} 1"), "{m}");
+    assert!(
+        m.contains("chartcache_upstream_requests_total{outcome=\"other\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -90,9 +102,16 @@ fn a_storm_of_cold_requests_costs_one_upstream_get() {
             hits += 1;
         }
     }
-    assert_eq!(s3.get_count("/charts/big-2.0.0.tgz"), 1, "one upstream GET for {clients} clients ({hits} were hits)");
+    assert_eq!(
+        s3.get_count("/charts/big-2.0.0.tgz"),
+        1,
+        "one upstream GET for {clients} clients ({hits} were hits)"
+    );
     let m = p.metrics();
-    assert!(m.contains("chartcache_upstream_requests_total{outcome=\"200\"} 1"), "{m}");
+    assert!(
+        m.contains("chartcache_upstream_requests_total{outcome=\"200\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -106,7 +125,10 @@ fn truncated_upstream_body_is_never_cached_or_served_as_complete() {
     let upstream = spawn_raw_http(vec![short.clone(), short, full]);
     let tmp = tempfile::tempdir().unwrap();
     let p = Proxy::start_in(
-        test_cli(&format!("{}/repo", upstream.endpoint), &tmp.path().join("cache")),
+        test_cli(
+            &format!("{}/repo", upstream.endpoint),
+            &tmp.path().join("cache"),
+        ),
         Some(tmp),
     );
     for _ in 0..2 {
@@ -122,7 +144,11 @@ fn truncated_upstream_body_is_never_cached_or_served_as_complete() {
     }
     let r = p.get("/t-1.0.0.tgz");
     assert_eq!(r.status, 200);
-    assert_eq!(r.x_cache(), "MISS", "the truncated fills must not have been cached");
+    assert_eq!(
+        r.x_cache(),
+        "MISS",
+        "the truncated fills must not have been cached"
+    );
     assert_eq!(r.body, vec![b'y'; 1000]);
     assert_eq!(p.get("/t-1.0.0.tgz").x_cache(), "HIT");
     assert_eq!(upstream.requests().len(), 3);

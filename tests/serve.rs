@@ -30,7 +30,10 @@ fn chart_is_filled_once_then_hit_by_every_worker() {
         assert_eq!(r.header("etag"), first.header("etag"));
     }
     let m = p.metrics();
-    assert!(m.contains("chartcache_requests_total{cache=\"hit\",status=\"200\"} 20"), "{m}");
+    assert!(
+        m.contains("chartcache_requests_total{cache=\"hit\",status=\"200\"} 20"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -106,9 +109,15 @@ fn range_and_conditional_requests_are_answered_from_cache() {
     assert_eq!(r.status, 206);
     assert_eq!(r.body, &body[body.len() - 5..]);
 
-    let r = p.get_with("/hello-0.1.0.tgz", &[("Range", &format!("bytes={}-", body.len() + 10))]);
+    let r = p.get_with(
+        "/hello-0.1.0.tgz",
+        &[("Range", &format!("bytes={}-", body.len() + 10))],
+    );
     assert_eq!(r.status, 416);
-    assert_eq!(r.header("content-range").unwrap(), format!("bytes */{}", body.len()));
+    assert_eq!(
+        r.header("content-range").unwrap(),
+        format!("bytes */{}", body.len())
+    );
 
     let r = p.get_with("/hello-0.1.0.tgz", &[("If-None-Match", &etag)]);
     assert_eq!(r.status, 304);
@@ -119,7 +128,10 @@ fn range_and_conditional_requests_are_answered_from_cache() {
     let r = p.get_with("/hello-0.1.0.tgz", &[("If-Modified-Since", &lm)]);
     assert_eq!(r.status, 304);
 
-    let r = p.get_with("/hello-0.1.0.tgz", &[("If-None-Match", "\"something-else\"")]);
+    let r = p.get_with(
+        "/hello-0.1.0.tgz",
+        &[("If-None-Match", "\"something-else\"")],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.body, body);
 }
@@ -129,7 +141,8 @@ fn keep_alive_connection_serves_many_requests_in_order() {
     use std::io::{Read, Write};
     let p = Proxy::examples();
     let mut s = std::net::TcpStream::connect(p.addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     // Three pipelined requests in one write; the last closes.
     let req = "GET /hello-0.1.0.tgz HTTP/1.1\r\nHost: x\r\n\r\n\
                GET /nope.tgz HTTP/1.1\r\nHost: x\r\n\r\n\

@@ -14,9 +14,12 @@
 //! - `Done` is published only after the record was committed (whole body, exact
 //!   length). A fill that fails mid-body publishes `Failed { mid_body: true }`,
 //!   and waiters must close their connection (never a silently short 200).
-//! - The owner removes the key from the table *after* publishing the final
-//!   state, and the index entry is inserted before that, so a request arriving
-//!   at any moment either joins the fill or finds the committed entry.
+//! - A request joins only a fill that has not reached its final state; a
+//!   finished fill still in the table is replaced by a new one. So a request
+//!   that starts after another one's response (a 304 from a revalidation, say)
+//!   never reuses that older answer — a republished `index.yaml` shows on the
+//!   very next request. The index entry is inserted before `Done` is
+//!   published, so nothing falls between the fill and the entry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -132,7 +135,11 @@ impl InflightTable {
     pub fn join(&self, key: &str) -> Join {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(key) {
-            return Join::Follower(f.clone());
+            // A fill that already reached its final state is not joined: its
+            // answer (say, a 304) may predate what this request must see.
+            if !f.tx.borrow().is_final() {
+                return Join::Follower(f.clone());
+            }
         }
         let (tx, _rx) = watch::channel(FillState::Pending);
         let f = Arc::new(Inflight {
@@ -201,6 +208,22 @@ mod tests {
         assert!(matches!(t.join("/y.tgz"), Join::Leader(_)));
         t.finish(&a);
         assert!(matches!(t.join("/x.tgz"), Join::Leader(_)));
+    }
+
+    #[test]
+    fn a_finished_fill_is_never_joined() {
+        let t = InflightTable::default();
+        let Join::Leader(a) = t.join("/index.yaml") else {
+            panic!()
+        };
+        a.publish(FillState::NotModified);
+        // Still in the table (the owner has not removed it yet), but final.
+        let Join::Leader(b) = t.join("/index.yaml") else {
+            panic!("a late request must start its own fill")
+        };
+        assert!(!Arc::ptr_eq(&a, &b));
+        t.finish(&a); // the old owner's cleanup must not remove the new fill
+        assert!(matches!(t.join("/index.yaml"), Join::Follower(_)));
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - [`store`]: [`store::ShardStore`], the owner's handle (write) and
 //!   [`store::ShardReader`], everyone's handle (lookup).
 //! - [`coalesce`]: cross-worker miss coalescing: one upstream GET per object.
+//! - [`shard`]: which worker owns which key; opening and locking the cache dir.
+//! - [`fill`]: the owner-side filler: upstream response → committed record.
+//! - [`negative`]: short-lived memory of upstream 404s.
 
 pub mod checkpoint;
 pub mod coalesce;
@@ -17,6 +20,7 @@ pub mod evict;
 pub mod fill;
 pub mod format;
 pub mod index;
+pub mod negative;
 pub mod recover;
 pub mod segment;
 pub mod shard;

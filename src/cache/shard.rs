@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
 use crate::cache::coalesce::{Inflight, InflightTable};
+use crate::cache::negative::NegativeCache;
 use crate::cache::store::{self, Hit, ShardReader, ShardStore, StoreConfig};
 
 /// Errors opening the cache.
@@ -69,6 +70,7 @@ pub struct Shards {
     readers: Vec<Arc<ShardReader>>,
     senders: OnceLock<Vec<mpsc::UnboundedSender<ShardJob>>>,
     pub inflight: InflightTable,
+    pub negative: NegativeCache,
 }
 
 impl Shards {
@@ -127,6 +129,7 @@ pub fn open(
     dir: &Path,
     total_size: u64,
     shards: usize,
+    negative_ttl: std::time::Duration,
 ) -> Result<(Arc<Shards>, Vec<ShardStore>, DirLock), Error> {
     let dir_err = |source| Error::Dir {
         path: dir.to_path_buf(),
@@ -155,6 +158,7 @@ pub fn open(
         readers: stores.iter().map(|s| s.reader()).collect(),
         senders: OnceLock::new(),
         inflight: InflightTable::default(),
+        negative: NegativeCache::new(negative_ttl),
     });
     Ok((shared, stores, lock))
 }

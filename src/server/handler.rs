@@ -57,6 +57,8 @@ struct Exchange {
     cache: CacheResult,
     upstream_status: Option<u16>,
     keep_alive: bool,
+    /// An HTTP/1.0 client (keep-alive must be announced).
+    http10: bool,
 }
 
 /// A stored body, wherever it came from (a lookup or a fill).
@@ -87,11 +89,13 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         cache: CacheResult::None,
         upstream_status: None,
         keep_alive: req.keep_alive && !w.is_draining(),
+        http10: req.minor_version == 0,
     };
     let key = object_key(&req.target);
     let result = match (&key, req.method) {
         (_, Method::Other) => {
             x.status = 405;
+            x.keep_alive &= !x.http10;
             let mut head = std::mem::take(&mut conn.head_buf);
             head.clear();
             let msg = b"method not allowed: chartcache serves GET and HEAD\n";
@@ -170,8 +174,8 @@ async fn cached(
             w.shards
                 .reader(w.shards.owner_of(key))
                 .drop_corrupt(key, hit);
+            // The store logs the drop; the fill below refetches.
             w.metrics.corrupt_dropped.fetch_add(1, Relaxed);
-            tracing::warn!(key, "cache record failed verification: dropped, refetching");
             existing = None;
         }
     }
@@ -186,6 +190,12 @@ async fn cached(
             };
             return serve_stored(conn, req, key, rule, &stored, x).await;
         }
+    }
+
+    let negative_ok = matches!(rule.action, Action::Cache { .. });
+    if existing.is_none() && negative_ok && w.shards.negative.contains(key) {
+        x.cache = CacheResult::Hit;
+        return respond_simple(conn, x, 404, "not found").await;
     }
 
     let etag = existing.as_ref().and_then(|h| h.meta.etag.clone());
@@ -254,6 +264,9 @@ async fn cached(
             }
             FillState::Response { meta, body } => {
                 x.cache = CacheResult::Miss;
+                if meta.status == 404 && negative_ok {
+                    w.shards.negative.insert(key);
+                }
                 x.upstream_status = Some(meta.status);
                 return serve_response(conn, req, key, rule, &meta, body, x).await;
             }
@@ -590,11 +603,15 @@ fn render_object_head(
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case(name))
     };
-    let extra: Vec<(&str, &str)> = rule
+    let mut extra: Vec<(&str, &str)> = rule
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    if x.keep_alive && x.http10 {
+        // HTTP/1.0 closes by default: keeping the connection must be said.
+        extra.push(("Connection", "keep-alive"));
+    }
     let ct = content_type(key, meta.content_type.as_deref());
     render(
         &ResponseHead {
@@ -658,6 +675,9 @@ async fn respond_simple(
     msg: &str,
 ) -> std::io::Result<()> {
     x.status = status;
+    if x.http10 {
+        x.keep_alive = false;
+    }
     let mut head = std::mem::take(&mut conn.head_buf);
     head.clear();
     let mut line = String::with_capacity(msg.len() + 1);

@@ -149,7 +149,8 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     }
     req.push_str("\r\n");
     let raw = raw_exchange(addr, req.as_bytes());
-    parse_response(&raw, method == "HEAD").unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&raw)))
+    parse_response(&raw, method == "HEAD")
+        .unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&raw)))
 }
 
 /// Sends bytes, reads until the server closes (bounded: 10 s).
@@ -239,7 +240,9 @@ impl Binary {
                 if !sent && line.contains("chartcache listening") {
                     let _ = tx.send(Ok(line));
                     sent = true;
-                } else if !sent && (line.contains("\"level\":\"ERROR\"") || line.starts_with("chartcache:")) {
+                } else if !sent
+                    && (line.contains("\"level\":\"ERROR\"") || line.starts_with("chartcache:"))
+                {
                     let _ = tx.send(Err(line));
                     sent = true;
                 }
@@ -309,7 +312,10 @@ pub fn run_binary(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
         .env_remove("AWS_SESSION_TOKEN")
         .env_remove("AWS_PROFILE")
         .env("AWS_CONFIG_FILE", "/nonexistent/chartcache-test")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/chartcache-test")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/chartcache-test",
+        )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
