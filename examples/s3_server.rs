@@ -110,7 +110,11 @@ async fn serve(args: Args) -> Result<()> {
     println!(
         "listening on http://{addr} (root {}, {})",
         args.root.display(),
-        if signed { "SigV4 required" } else { "anonymous" }
+        if signed {
+            "SigV4 required"
+        } else {
+            "anonymous"
+        }
     );
     let counters = Arc::new(Counters::default());
 
