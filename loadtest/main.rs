@@ -144,6 +144,9 @@ struct RunArgs {
     /// Before the run, request every distinct path once and fail on any error.
     #[arg(long)]
     warm_pass: bool,
+    /// Do only the warm pass (implies --warm-pass), then exit.
+    #[arg(long)]
+    warm_only: bool,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -252,7 +255,7 @@ fn build_config(a: &RunArgs) -> Result<RunConfig> {
             .clone()
             .or(file.label)
             .unwrap_or_else(|| "target".into()),
-        name: a.name.clone().unwrap_or_default(),
+        name: a.name.clone().or(file.name).unwrap_or_default(),
         target,
         plan,
         threads,
@@ -359,7 +362,7 @@ fn run(a: RunArgs) -> Result<()> {
             bail!("--pid {pid}: no such process");
         }
     }
-    if a.warm_pass {
+    if a.warm_pass || a.warm_only {
         let (ok, errors) = on_runtime(
             a.driver == "legacy",
             client::warm_pass(
@@ -372,6 +375,9 @@ fn run(a: RunArgs) -> Result<()> {
         eprintln!("warm pass: {ok} ok, {} errors", errors.len());
         if let Some(e) = errors.first() {
             bail!("warm pass failed ({} errors), first: {e}", errors.len());
+        }
+        if a.warm_only {
+            return Ok(());
         }
     }
 

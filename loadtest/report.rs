@@ -287,7 +287,7 @@ pub fn nice_ceiling(v: f64) -> f64 {
 /// Renders a latency-by-percentile plot (HdrHistogram style) as a standalone SVG.
 pub fn render_svg(title: &str, series: &[Series]) -> String {
     let (w, h) = (860.0, 500.0);
-    let (ml, mr, mt, mb) = (70.0, 20.0, 40.0, 50.0);
+    let (ml, mr, mt, mb) = (70.0, 40.0, 40.0, 50.0);
     let pw = w - ml - mr;
     let ph = h - mt - mb;
     let xpos = |pct: f64| (100.0 / (100.0 - pct).max(1e-9)).log10();
@@ -431,7 +431,8 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-/// Groups reports by workload then label (first-seen order) and averages the rounds.
+/// Groups reports by workload then label (first-seen order, the baseline first) and averages
+/// the rounds.
 pub fn summarize(reports: &[Report], baseline: &str) -> Vec<SummaryRow> {
     let mut keys: Vec<(String, String)> = Vec::new();
     for r in reports {
@@ -471,6 +472,17 @@ pub fn summarize(reports: &[Report], baseline: &str) -> Vec<SummaryRow> {
             }
         })
         .collect();
+    // The baseline first within each workload; otherwise first-seen order.
+    let mut order: Vec<String> = Vec::new();
+    for r in &rows {
+        if !order.contains(&r.workload) {
+            order.push(r.workload.clone());
+        }
+    }
+    rows.sort_by_key(|r| {
+        let w = order.iter().position(|w| *w == r.workload).unwrap_or(0);
+        (w, r.label != baseline)
+    });
     let base: BTreeMap<String, f64> = rows
         .iter()
         .filter(|r| r.label == baseline && r.req_per_s > 0.0)
@@ -624,8 +636,8 @@ mod tests {
     #[test]
     fn summary_groups_rounds_and_ratios() {
         let rs = vec![
-            report("chartcache", "charts", 30_000.0),
             report("nginx-cache", "charts", 20_000.0),
+            report("chartcache", "charts", 30_000.0),
             report("chartcache", "charts", 32_000.0),
             report("nginx-cache", "charts", 22_000.0),
             report("nginx-cache", "ci-mix", 40_000.0),

@@ -126,6 +126,7 @@ pub fn parse_mix(text: &str) -> Result<Vec<(String, u32)>, Error> {
 #[serde(deny_unknown_fields)]
 pub struct WorkloadFile {
     pub label: Option<String>,
+    pub name: Option<String>,
     pub url: Option<String>,
     pub threads: Option<usize>,
     pub connections: Option<usize>,
