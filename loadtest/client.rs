@@ -718,4 +718,53 @@ mod tests {
         assert!(st.bytes >= 4 * 300_000);
         assert_eq!(st.latency.len(), 4);
     }
+
+    #[test]
+    fn open_loop_never_exceeds_its_schedule() {
+        let body: &'static [u8] = b"ok";
+        let addr = serve(body, 10_000);
+        let target = crate::workload::Target::parse(&format!("http://{addr}")).unwrap();
+        let plan = crate::workload::Plan::build(crate::workload::PlanSpec {
+            target: &target,
+            mix: None,
+            charts: None,
+            paths: vec!["a".into()],
+            zipf: None,
+            seed: 1,
+            headers: &[],
+        })
+        .unwrap();
+        let now = Instant::now();
+        let spec = ThreadSpec {
+            plan: Arc::new(plan),
+            addr,
+            schedule: Schedule {
+                start: now,
+                window_start: now,
+                end: now + Duration::from_millis(200),
+                // One send every 10 ms: at most 20 in the 200 ms window.
+                rate: Some(100.0),
+                timeout: Duration::from_secs(5),
+            },
+            connections: 0..1,
+            total_connections: 1,
+            thread_index: 0,
+            threads: 1,
+            seed: 1,
+        };
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let st = rt.block_on(run_thread(spec));
+        assert_eq!(st.errors.total(), 0, "{:?}", st.error_samples);
+        assert!(
+            st.ok >= 1 && st.ok + st.missed <= 21,
+            "ok {} missed {}",
+            st.ok,
+            st.missed
+        );
+        // Latency from the schedule is never below the service time.
+        assert!(st.latency.max() >= st.service.max());
+    }
 }
