@@ -13,7 +13,9 @@
 //!   `[window_start, end)` are counted; warm-up traffic is sent but not recorded.
 //! - Open loop: latency is measured from the request's *scheduled* send time, not the moment it
 //!   was actually written, so a stalled server is charged for the requests it held back
-//!   (coordinated omission). `service` histograms the time from the actual send.
+//!   (coordinated omission). `service` histograms the time from the actual send. The 1 ms timer
+//!   wheel is aimed one tick early, so a send may leave up to 1 ms before its slot; such a
+//!   request is measured from its actual send (latency counts from `min(scheduled, sent)`).
 //! - Bodies are read fully, framed by `Content-Length`; chunked responses are counted as
 //!   protocol errors and the connection is dropped (there is no framing to recover from).
 
@@ -36,6 +38,8 @@ pub const MAX_LATENCY_NS: u64 = 100_000_000_000;
 /// Pause before reconnecting after a failed connect (closed loop), so a dead server does not
 /// turn the client into a busy loop.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+/// Resolution of monoio's timer wheel; open-loop sleeps end up to one tick after the deadline.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 /// Error messages kept per thread, for the report.
 const MAX_ERROR_SAMPLES: usize = 5;
 
@@ -313,8 +317,11 @@ async fn connection(sh: Rc<Shared>, global_index: usize) {
                 if next_send >= sched.end {
                     return;
                 }
-                if next_send > now {
-                    monoio::time::sleep_until(to_monoio(next_send)).await;
+                // The timer rounds deadlines up to the next 1 ms tick: aim one tick early so
+                // the send is not systematically late (an early send is measured from when it
+                // actually went out: latency counts from `min(scheduled, sent)`).
+                if next_send > now + TIMER_TICK {
+                    monoio::time::sleep_until(to_monoio(next_send - TIMER_TICK)).await;
                 }
                 let s = next_send;
                 next_send += iv;
@@ -371,8 +378,9 @@ async fn connection(sh: Rc<Shared>, global_index: usize) {
                 if resp.head.status == 200 || resp.head.status == 304 {
                     st.ok += 1;
                     st.bytes += resp.bytes;
-                    st.latency
-                        .saturating_record(nanos(done.saturating_duration_since(scheduled)));
+                    st.latency.saturating_record(nanos(
+                        done.saturating_duration_since(scheduled.min(sent)),
+                    ));
                     st.service
                         .saturating_record(nanos(done.saturating_duration_since(sent)));
                 } else {

@@ -2,8 +2,8 @@
 # chartcache vs. nginx proxy_cache vs. Varnish vs. nginx static, same chart repo, same workloads.
 #
 #   loadtest/compare.sh [-n CHARTS] [-r ROUNDS] [-d SECONDS] [-w WARMUP] [-c CONNECTIONS]
-#                       [-t THREADS] [--servers LIST] [--workloads LIST] [--wrk] [--profile P]
-#                       [--keep]
+#                       [-t THREADS] [--rate R] [--servers LIST] [--workloads LIST] [--wrk]
+#                       [--profile P] [--keep]
 #
 # 1. generates N random-content chart .tgz (1.8-400 KB, mean ~105 KB) + index.yaml in a temp dir,
 # 2. starts two S3 servers (examples/s3_server.rs) on that dir: one requiring SigV4 (for
@@ -19,8 +19,8 @@ set -euo pipefail
 CHARTS=200 ROUNDS=2 DURATION=8 WARMUP=2 CONNECTIONS=64 THREADS=1
 SERVERS="chartcache,nginx-cache,varnish,nginx-static"
 WORKLOADS="charts,ci-mix"
-WITH_WRK=0 KEEP=0 PROFILE=release
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+WITH_WRK=0 KEEP=0 PROFILE=release RATE=
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) CHARTS=$2; shift 2 ;;
@@ -29,6 +29,7 @@ while [ $# -gt 0 ]; do
     -w) WARMUP=$2; shift 2 ;;
     -c) CONNECTIONS=$2; shift 2 ;;
     -t) THREADS=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
     --servers) SERVERS=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --wrk) WITH_WRK=1; shift ;;
@@ -302,12 +303,13 @@ for round in $(seq "$ROUNDS"); do
   for wl in "${WLS[@]}"; do
     for s in "${order[@]}"; do
       log "round $round/$ROUNDS  $wl  $s"
-      upstream=()
+      upstream=(); rate=()
+      [ -n "$RATE" ] && rate=(--rate "$RATE")
       [ -n "${METRICS[$s]:-}" ] && upstream=(--metrics-url "${METRICS[$s]}" --upstream-metric s3_requests_total)
       # shellcheck disable=SC2046
       timeout $((DURATION + WARMUP + 60)) "$LOADTEST" --url "${URL[$s]}" $(workload_args "$wl" "$s") \
         --label "$s" --name "$wl" --threads "$THREADS" --connections "$CONNECTIONS" \
-        --duration "${DURATION}s" --warmup "${WARMUP}s" --pid "${PID[$s]}" "${upstream[@]}" \
+        --duration "${DURATION}s" --warmup "${WARMUP}s" --pid "${PID[$s]}" "${upstream[@]}" "${rate[@]}" \
         --json "$OUT/runs/$wl-$s-r$round.json" --meta "round=$round" "${meta[@]}" \
         | tee "$OUT/runs/$wl-$s-r$round.txt" \
         || echo "note: run $wl/$s/round $round failed" >&2
