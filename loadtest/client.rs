@@ -330,20 +330,13 @@ async fn connection(sh: Rc<Shared>, global_index: usize) {
             None => now,
         };
         if stream.is_none() {
-            match monoio::time::timeout(sched.timeout, TcpStream::connect_addr(sh.addr)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    stream = Some(s);
-                }
-                Ok(Err(e)) => {
-                    record_error(&sh, |c| c.connect += 1, || format!("connect: {e}"));
+            match connect(sh.addr, sched.timeout).await {
+                Ok(s) => stream = Some(s),
+                Err(e) => {
+                    record_error(&sh, |c| c.connect += 1, || e);
                     if interval.is_none() {
                         monoio::time::sleep(RECONNECT_PAUSE).await;
                     }
-                    continue;
-                }
-                Err(_) => {
-                    record_error(&sh, |c| c.connect += 1, || "connect: timed out".into());
                     continue;
                 }
             }
@@ -401,6 +394,18 @@ async fn connection(sh: Rc<Shared>, global_index: usize) {
                 }
             }
         }
+    }
+}
+
+/// Opens a connection with `TCP_NODELAY`, or says why not.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err("connect: timed out".into()),
     }
 }
 
@@ -529,17 +534,10 @@ pub async fn warm_pass(
                             .into_owned()
                     };
                     if stream.is_none() {
-                        match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-                            Ok(Ok(s)) => {
-                                let _ = s.set_nodelay(true);
-                                stream = Some(s);
-                            }
-                            Ok(Err(e)) => {
-                                errors.push(format!("{}: connect: {e}", what()));
-                                continue;
-                            }
-                            Err(_) => {
-                                errors.push(format!("{}: connect timed out", what()));
+                        match connect(addr, timeout).await {
+                            Ok(s) => stream = Some(s),
+                            Err(e) => {
+                                errors.push(format!("{}: {e}", what()));
                                 continue;
                             }
                         }
