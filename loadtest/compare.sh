@@ -1,0 +1,350 @@
+#!/usr/bin/env bash
+# chartcache vs. nginx proxy_cache vs. Varnish vs. nginx static, same chart repo, same workloads.
+#
+#   loadtest/compare.sh [-n CHARTS] [-r ROUNDS] [-d SECONDS] [-w WARMUP] [-c CONNECTIONS]
+#                       [-t THREADS] [--rate R] [--servers LIST] [--workloads LIST] [--wrk]
+#                       [--profile P] [--keep]
+#
+# 1. generates N random-content chart .tgz (1.8-400 KB, mean ~105 KB) + index.yaml in a temp dir,
+# 2. starts two S3 servers (examples/s3_server.rs) on that dir: one requiring SigV4 (for
+#    chartcache), one anonymous (for nginx and Varnish, which cannot sign),
+# 3. starts chartcache, nginx proxy_cache, Varnish and nginx static (the ceiling) on 127.0.0.1,
+# 4. warms each server with one pass over every path,
+# 5. runs each workload against each server, alternating servers, R rounds of D seconds, with
+#    chartcache-loadtest (server CPU from /proc, peak RSS, upstream requests from the S3 stats),
+# 6. prints the table and writes JSON + SVG + machine info to loadtest/results/<timestamp>/.
+# Everything it starts is stopped on exit. Needs root only to apt-get install missing tools.
+set -euo pipefail
+
+CHARTS=200 ROUNDS=2 DURATION=8 WARMUP=2 CONNECTIONS=64 THREADS=1
+SERVERS="chartcache,nginx-cache,varnish,nginx-static"
+WORKLOADS="charts,ci-mix"
+WITH_WRK=0 KEEP=0 PROFILE=release RATE=
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n) CHARTS=$2; shift 2 ;;
+    -r) ROUNDS=$2; shift 2 ;;
+    -d) DURATION=$2; shift 2 ;;
+    -w) WARMUP=$2; shift 2 ;;
+    -c) CONNECTIONS=$2; shift 2 ;;
+    -t) THREADS=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --servers) SERVERS=$2; shift 2 ;;
+    --workloads) WORKLOADS=$2; shift 2 ;;
+    --wrk) WITH_WRK=1; shift ;;
+    --profile) PROFILE=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "unknown argument: $1" >&2; usage 2 ;;
+  esac
+done
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+has() { case ",$SERVERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# ---- tools -----------------------------------------------------------------------------------
+need=()
+if has nginx-cache || has nginx-static; then command -v nginx >/dev/null || need+=(nginx); fi
+if has varnish; then command -v varnishd >/dev/null || need+=(varnish); fi
+if [ "$WITH_WRK" = 1 ]; then command -v wrk >/dev/null || need+=(wrk); fi
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing ${need[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing ${need[*]} and cannot apt-get install them; install them or trim --servers" >&2
+    exit 1
+  fi
+fi
+# Package post-install scripts may start system-wide daemons; we use our own instances only.
+
+# ---- build -----------------------------------------------------------------------------------
+cargo_flags=(); [ "$PROFILE" = release ] && cargo_flags=(--release)
+BIN="$REPO/target/$PROFILE"
+log "building chartcache-loadtest and the S3 server ($PROFILE)"
+cargo build -q "${cargo_flags[@]}" --bin chartcache-loadtest --example s3_server
+CHARTCACHE_BUILT=0
+if has chartcache; then
+  if cargo build -q "${cargo_flags[@]}" --bin chartcache 2>/dev/null; then CHARTCACHE_BUILT=1
+  else echo "note: chartcache does not build here; skipping it" >&2; fi
+fi
+LOADTEST="$BIN/chartcache-loadtest"
+
+# ---- scratch space and cleanup ---------------------------------------------------------------
+TMP=$(mktemp -d /tmp/chartcache-compare.XXXXXX)
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 30); do
+    alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do
+    pkill -KILL -P "$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [ "$KEEP" = 1 ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# n free loopback ports (bound together so they differ, then released).
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT <<<"$(free_ports 7)"
+
+# Waits until URL answers 200 or the process PID dies (10 s at most).
+wait_ready() {
+  local url=$1 pid=$2
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    curl -sf -o /dev/null "$url" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---- chart repository ------------------------------------------------------------------------
+log "generating $CHARTS charts"
+python3 "$REPO/loadtest/gen_repo.py" "$TMP/s3/charts" --charts "$CHARTS"
+DOCROOT="$TMP/s3/charts"
+
+# ---- servers ---------------------------------------------------------------------------------
+# As root, nginx workers would drop to `nobody` and could not read the 0700 temp dir.
+NGINX_USER=""; [ "$(id -u)" = 0 ] && NGINX_USER="user root;"
+AK=loadtestAK SK=loadtestSECRETkey0123456789
+declare -A URL PID METRICS
+ACTIVE=()
+
+"$BIN/examples/s3_server" --root "$TMP/s3" --listen "127.0.0.1:$S3S_PORT" \
+  --access-key "$AK" --secret-key "$SK" >"$TMP/s3-signed.log" 2>&1 &
+PIDS+=($!); S3S_PID=$!
+"$BIN/examples/s3_server" --root "$TMP/s3" --listen "127.0.0.1:$S3A_PORT" >"$TMP/s3-anon.log" 2>&1 &
+PIDS+=($!); S3A_PID=$!
+wait_ready "http://127.0.0.1:$S3A_PORT/charts/index.yaml" "$S3A_PID" \
+  || { cat "$TMP/s3-anon.log" >&2; echo "anonymous S3 server did not start" >&2; exit 1; }
+wait_ready "http://127.0.0.1:$S3S_PORT/__stats" "$S3S_PID" \
+  || { cat "$TMP/s3-signed.log" >&2; echo "signed S3 server did not start" >&2; exit 1; }
+
+if has chartcache && [ "$CHARTCACHE_BUILT" = 1 ]; then
+  mkdir -p "$TMP/cc"
+  AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$BIN/chartcache" \
+    --upstream s3://charts --s3-endpoint "http://127.0.0.1:$S3S_PORT" --region us-east-1 \
+    --listen "127.0.0.1:$CC_PORT" --admin "127.0.0.1:$CC_ADMIN" --cache-dir "$TMP/cc" \
+    --workers 2 >"$TMP/chartcache.log" 2>&1 &
+  pid=$!; PIDS+=($pid)
+  if wait_ready "http://127.0.0.1:$CC_PORT/index.yaml" "$pid"; then
+    URL[chartcache]="http://127.0.0.1:$CC_PORT"; PID[chartcache]=$pid
+    METRICS[chartcache]="http://127.0.0.1:$S3S_PORT/__stats"; ACTIVE+=(chartcache)
+  else
+    echo "note: chartcache did not come up on 127.0.0.1:$CC_PORT; skipping it. Its log:" >&2
+    tail -n 20 "$TMP/chartcache.log" >&2 || true
+  fi
+fi
+
+if has nginx-cache; then
+  d="$TMP/nginx-cache"; mkdir -p "$d/cache" "$d/tmp"
+  cat >"$d/nginx.conf" <<EOF
+$NGINX_USER
+worker_processes 2;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush off;
+  keepalive_requests 1000000;
+  client_body_temp_path $d/tmp/body; proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fcgi; uwsgi_temp_path $d/tmp/uwsgi; scgi_temp_path $d/tmp/scgi;
+  proxy_cache_path $d/cache levels=1:2 keys_zone=charts:16m max_size=4g inactive=1d use_temp_path=off;
+  upstream s3 { server 127.0.0.1:$S3A_PORT; keepalive 16; }
+  server {
+    listen 127.0.0.1:$NGC_PORT;
+    location / {
+      proxy_pass http://s3/charts/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache charts;
+      proxy_cache_valid 200 1d;
+      proxy_cache_lock on;
+    }
+  }
+}
+EOF
+  nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/stdout.log" 2>&1 &
+  pid=$!; PIDS+=($pid)
+  if wait_ready "http://127.0.0.1:$NGC_PORT/index.yaml" "$pid"; then
+    URL[nginx-cache]="http://127.0.0.1:$NGC_PORT"; PID[nginx-cache]=$pid
+    METRICS[nginx-cache]="http://127.0.0.1:$S3A_PORT/__stats"; ACTIVE+=(nginx-cache)
+  else echo "note: nginx proxy_cache did not start; skipping it" >&2; cat "$d/error.log" >&2 || true; fi
+fi
+
+if has varnish; then
+  d="$TMP/varnish"; mkdir -p "$d"
+  cat >"$d/default.vcl" <<EOF
+vcl 4.1;
+backend s3 { .host = "127.0.0.1"; .port = "$S3A_PORT"; }
+sub vcl_recv {
+  # The bucket is a path prefix on the S3 server.
+  set req.url = "/charts" + req.url;
+}
+sub vcl_backend_response {
+  if (beresp.status == 200) { set beresp.ttl = 1d; }
+}
+EOF
+  # -j none: no privilege separation, so the worker can read the 0700 temp dir.
+  varnishd -F -j none -n "$d/work" -a "127.0.0.1:$VAR_PORT" -T 127.0.0.1:0 -f "$d/default.vcl" \
+    -s malloc,1G >"$d/varnishd.log" 2>&1 &
+  pid=$!; PIDS+=($pid)
+  if wait_ready "http://127.0.0.1:$VAR_PORT/index.yaml" "$pid"; then
+    URL[varnish]="http://127.0.0.1:$VAR_PORT"; PID[varnish]=$pid
+    METRICS[varnish]="http://127.0.0.1:$S3A_PORT/__stats"; ACTIVE+=(varnish)
+  else echo "note: varnish did not start; skipping it" >&2; tail -n 20 "$d/varnishd.log" >&2 || true; fi
+fi
+
+if has nginx-static; then
+  d="$TMP/nginx-static"; mkdir -p "$d/tmp"
+  cat >"$d/nginx.conf" <<EOF
+$NGINX_USER
+worker_processes 2;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  open_file_cache max=10000 inactive=1h;
+  open_file_cache_valid 1h;
+  client_body_temp_path $d/tmp/body; proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fcgi; uwsgi_temp_path $d/tmp/uwsgi; scgi_temp_path $d/tmp/scgi;
+  server {
+    listen 127.0.0.1:$NGS_PORT;
+    root $DOCROOT;
+  }
+}
+EOF
+  nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/stdout.log" 2>&1 &
+  pid=$!; PIDS+=($pid)
+  if wait_ready "http://127.0.0.1:$NGS_PORT/index.yaml" "$pid"; then
+    URL[nginx-static]="http://127.0.0.1:$NGS_PORT"; PID[nginx-static]=$pid; ACTIVE+=(nginx-static)
+  else echo "note: nginx static did not start; skipping it" >&2; cat "$d/error.log" >&2 || true; fi
+fi
+
+[ ${#ACTIVE[@]} -gt 0 ] || { echo "no server came up" >&2; exit 1; }
+
+# ---- results directory and machine info ------------------------------------------------------
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="$REPO/loadtest/results/$STAMP"
+mkdir -p "$OUT/runs"
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "$(git -C "$REPO" status --porcelain 2>/dev/null)" ] && COMMIT="$COMMIT-dirty"
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+KERNEL=$(uname -r)
+NPROC=$(nproc)
+NGINX_VERSION=$(nginx -v 2>&1 || true) VARNISH_VERSION=$(varnishd -V 2>&1 | head -n 1 || true) \
+STAMP=$STAMP COMMIT=$COMMIT NPROC=$NPROC KERNEL=$KERNEL CPU_MODEL=$CPU_MODEL CHARTS=$CHARTS \
+ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS THREADS=$THREADS \
+PROFILE=$PROFILE SERVERS_UP="${ACTIVE[*]}" WORKLOADS=$WORKLOADS python3 - "$OUT/machine.json" <<'PY'
+import json, os, sys
+e = os.environ
+json.dump({
+  "date_utc": e["STAMP"], "git_commit": e["COMMIT"], "nproc": int(e["NPROC"]),
+  "kernel": e["KERNEL"], "cpu_model": e["CPU_MODEL"], "nginx": e["NGINX_VERSION"],
+  "varnish": e["VARNISH_VERSION"], "charts": int(e["CHARTS"]), "rounds": int(e["ROUNDS"]),
+  "duration_s": float(e["DURATION"]), "warmup_s": float(e["WARMUP"]),
+  "connections": int(e["CONNECTIONS"]), "threads": int(e["THREADS"]), "profile": e["PROFILE"],
+  "servers": e["SERVERS_UP"].split(), "workloads": e["WORKLOADS"].split(","),
+}, open(sys.argv[1], "w"), indent=2)
+PY
+meta=(--meta "commit=$COMMIT" --meta "kernel=$KERNEL" --meta "nproc=$NPROC" --meta "cpu=$CPU_MODEL")
+
+# ---- warm every server -----------------------------------------------------------------------
+for s in "${ACTIVE[@]}"; do
+  log "warming $s (one pass over every path)"
+  "$LOADTEST" --url "${URL[$s]}" --charts-from "${URL[$s]}/index.yaml" \
+    --mix index.yaml=1,charts=1 --connections 8 --warm-only
+done
+
+# ---- rounds ----------------------------------------------------------------------------------
+workload_args() {
+  case "$1" in
+    charts) echo "--charts-from ${URL[$2]}/index.yaml" ;;
+    ci-mix) echo "--charts-from ${URL[$2]}/index.yaml --mix index.yaml=90,charts=10" ;;
+    *) echo "unknown workload $1" >&2; return 1 ;;
+  esac
+}
+IFS=, read -r -a WLS <<<"$WORKLOADS"
+for round in $(seq "$ROUNDS"); do
+  order=("${ACTIVE[@]}")
+  # Reverse every other round so drift on a shared machine does not favour one server.
+  if [ $((round % 2)) = 0 ]; then
+    for ((i = ${#ACTIVE[@]} - 1, j = 0; i >= 0; i--, j++)); do order[j]=${ACTIVE[i]}; done
+  fi
+  for wl in "${WLS[@]}"; do
+    for s in "${order[@]}"; do
+      log "round $round/$ROUNDS  $wl  $s"
+      upstream=(); rate=()
+      [ -n "$RATE" ] && rate=(--rate "$RATE")
+      [ -n "${METRICS[$s]:-}" ] && upstream=(--metrics-url "${METRICS[$s]}" --upstream-metric s3_requests_total)
+      # shellcheck disable=SC2046
+      timeout $((DURATION + WARMUP + 60)) "$LOADTEST" --url "${URL[$s]}" $(workload_args "$wl" "$s") \
+        --label "$s" --name "$wl" --threads "$THREADS" --connections "$CONNECTIONS" \
+        --duration "${DURATION}s" --warmup "${WARMUP}s" --pid "${PID[$s]}" "${upstream[@]}" "${rate[@]}" \
+        --json "$OUT/runs/$wl-$s-r$round.json" --meta "round=$round" "${meta[@]}" \
+        | tee "$OUT/runs/$wl-$s-r$round.txt" \
+        || echo "note: run $wl/$s/round $round failed" >&2
+    done
+  done
+done
+
+# ---- optional wrk cross-check (charts workload, one round) -----------------------------------
+if [ "$WITH_WRK" = 1 ]; then
+  cat >"$TMP/rotate.lua" <<EOF
+local paths = {}
+for line in io.lines("$TMP/s3/paths.txt") do paths[#paths + 1] = line end
+local i = 0
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+EOF
+  for s in "${ACTIVE[@]}"; do
+    log "wrk cross-check: charts  $s"
+    timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+      -s "$TMP/rotate.lua" "${URL[$s]}" >"$OUT/wrk-charts-$s.txt" 2>&1 || true
+    printf '%-14s %s\n' "$s" "$(grep -E 'Requests/sec|99%' "$OUT/wrk-charts-$s.txt" | tr -s ' ' | tr '\n' ' ')" \
+      | tee -a "$OUT/wrk-summary.txt"
+  done
+fi
+
+# ---- summary ---------------------------------------------------------------------------------
+log "summary ($NPROC cores, $KERNEL, $CPU_MODEL, commit $COMMIT)"
+runs=()
+for wl in "${WLS[@]}"; do for s in "${ACTIVE[@]}"; do for round in $(seq "$ROUNDS"); do
+  f="$OUT/runs/$wl-$s-r$round.json"; [ -f "$f" ] && runs+=("$f")
+done; done; done
+[ ${#runs[@]} -gt 0 ] || { echo "no run produced a report" >&2; exit 1; }
+"$LOADTEST" summarize --baseline chartcache --out-dir "$OUT" \
+  --title "$CHARTS charts, ${CONNECTIONS} conns, ${DURATION}s × $ROUNDS" "${runs[@]}"
+echo
+echo "results: $OUT"
