@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::{Arc, Barrier};
 
-use common::proxy::{get, test_cli, Proxy, AK, SK};
+use common::proxy::{test_cli, Proxy, AK, SK};
 use common::spawn_s3;
 
 const BUCKET: &str = "charts";
