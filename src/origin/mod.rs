@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod error;
 pub mod file;
 pub mod https;
+pub mod retry;
 pub mod s3;
 pub mod sigv4;
 
@@ -159,12 +160,40 @@ pub struct OriginConfig {
     pub tls_roots: TlsRoots,
     /// Max idle keep-alive connections kept per worker.
     pub max_idle_connections: usize,
+    /// Retries after a failed first attempt (connect failures, timeouts, 5xx,
+    /// 429/`SlowDown`; never once a body streams). 0 disables retrying.
+    /// Default [`retry::DEFAULT_RETRIES`].
+    pub retries: u32,
+    /// Total budget for one upstream fetch until its response head: waiting
+    /// for a slot, every attempt and backoff. Default [`retry::DEFAULT_DEADLINE`].
+    pub retry_deadline: std::time::Duration,
+    /// Max upstream requests in flight per worker (≥ 1); a response holds its
+    /// slot until its body ends. Default [`retry::DEFAULT_MAX_CONCURRENCY`].
+    pub max_upstream_concurrency: usize,
 }
 
 /// Build this worker's origin from the configuration. Called once per worker
-/// thread (the result owns that worker's connection pool). The S3 upstream needs
-/// `creds`; the others ignore them.
+/// thread (the result owns that worker's connection pool and its concurrency
+/// slots). Every origin is wrapped in [`retry::Retrying`] with the policy from
+/// `cfg`. The S3 upstream needs `creds`; the others ignore them.
 pub fn build(
+    cfg: &OriginConfig,
+    creds: Option<Arc<credentials::CredentialsCell>>,
+) -> Result<Rc<dyn Origin>, Error> {
+    if cfg.max_upstream_concurrency == 0 {
+        return Err(Error::Config(
+            "max_upstream_concurrency must be at least 1".into(),
+        ));
+    }
+    let inner = build_unwrapped(cfg, creds)?;
+    Ok(Rc::new(retry::Retrying::new(
+        inner,
+        retry::RetryPolicy::from_config(cfg),
+    )))
+}
+
+/// [`build`] without the retry/concurrency wrapper.
+pub fn build_unwrapped(
     cfg: &OriginConfig,
     creds: Option<Arc<credentials::CredentialsCell>>,
 ) -> Result<Rc<dyn Origin>, Error> {
