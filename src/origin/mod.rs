@@ -3,7 +3,12 @@
 //! One small trait, [`Origin`], with one implementation per upstream kind:
 //! - [`s3`]: private S3 bucket, every request signed with SigV4 ([`sigv4`]).
 //! - [`https`]: a plain HTTP(S) server (e.g. a regional chartcache for tiering).
-//! - [`file`]: a local directory (the bundled `examples/` repo, no AWS needed).
+//! - [`file`](mod@file): a local directory (the bundled `examples/` repo, no AWS needed).
+//!
+//! [`build`] wraps each in [`retry::Retrying`] (bounded retries with backoff, a
+//! total deadline, a per-worker cap on concurrent upstream requests).
+//! Credentials for S3 come from [`credentials`] (`start_chain`: the AWS default
+//! chain, refreshed on a side thread).
 //!
 //! An origin instance is built **per worker** ([`build`]): it owns that worker's
 //! keep-alive connection pool and is never shared across threads. Futures are
