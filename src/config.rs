@@ -521,6 +521,9 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
             dns_refresh: Duration::from_secs(30),
             tls_roots,
             max_idle_connections: 32,
+            retries: crate::origin::retry::DEFAULT_RETRIES,
+            retry_deadline: crate::origin::retry::DEFAULT_DEADLINE,
+            max_upstream_concurrency: crate::origin::retry::DEFAULT_MAX_CONCURRENCY,
         },
         cache: CacheConfig {
             dir: cache_dir,

@@ -49,6 +49,9 @@ fn s3_config(endpoint: &str, prefix: &str) -> OriginConfig {
         dns_refresh: Duration::from_secs(60),
         tls_roots: TlsRoots::Webpki,
         max_idle_connections: 4,
+        retries: 2,
+        retry_deadline: Duration::from_secs(8),
+        max_upstream_concurrency: 64,
     }
 }
 
@@ -68,6 +71,11 @@ fn http_config(endpoint: &str, request_timeout: Duration) -> OriginConfig {
         dns_refresh: Duration::from_secs(60),
         tls_roots: TlsRoots::Webpki,
         max_idle_connections: 4,
+        // The fault tests below observe single attempts; retries are tested
+        // separately (see `retrying_config`).
+        retries: 0,
+        retry_deadline: Duration::from_secs(8),
+        max_upstream_concurrency: 64,
     }
 }
 
@@ -981,4 +989,191 @@ fn tls_untrusted_certificate_is_connect_error() {
         );
     });
     server.join().unwrap();
+}
+
+// ------------------------------------------------- retries, deadline (Retrying)
+
+/// `http_config` with the given retry budget and deadline.
+fn retrying_config(endpoint: &str, retries: u32, deadline: Duration) -> OriginConfig {
+    OriginConfig {
+        retries,
+        retry_deadline: deadline,
+        ..http_config(endpoint, Duration::from_secs(5))
+    }
+}
+
+fn retrying_origin(endpoint: &str) -> Rc<dyn Origin> {
+    origin::build(&retrying_config(endpoint, 2, Duration::from_secs(8)), None).unwrap()
+}
+
+const UNAVAILABLE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn retry_503_then_200_succeeds() {
+    let raw = spawn_raw_http(vec![
+        UNAVAILABLE.to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello".to_vec(),
+    ]);
+    let o = retrying_origin(&raw.endpoint);
+    run(async move {
+        let mut r = o.fetch(OriginRequest::get("/index.yaml")).await.unwrap();
+        assert_eq!(r.meta.status, 200);
+        assert_eq!(read_all(r.body.as_mut()).await.unwrap(), b"hello");
+    });
+    let reqs = raw.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs.iter().all(|r| r.starts_with(b"GET /index.yaml ")));
+}
+
+#[test]
+fn retry_503_forever_gives_up_after_three_attempts() {
+    let raw = spawn_raw_http(vec![UNAVAILABLE.to_vec()]);
+    let o = retrying_origin(&raw.endpoint);
+    run(async move {
+        let err = o.fetch(OriginRequest::get("/a")).await.unwrap_err();
+        assert!(matches!(err, Error::Status { status: 503, .. }), "{err:?}");
+        assert_eq!(err.client_status(), 502);
+    });
+    assert_eq!(raw.requests().len(), 3);
+}
+
+#[test]
+fn s3_slow_down_is_retried() {
+    let xml =
+        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+    let slow = format!(
+        "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+        xml.len()
+    );
+    let raw = spawn_raw_http(vec![
+        slow.into_bytes(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec(),
+    ]);
+    let o = origin::build(&s3_config(&raw.endpoint, ""), Some(creds(AK, SK))).unwrap();
+    run(async move {
+        let mut r = o.fetch(OriginRequest::get("/a.tgz")).await.unwrap();
+        assert_eq!(read_all(r.body.as_mut()).await.unwrap(), b"ok");
+    });
+    let reqs = raw.requests();
+    assert_eq!(reqs.len(), 2);
+    // Each attempt is signed afresh.
+    assert!(reqs
+        .iter()
+        .all(|r| String::from_utf8_lossy(r).contains("authorization: AWS4-HMAC-SHA256")));
+}
+
+#[test]
+fn not_found_and_forbidden_are_not_retried() {
+    let raw = spawn_raw_http(vec![
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+    ]);
+    let o = retrying_origin(&raw.endpoint);
+    run(async move {
+        let r = o.fetch(OriginRequest::get("/missing")).await.unwrap();
+        assert_eq!(r.meta.status, 404);
+        let err = o.fetch(OriginRequest::get("/secret")).await.unwrap_err();
+        assert!(matches!(err, Error::Status { status: 403, .. }), "{err:?}");
+    });
+    assert_eq!(raw.requests().len(), 2);
+}
+
+#[test]
+fn truncated_body_is_not_retried() {
+    let raw = spawn_raw_http(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-this".to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole".to_vec(),
+    ]);
+    let o = retrying_origin(&raw.endpoint);
+    run(async move {
+        let mut r = o.fetch(OriginRequest::get("/a.tgz")).await.unwrap();
+        let err = read_all(r.body.as_mut()).await.unwrap_err();
+        assert!(matches!(err, Error::Truncated { received: 9 }), "{err:?}");
+    });
+    assert_eq!(raw.requests().len(), 1);
+}
+
+#[test]
+fn connection_refused_is_retried_then_connect_error() {
+    let endpoint = refused_endpoint();
+    let cfg = retrying_config(&endpoint, 2, Duration::from_secs(8));
+    let retrying = Rc::new(origin::retry::Retrying::new(
+        origin::build_unwrapped(&cfg, None).unwrap(),
+        origin::retry::RetryPolicy::from_config(&cfg),
+    ));
+    let o = retrying.clone();
+    run(async move {
+        let err = o.fetch(OriginRequest::get("/a")).await.unwrap_err();
+        assert!(matches!(err, Error::Connect(_)), "{err:?}");
+    });
+    let stats = retrying.stats();
+    assert_eq!((stats.attempts, stats.retries, stats.exhausted), (3, 2, 1));
+    assert_eq!(retrying.in_flight(), 0);
+}
+
+#[test]
+fn deadline_bounds_total_time() {
+    // 300 ms per attempt and a budget of 20 retries would take over 6 s; the
+    // 800 ms deadline stops it long before.
+    let raw = spawn_silent_http();
+    let cfg = OriginConfig {
+        request_timeout: Duration::from_millis(300),
+        ..retrying_config(&raw.endpoint, 20, Duration::from_millis(800))
+    };
+    let retrying = Rc::new(origin::retry::Retrying::new(
+        origin::build_unwrapped(&cfg, None).unwrap(),
+        origin::retry::RetryPolicy::from_config(&cfg),
+    ));
+    let o = retrying.clone();
+    let started = std::time::Instant::now();
+    run(async move {
+        let err = o.fetch(OriginRequest::get("/a")).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout), "{err:?}");
+        assert_eq!(err.client_status(), 504);
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = retrying.stats();
+    assert!(stats.attempts >= 2, "{stats:?}");
+    assert!(stats.attempts < 21, "{stats:?}");
+    assert_eq!(stats.exhausted, 1);
+}
+
+#[test]
+fn concurrency_cap_holds_slots_until_bodies_end() {
+    let raw = spawn_raw_http(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello".to_vec(),
+    ]);
+    let cfg = OriginConfig {
+        max_upstream_concurrency: 1,
+        ..retrying_config(&raw.endpoint, 2, Duration::from_millis(300))
+    };
+    let o = origin::build(&cfg, None).unwrap();
+    run(async move {
+        let mut first = o.fetch(OriginRequest::get("/a")).await.unwrap();
+        // The only slot is held by `first`'s unread body: the next fetch waits
+        // out its deadline without reaching the upstream.
+        let err = o.fetch(OriginRequest::get("/b")).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout), "{err:?}");
+        assert_eq!(read_all(first.body.as_mut()).await.unwrap(), b"hello");
+        let mut second = o.fetch(OriginRequest::get("/c")).await.unwrap();
+        assert_eq!(read_all(second.body.as_mut()).await.unwrap(), b"hello");
+    });
+    let reqs = raw.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs[1].starts_with(b"GET /c "));
+}
+
+#[test]
+fn zero_concurrency_is_a_config_error() {
+    let cfg = OriginConfig {
+        max_upstream_concurrency: 0,
+        ..http_config("http://127.0.0.1:1", Duration::from_secs(1))
+    };
+    assert!(matches!(origin::build(&cfg, None), Err(Error::Config(_))));
 }

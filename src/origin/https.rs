@@ -107,6 +107,9 @@ mod tests {
             dns_refresh: Duration::from_secs(60),
             tls_roots: TlsRoots::Webpki,
             max_idle_connections: 2,
+            retries: 2,
+            retry_deadline: Duration::from_secs(8),
+            max_upstream_concurrency: 64,
         }
     }
 

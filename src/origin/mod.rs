@@ -3,7 +3,12 @@
 //! One small trait, [`Origin`], with one implementation per upstream kind:
 //! - [`s3`]: private S3 bucket, every request signed with SigV4 ([`sigv4`]).
 //! - [`https`]: a plain HTTP(S) server (e.g. a regional chartcache for tiering).
-//! - [`file`]: a local directory (the bundled `examples/` repo, no AWS needed).
+//! - [`file`](mod@file): a local directory (the bundled `examples/` repo, no AWS needed).
+//!
+//! [`build`] wraps each in [`retry::Retrying`] (bounded retries with backoff, a
+//! total deadline, a per-worker cap on concurrent upstream requests).
+//! Credentials for S3 come from [`credentials`] (`start_chain`: the AWS default
+//! chain, refreshed on a side thread).
 //!
 //! An origin instance is built **per worker** ([`build`]): it owns that worker's
 //! keep-alive connection pool and is never shared across threads. Futures are
@@ -19,6 +24,7 @@ pub mod credentials;
 pub mod error;
 pub mod file;
 pub mod https;
+pub mod retry;
 pub mod s3;
 pub mod sigv4;
 
@@ -159,12 +165,40 @@ pub struct OriginConfig {
     pub tls_roots: TlsRoots,
     /// Max idle keep-alive connections kept per worker.
     pub max_idle_connections: usize,
+    /// Retries after a failed first attempt (connect failures, timeouts, 5xx,
+    /// 429/`SlowDown`; never once a body streams). 0 disables retrying.
+    /// Default [`retry::DEFAULT_RETRIES`].
+    pub retries: u32,
+    /// Total budget for one upstream fetch until its response head: waiting
+    /// for a slot, every attempt and backoff. Default [`retry::DEFAULT_DEADLINE`].
+    pub retry_deadline: std::time::Duration,
+    /// Max upstream requests in flight per worker (≥ 1); a response holds its
+    /// slot until its body ends. Default [`retry::DEFAULT_MAX_CONCURRENCY`].
+    pub max_upstream_concurrency: usize,
 }
 
 /// Build this worker's origin from the configuration. Called once per worker
-/// thread (the result owns that worker's connection pool). The S3 upstream needs
-/// `creds`; the others ignore them.
+/// thread (the result owns that worker's connection pool and its concurrency
+/// slots). Every origin is wrapped in [`retry::Retrying`] with the policy from
+/// `cfg`. The S3 upstream needs `creds`; the others ignore them.
 pub fn build(
+    cfg: &OriginConfig,
+    creds: Option<Arc<credentials::CredentialsCell>>,
+) -> Result<Rc<dyn Origin>, Error> {
+    if cfg.max_upstream_concurrency == 0 {
+        return Err(Error::Config(
+            "max_upstream_concurrency must be at least 1".into(),
+        ));
+    }
+    let inner = build_unwrapped(cfg, creds)?;
+    Ok(Rc::new(retry::Retrying::new(
+        inner,
+        retry::RetryPolicy::from_config(cfg),
+    )))
+}
+
+/// [`build`] without the retry/concurrency wrapper.
+pub fn build_unwrapped(
     cfg: &OriginConfig,
     creds: Option<Arc<credentials::CredentialsCell>>,
 ) -> Result<Rc<dyn Origin>, Error> {
