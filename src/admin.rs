@@ -38,6 +38,9 @@ pub struct AdminState {
     pub workers: usize,
     pub draining: Arc<AtomicBool>,
     pub token: Option<String>,
+    /// S3 credentials, when the upstream needs them: expired ones make the
+    /// node unready (it could only answer 502s for misses).
+    pub credentials: Option<Arc<crate::origin::credentials::CredentialsCell>>,
 }
 
 /// Serves the admin listener on a background thread.
@@ -147,6 +150,8 @@ fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> 
                 Reply::text(503, "shutting down\n")
             } else if ready < state.workers {
                 Reply::text(503, format!("starting: {ready}/{} workers ready\n", state.workers))
+            } else if state.credentials.as_ref().is_some_and(|c| !c.is_fresh()) {
+                Reply::text(503, "AWS credentials are missing or expired and cannot be refreshed\n")
             } else {
                 Reply::text(200, "ready\n")
             }

@@ -139,6 +139,18 @@ pub struct Cli {
     #[arg(long, env = "CHARTCACHE_UPSTREAM_TIMEOUT", value_name = "DURATION")]
     pub upstream_timeout: Option<String>,
 
+    /// Retries of a failed upstream GET (connect errors, timeouts, 5xx, SlowDown) [default: 2].
+    #[arg(long, env = "CHARTCACHE_RETRIES", value_name = "N")]
+    pub retries: Option<u32>,
+
+    /// Total time one upstream fetch may take, retries and backoff included [default: 8s].
+    #[arg(long, env = "CHARTCACHE_RETRY_DEADLINE", value_name = "DURATION")]
+    pub retry_deadline: Option<String>,
+
+    /// Concurrent upstream requests per worker [default: 64].
+    #[arg(long, env = "CHARTCACHE_MAX_UPSTREAM_CONCURRENCY", value_name = "N")]
+    pub max_upstream_concurrency: Option<usize>,
+
     /// TLS trust roots for https upstreams: webpki (bundled) or native (system store) [default: webpki].
     #[arg(long, env = "CHARTCACHE_TLS_ROOTS", value_name = "ROOTS")]
     pub tls_roots: Option<String>,
@@ -171,6 +183,9 @@ struct FileConfig {
     connect_timeout: Option<String>,
     upstream_timeout: Option<String>,
     tls_roots: Option<String>,
+    retries: Option<u32>,
+    retry_deadline: Option<String>,
+    max_upstream_concurrency: Option<usize>,
     rules: Option<Vec<RuleConfig>>,
 }
 
@@ -459,10 +474,22 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
         cli.negative_ttl.or(file.negative_ttl),
         Duration::from_secs(5),
     );
+    let retry_deadline = dur(
+        "retry_deadline",
+        cli.retry_deadline.or(file.retry_deadline),
+        crate::origin::retry::DEFAULT_DEADLINE,
+    );
     let max_connections = cli
         .max_connections
         .or(file.max_connections)
         .unwrap_or(10_000);
+    let max_upstream_concurrency = cli
+        .max_upstream_concurrency
+        .or(file.max_upstream_concurrency)
+        .unwrap_or(crate::origin::retry::DEFAULT_MAX_CONCURRENCY);
+    if max_upstream_concurrency == 0 {
+        errs.push("max_upstream_concurrency: must be at least 1".into());
+    }
     if max_connections == 0 {
         errs.push("max_connections: must be at least 1".into());
     }
@@ -521,9 +548,12 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
             dns_refresh: Duration::from_secs(30),
             tls_roots,
             max_idle_connections: 32,
-            retries: crate::origin::retry::DEFAULT_RETRIES,
-            retry_deadline: crate::origin::retry::DEFAULT_DEADLINE,
-            max_upstream_concurrency: crate::origin::retry::DEFAULT_MAX_CONCURRENCY,
+            retries: cli
+                .retries
+                .or(file.retries)
+                .unwrap_or(crate::origin::retry::DEFAULT_RETRIES),
+            retry_deadline,
+            max_upstream_concurrency,
         },
         cache: CacheConfig {
             dir: cache_dir,

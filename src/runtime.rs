@@ -98,10 +98,12 @@ impl Server {
     }
 }
 
-/// Credentials for the configured upstream: required for S3, unused otherwise.
+/// Credentials for the configured upstream: required for S3 (the AWS default
+/// chain — env, profile, web identity/IRSA, ECS/EKS Pod Identity, IMDSv2 —
+/// refreshed in the background), unused otherwise.
 pub fn credentials_for(cfg: &Config) -> Result<Option<Arc<CredentialsCell>>, Error> {
     match cfg.origin.upstream {
-        Upstream::S3 { .. } => crate::origin::credentials::from_env()
+        Upstream::S3 { .. } => crate::origin::credentials::start_chain(&cfg.origin.region)
             .map(Some)
             .map_err(|e| Error::Credentials(e.to_string())),
         _ => Ok(None),
@@ -210,6 +212,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
             workers: n,
             draining: draining.clone(),
             token: cfg.admin.token.clone(),
+            credentials: creds.clone(),
         },
     );
     tracing::info!(

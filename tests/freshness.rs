@@ -38,17 +38,69 @@ fn republished_index_is_visible_on_the_next_request() {
     assert_eq!(s3.get_count("/charts/index.yaml"), 3);
 }
 
+/// An upstream that serves `index.yaml` with an ETag and answers conditional
+/// requests with a 304 after `delay` — long enough that every concurrent
+/// client request arrives while the revalidation is in flight.
+fn slow_revalidating_upstream(
+    body: Vec<u8>,
+    delay: std::time::Duration,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicU64>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let plain = Arc::new(AtomicU64::new(0));
+    let conditional = Arc::new(AtomicU64::new(0));
+    let (p2, c2) = (plain.clone(), conditional.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let (body, p2, c2) = (body.clone(), p2.clone(), c2.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if head.contains("if-none-match: \"v1\"") {
+                    c2.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(delay);
+                    let _ = s.write_all(
+                        b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n",
+                    );
+                } else {
+                    p2.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.write_all(
+                        format!("HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    let _ = s.write_all(&body);
+                }
+            });
+        }
+    });
+    (url, plain, conditional)
+}
+
 #[test]
 fn concurrent_index_requests_share_one_conditional_get() {
-    let s3 = spawn_s3(AK, SK);
+    use std::sync::atomic::Ordering;
     let index = b"apiVersion: v1\nentries: {}\n".repeat(2000);
-    s3.put_object(BUCKET, "index.yaml", &index);
-    let p = s3_proxy(&s3);
+    let (url, plain, conditional) =
+        slow_revalidating_upstream(index.clone(), std::time::Duration::from_millis(1500));
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Proxy::start_in(test_cli(&url, &tmp.path().join("cache")), Some(tmp));
     assert_eq!(p.get("/index.yaml").status, 200);
-    let before = s3.get_count("/charts/index.yaml");
+    assert_eq!(plain.load(Ordering::SeqCst), 1);
     let n = 100;
-    // Connect everyone first, then send all requests at once: the requests
-    // themselves are concurrent, not the TCP handshakes.
+    // Connect everyone first, then send all requests at once.
     let barrier = Arc::new(Barrier::new(n));
     let addr = p.addr;
     let handles: Vec<_> = (0..n)
@@ -57,7 +109,7 @@ fn concurrent_index_requests_share_one_conditional_get() {
             std::thread::spawn(move || {
                 use std::io::{Read, Write};
                 let mut s = std::net::TcpStream::connect(addr).unwrap();
-                s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
                     .unwrap();
                 b.wait();
                 s.write_all(b"GET /index.yaml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -71,17 +123,15 @@ fn concurrent_index_requests_share_one_conditional_get() {
     for h in handles {
         let r = h.join().unwrap();
         assert_eq!(r.status, 200);
+        assert_eq!(r.x_cache(), "REVALIDATED");
         assert!(r.body == index);
     }
-    let upstream = s3.get_count("/charts/index.yaml") - before;
-    // Requests that arrive while a revalidation is in flight share it. A
-    // request arriving after one finished starts the next (it must not reuse
-    // an older answer), so thread start-up skew can make a second wave.
-    eprintln!("{upstream} upstream GETs for {n} concurrent index requests");
-    assert!(
-        (1..=3).contains(&upstream),
-        "{upstream} upstream GETs for {n} requests"
+    assert_eq!(
+        conditional.load(Ordering::SeqCst),
+        1,
+        "one conditional GET for {n} requests"
     );
+    assert_eq!(plain.load(Ordering::SeqCst), 1, "no unconditional refetch");
 }
 
 #[test]
