@@ -155,6 +155,15 @@ pub struct Cli {
     #[arg(long, env = "CHARTCACHE_TLS_ROOTS", value_name = "ROOTS")]
     pub tls_roots: Option<String>,
 
+    /// Serve index.yaml as upstream wrote it: do not rewrite helm-s3's
+    /// s3://BUCKET/PREFIX/ chart URLs to repository-relative ones.
+    #[arg(long, env = "CHARTCACHE_NO_REWRITE_S3_URLS")]
+    pub no_rewrite_s3_urls: bool,
+
+    /// Do not check chart bytes against the sha256 digests in index.yaml.
+    #[arg(long, env = "CHARTCACHE_NO_VERIFY_DIGESTS")]
+    pub no_verify_digests: bool,
+
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -186,6 +195,8 @@ struct FileConfig {
     retries: Option<u32>,
     retry_deadline: Option<String>,
     max_upstream_concurrency: Option<usize>,
+    rewrite_s3_urls: Option<bool>,
+    verify_digests: Option<bool>,
     rules: Option<Vec<RuleConfig>>,
 }
 
@@ -269,6 +280,10 @@ pub struct Config {
     pub driver: Driver,
     pub log_format: LogFormat,
     pub access_log: bool,
+    /// Rewrite helm-s3 `s3://` chart URLs in index.yaml to relative ones.
+    pub rewrite_s3_urls: bool,
+    /// Check filled charts against the index's sha256 digests.
+    pub verify_digests: bool,
 }
 
 impl Config {
@@ -436,6 +451,8 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
         }
     };
     let access_log = !cli.no_access_log && file.access_log.unwrap_or(true);
+    let rewrite_s3_urls = !cli.no_rewrite_s3_urls && file.rewrite_s3_urls.unwrap_or(true);
+    let verify_digests = !cli.no_verify_digests && file.verify_digests.unwrap_or(true);
 
     let mut dur = |field: &str, v: Option<String>, default: Duration| -> Duration {
         match v {
@@ -565,6 +582,8 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
         driver,
         log_format,
         access_log,
+        rewrite_s3_urls,
+        verify_digests,
     })
 }
 

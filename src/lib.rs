@@ -11,6 +11,7 @@
 //! - [`policy`]: ordered route rules → cache / revalidate / bypass + header overrides.
 //! - [`origin`]: the `Origin` trait and its S3 (SigV4), HTTPS and file implementations.
 //! - [`cache`]: sharded mmap-backed append log, CRC-checked index, miss coalescing.
+//! - [`helm`]: index.yaml specifics: helm-s3 URL rewriting, chart digests.
 //! - [`metrics`]: metric names and per-worker counters, summed at scrape.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, purge.
 //! - [`access_log`]: one structured line per request on stdout.
@@ -20,6 +21,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod helm;
 pub mod http1;
 pub mod metrics;
 pub mod origin;

@@ -27,6 +27,7 @@ pub const CACHE_EVICTIONS: &str = "chartcache_cache_evictions";
 pub const CONNECTIONS_OPEN: &str = "chartcache_connections_open";
 pub const CONNECTIONS_REJECTED: &str = "chartcache_connections_rejected";
 pub const BAD_REQUESTS: &str = "chartcache_bad_requests";
+pub const DIGEST_MISMATCH: &str = "chartcache_chart_digest_mismatches";
 
 /// How a response was produced (the `X-Cache` value, and a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,7 @@ pub struct WorkerMetrics {
     pub connections_open: AtomicU64,
     pub connections_rejected: AtomicU64,
     pub bad_requests: AtomicU64,
+    pub digest_mismatch: AtomicU64,
     /// Gauges published by the shard owner.
     pub cache_bytes: AtomicU64,
     pub cache_objects: AtomicU64,
@@ -241,7 +243,12 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let counters: [(&str, &str, fn(&WorkerMetrics) -> &AtomicU64); 9] = [
+        let counters: [(&str, &str, fn(&WorkerMetrics) -> &AtomicU64); 10] = [
+            (
+                DIGEST_MISMATCH,
+                "Chart fills whose bytes did not match the index digest (served uncached)",
+                |w| &w.digest_mismatch,
+            ),
             (RESPONSE_BYTES, "Response body bytes sent to clients", |w| {
                 &w.response_bytes
             }),

@@ -143,6 +143,14 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
 
     let metrics = Metrics::new(n);
+    let helm = Arc::new(crate::helm::HelmRepo::new(match &cfg.origin.upstream {
+        Upstream::S3 { bucket, prefix } if cfg.rewrite_s3_urls => Some(if prefix.is_empty() {
+            format!("s3://{bucket}/")
+        } else {
+            format!("s3://{bucket}/{prefix}/")
+        }),
+        _ => None,
+    }));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -170,6 +178,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
             jobs,
             shards: shards.clone(),
             metrics: metrics.clone(),
+            helm: helm.clone(),
             creds: creds.clone(),
             shutdown: shutdown_rx.clone(),
             draining: draining.clone(),
@@ -314,6 +323,7 @@ struct WorkerStart {
     jobs: mpsc::UnboundedReceiver<ShardJob>,
     shards: Arc<Shards>,
     metrics: Metrics,
+    helm: Arc<crate::helm::HelmRepo>,
     creds: Option<Arc<CredentialsCell>>,
     shutdown: watch::Receiver<bool>,
     draining: Arc<AtomicBool>,
@@ -371,6 +381,7 @@ async fn worker_main(ctx: WorkerStart) {
         cfg: ctx.cfg.clone(),
         origin,
         shards: ctx.shards,
+        helm: ctx.helm,
         store: std::cell::RefCell::new(ctx.store),
         metrics: ctx.metrics.worker(ctx.id),
         access_log: AccessLog::new(ctx.cfg.access_log, ctx.cfg.log_format, ctx.id),
@@ -448,6 +459,8 @@ async fn job_loop(w: WorkerRef, mut jobs: mpsc::UnboundedReceiver<ShardJob>) {
                         store: &w.store,
                         shards: &w.shards,
                         metrics: &w.metrics,
+                        helm: &w.helm,
+                        verify_digests: w.cfg.verify_digests,
                     };
                     filler.fill(inflight, etag, ttl_secs).await;
                 });

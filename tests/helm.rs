@@ -11,15 +11,30 @@ use common::spawn_s3;
 
 #[test]
 fn helm_repo_add_update_and_pull_through_chartcache() {
+    helm_through_chartcache(false);
+}
+
+/// A repository published by helm-s3 without `--relative`: its index names
+/// charts by `s3://` URLs, which plain Helm over HTTP cannot fetch unless
+/// chartcache rewrites them.
+#[test]
+fn helm_works_with_a_helm_s3_index_of_s3_urls() {
+    helm_through_chartcache(true);
+}
+
+fn helm_through_chartcache(s3_urls: bool) {
     let s3 = spawn_s3(AK, SK);
     for entry in std::fs::read_dir(examples_repo()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        s3.put_object(
-            "helm-charts",
-            &format!("stable/{name}"),
-            &std::fs::read(&path).unwrap(),
-        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        if s3_urls && name == "index.yaml" {
+            let text = String::from_utf8(bytes).unwrap();
+            let rewritten = text.replace("    - hello-", "    - s3://helm-charts/stable/hello-");
+            assert_ne!(rewritten, text);
+            bytes = rewritten.into_bytes();
+        }
+        s3.put_object("helm-charts", &format!("stable/{name}"), &bytes);
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli("s3://helm-charts/stable", &tmp.path().join("cache"));

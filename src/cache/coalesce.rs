@@ -78,6 +78,9 @@ pub enum FillState {
     /// The response could not be shared (too large for a segment, disk full):
     /// each waiter must fetch for itself.
     Passthrough,
+    /// The whole body arrived but does not match the chart digest in the
+    /// index: serve it once (as `BYPASS`), never store it.
+    Unverified { view: BodyView },
     /// Upstream failed. `mid_body`: bytes were already published.
     Failed { error: FillError, mid_body: bool },
 }

@@ -11,16 +11,20 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
 
 use crate::cache::coalesce::{BodyView, FillError, FillGuard, FillState, Inflight};
 use crate::cache::shard::Shards;
 use crate::cache::store::{ObjectMeta, ShardStore};
+use crate::helm::{self, HelmRepo};
 use crate::metrics::WorkerMetrics;
 use crate::origin::{self, Origin, OriginRequest};
 
 /// Bodies without a declared length are buffered up to this size before being
 /// stored; larger ones are passed through uncached.
 const MAX_UNSIZED_BODY: usize = 8 << 20;
+/// The largest `index.yaml` chartcache rewrites and stores.
+const MAX_INDEX: usize = 64 << 20;
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
@@ -47,6 +51,10 @@ pub struct Filler<'a> {
     pub store: &'a RefCell<ShardStore>,
     pub shards: &'a Shards,
     pub metrics: &'a WorkerMetrics,
+    /// index.yaml rewriting and chart digests.
+    pub helm: &'a HelmRepo,
+    /// Check chart bodies against the index's sha256 digests.
+    pub verify_digests: bool,
 }
 
 impl Filler<'_> {
@@ -87,6 +95,12 @@ impl Filler<'_> {
             304 => {
                 let refreshed = self.store.borrow_mut().refresh(&key, unix_now(), ttl_secs);
                 if refreshed {
+                    if key == helm::INDEX_KEY && self.helm.digests.is_empty() {
+                        // After a restart: learn the digests from the stored index.
+                        if let Some(hit) = self.shards.lookup(&key).filter(|h| h.verify()) {
+                            self.helm.digests.update_from_index(hit.body());
+                        }
+                    }
                     inflight.publish(FillState::NotModified);
                 } else {
                     // The stored copy vanished (evicted, purged) meanwhile.
@@ -102,6 +116,11 @@ impl Filler<'_> {
                     stored_at: unix_now(),
                     ttl_secs,
                 };
+                if key == helm::INDEX_KEY {
+                    return self
+                        .fill_index(&inflight, &key, object, body.as_mut())
+                        .await;
+                }
                 match meta.content_length {
                     Some(len) => {
                         self.fill_sized(&inflight, &key, object, len, body.as_mut())
@@ -151,10 +170,20 @@ impl Filler<'_> {
             body_len: len,
             meta: Arc::new(object),
         };
-        inflight.publish(FillState::Streaming {
-            view: view.clone(),
-            written: 0,
-        });
+        // With a digest to check, waiters get the body only once it is
+        // verified (they could not be told "don't trust this" afterwards).
+        let expected = if self.verify_digests {
+            self.helm.digests.get(key)
+        } else {
+            None
+        };
+        let mut hasher = expected.map(|_| Sha256::new());
+        if expected.is_none() {
+            inflight.publish(FillState::Streaming {
+                view: view.clone(),
+                written: 0,
+            });
+        }
         let mut written = 0u64;
         let failure = loop {
             match body.next_chunk().await {
@@ -166,13 +195,33 @@ impl Filler<'_> {
                         break Some(format!("cache write failed: {e}"));
                     }
                     written += chunk.len() as u64;
-                    inflight.progress(written);
+                    match hasher.as_mut() {
+                        Some(h) => h.update(&chunk),
+                        None => inflight.progress(written),
+                    }
                 }
                 Ok(None) if written == len => break None,
                 Ok(None) => break Some(format!("upstream body ended at {written} of {len} bytes")),
                 Err(e) => break Some(e.to_string()),
             }
         };
+        if let (None, Some(expected), Some(h)) = (&failure, expected, hasher) {
+            let actual: [u8; 32] = h.finalize().into();
+            if actual != expected {
+                self.store.borrow_mut().abort(rec);
+                self.metrics
+                    .digest_mismatch
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    key,
+                    expected = %helm::hex(&expected),
+                    actual = %helm::hex(&actual),
+                    "chart bytes do not match the index digest: served once uncached"
+                );
+                inflight.publish(FillState::Unverified { view });
+                return;
+            }
+        }
         let failure = match failure {
             None => match self.store.borrow_mut().commit(rec) {
                 Ok(()) => None,
@@ -230,7 +279,57 @@ impl Filler<'_> {
                 }
             }
         }
-        let body = buf.freeze();
+        self.store_buffered(inflight, key, object, buf.freeze());
+    }
+
+    /// The repository index: buffered whole, helm-s3 URLs rewritten, stored,
+    /// and its digests learned.
+    async fn fill_index(
+        &self,
+        inflight: &Inflight,
+        key: &str,
+        mut object: ObjectMeta,
+        body: &mut dyn origin::BodyStream,
+    ) {
+        let mut buf = BytesMut::new();
+        loop {
+            match body.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > MAX_INDEX {
+                        inflight.publish(FillState::Passthrough);
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    inflight.publish(FillState::Failed {
+                        error: fill_error(&e),
+                        mid_body: false,
+                    });
+                    return;
+                }
+            }
+        }
+        let mut served = buf.freeze();
+        if let Some(from) = &self.helm.rewrite_from {
+            if let Some(rewritten) = helm::rewrite_s3_urls(&served, from) {
+                object.etag = Some(helm::served_etag(object.etag.as_deref(), &rewritten));
+                served = Bytes::from(rewritten);
+            }
+        }
+        if !self.helm.digests.update_from_index(&served) {
+            tracing::warn!(
+                key,
+                "index.yaml does not parse as a Helm index: chart digests not checked"
+            );
+        }
+        self.store_buffered(inflight, key, object, served);
+    }
+
+    /// Stores a body that is wholly in memory, then publishes it (`Done`, or
+    /// an in-memory `Response` when it cannot be stored).
+    fn store_buffered(&self, inflight: &Inflight, key: &str, object: ObjectMeta, body: Bytes) {
         let stored = {
             let mut store = self.store.borrow_mut();
             store

@@ -198,7 +198,11 @@ async fn cached(
         return respond_simple(conn, x, 404, "not found").await;
     }
 
-    let etag = existing.as_ref().and_then(|h| h.meta.etag.clone());
+    // A rewritten index carries a served ETag; upstream knows its own.
+    let etag = existing
+        .as_ref()
+        .and_then(|h| h.meta.etag.as_deref())
+        .map(crate::helm::upstream_etag);
     let inflight = match w.shards.inflight.join(key) {
         Join::Leader(f) => {
             let job = ShardJob::Fill {
@@ -269,6 +273,12 @@ async fn cached(
                 }
                 x.upstream_status = Some(meta.status);
                 return serve_response(conn, req, key, rule, &meta, body, x).await;
+            }
+            FillState::Unverified { view } => {
+                x.cache = CacheResult::Bypass;
+                x.upstream_status = Some(200);
+                let stored = Stored::from(&view);
+                return serve_stored(conn, req, key, rule, &stored, x).await;
             }
             FillState::Passthrough => {
                 return bypass(w, conn, req, key, rule, x, CacheResult::Miss).await;

@@ -29,6 +29,8 @@ pub struct Worker {
     pub cfg: Arc<Config>,
     pub origin: Rc<dyn Origin>,
     pub shards: Arc<Shards>,
+    /// index.yaml rewriting and chart digests (shared by all workers).
+    pub helm: Arc<crate::helm::HelmRepo>,
     /// This worker's own shard (only it writes there).
     pub store: RefCell<ShardStore>,
     pub metrics: Arc<WorkerMetrics>,
