@@ -11,6 +11,7 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::LogFormat;
+use crate::http1::render::push_u64;
 use crate::metrics::CacheResult;
 
 /// Flush threshold for the per-worker buffer.
@@ -133,21 +134,6 @@ fn write_text(buf: &mut Vec<u8>, now: Duration, e: &Entry<'_>) {
         e.upstream_status.map_or("-".to_string(), |s| s.to_string()),
     );
     buf.push(b'\n');
-}
-
-fn push_u64(buf: &mut Vec<u8>, v: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&tmp[i..]);
 }
 
 /// A JSON string literal, escaping quotes, backslashes and control characters.

@@ -262,10 +262,20 @@ pub struct CacheConfig {
 }
 
 /// Admin listener settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token: Option<String>,
+}
+
+/// Never prints the token (`--check-config` output may end up in logs).
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The validated configuration.
@@ -931,6 +941,16 @@ headers = { "Cache-Control" = "max-age=3600" }
         assert!(parse_upstream("s3://UPPER").is_err());
         assert!(parse_upstream("s3://bucket/../x").is_err());
         assert!(parse_upstream("file:///definitely/not/here").is_err());
+    }
+
+    #[test]
+    fn debug_output_redacts_the_admin_token() {
+        let mut c = cli();
+        c.admin_token = Some("s3cret-value".into());
+        let cfg = build(c, FileConfig::default()).unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret-value"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

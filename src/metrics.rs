@@ -149,6 +149,9 @@ impl WorkerMetrics {
     }
 }
 
+/// A metric name, its help text, and where each worker keeps its value.
+type Described = (&'static str, &'static str, fn(&WorkerMetrics) -> &AtomicU64);
+
 /// All workers' metrics; what the admin endpoint renders.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -243,7 +246,7 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let counters: [(&str, &str, fn(&WorkerMetrics) -> &AtomicU64); 10] = [
+        let counters: [Described; 10] = [
             (
                 DIGEST_MISMATCH,
                 "Chart fills whose bytes did not match the index digest (served uncached)",
@@ -296,7 +299,7 @@ impl Collector for Metrics {
             enc.encode_descriptor(name, help, None, MetricType::Counter)?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
-        let gauges: [(&str, &str, fn(&WorkerMetrics) -> &AtomicU64); 3] = [
+        let gauges: [Described; 3] = [
             (CACHE_BYTES, "Bytes on disk used by the cache", |w| {
                 &w.cache_bytes
             }),

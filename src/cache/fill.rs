@@ -259,27 +259,9 @@ impl Filler<'_> {
         object: ObjectMeta,
         body: &mut dyn origin::BodyStream,
     ) {
-        let mut buf = BytesMut::new();
-        loop {
-            match body.next_chunk().await {
-                Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > MAX_UNSIZED_BODY {
-                        inflight.publish(FillState::Passthrough);
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    inflight.publish(FillState::Failed {
-                        error: fill_error(&e),
-                        mid_body: false,
-                    });
-                    return;
-                }
-            }
+        if let Some(body) = read_capped(inflight, body, MAX_UNSIZED_BODY).await {
+            self.store_buffered(inflight, key, object, body);
         }
-        self.store_buffered(inflight, key, object, buf.freeze());
     }
 
     /// The repository index: buffered whole, helm-s3 URLs rewritten, stored,
@@ -291,27 +273,9 @@ impl Filler<'_> {
         mut object: ObjectMeta,
         body: &mut dyn origin::BodyStream,
     ) {
-        let mut buf = BytesMut::new();
-        loop {
-            match body.next_chunk().await {
-                Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > MAX_INDEX {
-                        inflight.publish(FillState::Passthrough);
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    inflight.publish(FillState::Failed {
-                        error: fill_error(&e),
-                        mid_body: false,
-                    });
-                    return;
-                }
-            }
-        }
-        let mut served = buf.freeze();
+        let Some(mut served) = read_capped(inflight, body, MAX_INDEX).await else {
+            return;
+        };
         if let Some(from) = &self.helm.rewrite_from {
             if let Some(rewritten) = helm::rewrite_s3_urls(&served, from) {
                 object.etag = Some(helm::served_etag(object.etag.as_deref(), &rewritten));
@@ -363,6 +327,35 @@ impl Filler<'_> {
                     content_length: Some(body.len() as u64),
                 };
                 inflight.publish(FillState::Response { meta, body });
+            }
+        }
+    }
+}
+
+/// Reads a whole body into memory, up to `cap` bytes. On overflow or error
+/// it publishes the outcome (`Passthrough` / `Failed`) and returns `None`.
+async fn read_capped(
+    inflight: &Inflight,
+    body: &mut dyn origin::BodyStream,
+    cap: usize,
+) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    loop {
+        match body.next_chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > cap {
+                    inflight.publish(FillState::Passthrough);
+                    return None;
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(buf.freeze()),
+            Err(e) => {
+                inflight.publish(FillState::Failed {
+                    error: fill_error(&e),
+                    mid_body: false,
+                });
+                return None;
             }
         }
     }

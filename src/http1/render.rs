@@ -153,8 +153,8 @@ pub fn http_date_now() -> DateValue {
     })
 }
 
-/// Appends the decimal form of `n`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+/// Appends the decimal form of `n` (no allocation, no formatter).
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {

@@ -28,7 +28,7 @@ use crate::access_log::Entry;
 use crate::cache::coalesce::{BodyView, FillError, FillState, Join};
 use crate::cache::fill::{fill_error, unix_now};
 use crate::cache::shard::ShardJob;
-use crate::cache::store::{ObjectMeta, Segment};
+use crate::cache::store::{Hit, ObjectMeta, Segment};
 use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
 use crate::http1::path::object_key;
 use crate::http1::render::{render, simple, ResponseHead};
@@ -67,6 +67,17 @@ struct Stored<'a> {
     body_offset: usize,
     body_len: u64,
     meta: &'a ObjectMeta,
+}
+
+impl<'a> From<&'a Hit> for Stored<'a> {
+    fn from(h: &'a Hit) -> Self {
+        Stored {
+            segment: &h.segment,
+            body_offset: h.body_offset,
+            body_len: h.body_len as u64,
+            meta: &h.meta,
+        }
+    }
 }
 
 impl<'a> From<&'a BodyView> for Stored<'a> {
@@ -182,13 +193,7 @@ async fn cached(
     if let Some(hit) = &existing {
         if now < hit.meta.stored_at.saturating_add(fresh.as_secs()) {
             x.cache = CacheResult::Hit;
-            let stored = Stored {
-                segment: &hit.segment,
-                body_offset: hit.body_offset,
-                body_len: hit.body_len as u64,
-                meta: &hit.meta,
-            };
-            return serve_stored(conn, req, key, rule, &stored, x).await;
+            return serve_stored(conn, req, key, rule, &Stored::from(hit), x).await;
         }
     }
 
@@ -255,13 +260,7 @@ async fn cached(
                 return match hit {
                     Some(hit) => {
                         x.cache = CacheResult::Revalidated;
-                        let stored = Stored {
-                            segment: &hit.segment,
-                            body_offset: hit.body_offset,
-                            body_len: hit.body_len as u64,
-                            meta: &hit.meta,
-                        };
-                        serve_stored(conn, req, key, rule, &stored, x).await
+                        serve_stored(conn, req, key, rule, &Stored::from(&hit), x).await
                     }
                     None => bypass(w, conn, req, key, rule, x, CacheResult::Miss).await,
                 };
@@ -297,7 +296,7 @@ async fn failed(
     req: &RequestHead,
     key: &str,
     rule: &Rule,
-    existing: Option<&crate::cache::store::Hit>,
+    existing: Option<&Hit>,
     error: &FillError,
     x: &mut Exchange,
 ) -> std::io::Result<()> {
@@ -306,13 +305,7 @@ async fn failed(
         let age = unix_now().saturating_sub(hit.meta.stored_at);
         if age <= MAX_STALE.as_secs() {
             x.cache = CacheResult::Stale;
-            let stored = Stored {
-                segment: &hit.segment,
-                body_offset: hit.body_offset,
-                body_len: hit.body_len as u64,
-                meta: &hit.meta,
-            };
-            return serve_stored(conn, req, key, rule, &stored, x).await;
+            return serve_stored(conn, req, key, rule, &Stored::from(hit), x).await;
         }
     }
     x.cache = CacheResult::Miss;
