@@ -394,7 +394,14 @@ impl ShardStore {
         }
         let (seg, offset) = self.reserve(total)?;
         buf[..HEADER_LEN].copy_from_slice(&dead_header(total));
-        seg.write_at(offset, &buf)?;
+        if let Err(e) = seg.write_at(offset, &buf) {
+            // The reservation may now hold a zero or partial header that replay cannot
+            // step over: seal the segment so nothing is written after it.
+            if self.active.as_ref().is_some_and(|a| a.seg.id() == seg.id()) {
+                self.active = None;
+            }
+            return Err(e);
+        }
         self.pending.insert((seg.id(), offset));
         self.dirty.insert(seg.id());
         Ok(PendingRecord {
@@ -706,6 +713,17 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::*;
     use super::*;
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<ShardReader>();
+        send_sync::<Hit>();
+        send_sync::<Segment>();
+        send::<ShardStore>();
+        send::<PendingRecord>();
+    }
 
     #[test]
     fn write_commit_lookup_read() {
