@@ -72,7 +72,7 @@ fn exchange(s: &mut TcpStream, path: &str, range: Option<&str>, slow: bool) -> R
         );
         raw.extend_from_slice(&chunk[..n]);
         reads += 1;
-        if slow && reads.is_multiple_of(16) {
+        if slow && reads % 16 == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
