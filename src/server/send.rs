@@ -24,6 +24,34 @@
 //!   error is returned and the caller closes the connection.
 //! - `sendfile(2)` has no `MSG_NOSIGNAL`: a peer reset raises `SIGPIPE`, which
 //!   the Rust runtime ignores in every Rust `main` (so `EPIPE` is returned).
+//!
+//! # Measured (why the default is `off`)
+//! 2-core AMD EPYC VM, kernel 6.18, loopback, shared and noisy (load 5–8 from
+//! other builds); chartcache 2 workers, io_uring, warm cache, all hits;
+//! `chartcache-loadtest` 64 connections, 1 thread, on the same 2 cores;
+//! alternating rounds of 4–5 s, ranges over rounds (commit f560483):
+//!
+//! | bodies | threshold | req/s | p99 | server CPU µs/req |
+//! |---|---|---|---|---|
+//! | 200 charts, 1.8–400 KB, mean 105 KB | off (writev) | 18.2–24.7k | 14–17 ms | 23–27 |
+//! | same | 128KiB | 17.8–23.5k | 13–18 ms | 28–31 |
+//! | same | 0 (always sendfile) | 11.1–18.6k | 16–23 ms | 30–34 |
+//! | 256 KB each | off / 0 | 9.7–13.8k / 11.1–15.8k | 14–29 / 10–14 ms | 41–55 / 46–48 |
+//! | 512 KB each | off / 0 | 5.7–7.4k / 4.2–4.8k | 17–23 / 28–44 ms | 91–96 / 123–147 |
+//! | 1 MB each | off / 0 | 3.0–3.1k / 2.4–2.7k | 26–41 / 49–60 ms | 156–174 / 204–251 |
+//! | 2 MB each | off / 0 | 1.57–1.79k / 1.32–1.42k | 85–132 / 78–115 ms | 383–424 / 209–310 |
+//! | 0.5–4 MB, mean 1.5 MB | off / 0 / 128KiB | 1.15–1.71k / 1.24–1.77k / 1.24–1.34k | 109–148 / 103–156 / 128–264 ms | 293–314 / 166–222 / 180–247 |
+//!
+//! On loopback writev from the mmap wins on req/s at every size (ties at
+//! 256 KB and in the 0.5–4 MB mix, within noise) and costs less server CPU up
+//! to 1 MB. Likely why (not profiled): writev is one io_uring op per response,
+//! retried inside the kernel when the socket buffer fills, where sendfile adds
+//! the head `send`, `fcntl`s and an `EAGAIN` → poll → `sendfile` trip through
+//! user space each time. Only bodies of ~2 MB and more save server CPU with
+//! sendfile (~−40 %), and on loopback the receiver pays it back (client CPU
+//! ~+45 %). With a real 10–100 Gb/s NIC nobody pays back the copy writev
+//! makes, so `--sendfile-threshold 1MiB`–`2MiB` is the setting to try there
+//! for multi-MB charts; measure on that machine before changing the default.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
