@@ -12,7 +12,7 @@
 //!   (the one exception is the torn tail at startup, zeroed before anything is served).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -150,6 +150,12 @@ impl Segment {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The segment file's descriptor (read-only use: `sendfile(2)` of stored bodies).
+    /// Valid for as long as this `Segment` lives, even after [`Segment::unlink`].
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
     }
 
     /// The whole mapping (segment size bytes).

@@ -36,7 +36,7 @@ use crate::http1::request::{Method, RequestHead};
 use crate::metrics::CacheResult;
 use crate::origin::{self, OriginRequest, ResponseMeta};
 use crate::policy::{Action, Rule};
-use crate::server::send::{send_all, send_head_and_body, MmapSlice};
+use crate::server::send::{send_all, send_head_and_body, send_head_and_file, MmapSlice};
 use crate::server::Worker;
 
 /// How long a stale copy may be served while upstream is failing.
@@ -59,6 +59,8 @@ struct Exchange {
     keep_alive: bool,
     /// An HTTP/1.0 client (keep-alive must be announced).
     http10: bool,
+    /// Stored bodies of at least this many bytes go out with `sendfile(2)`.
+    sendfile_threshold: Option<u64>,
 }
 
 /// A stored body, wherever it came from (a lookup or a fill).
@@ -101,6 +103,7 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         upstream_status: None,
         keep_alive: req.keep_alive && !w.is_draining(),
         http10: req.minor_version == 0,
+        sendfile_threshold: w.cfg.server.sendfile_threshold,
     };
     let key = object_key(&req.target);
     let result = match (&key, req.method) {
@@ -425,12 +428,20 @@ async fn serve_stored(
     if req.method == Method::Head {
         return send_head(conn, head).await;
     }
-    let body = MmapSlice::new(
-        s.segment.clone(),
-        s.body_offset + start as usize,
-        n as usize,
-    );
-    let (res, head) = send_head_and_body(&mut conn.stream, head, body).await;
+    let at = s.body_offset + start as usize;
+    let (res, head) = if x.sendfile_threshold.is_some_and(|t| n >= t) {
+        send_head_and_file(
+            &mut conn.stream,
+            head,
+            s.segment.clone(),
+            at as u64,
+            n as usize,
+        )
+        .await
+    } else {
+        let body = MmapSlice::new(s.segment.clone(), at, n as usize);
+        send_head_and_body(&mut conn.stream, head, body).await
+    };
     conn.head_buf = head;
     if res.is_ok() {
         x.bytes += n;

@@ -6,7 +6,55 @@
 //! (`shared/PERFORMANCE.md`). [`MmapSlice`] keeps the segment alive (an `Arc`)
 //! for as long as the kernel may read it, even if the segment is evicted
 //! meanwhile (evicted segments are unlinked, never rewritten in place).
+//!
+//! [`send_head_and_file`] is the other hit path: the head with one `send`
+//! (`MSG_MORE`), then `sendfile(2)` from the segment file, no user-space copy
+//! and no mapping touched. Chosen per response by `server.sendfile_threshold`
+//! (off by default; see the measurements below). Invariants of that path:
+//! - `sendfile(2)` is only ever called on a **non-blocking** socket, so a slow
+//!   client can never block the worker thread: sockets accepted under io_uring
+//!   are blocking, so `O_NONBLOCK` is set for the duration of the call and
+//!   restored afterwards (also when the future is dropped), because io_uring
+//!   read/write ops on an `O_NONBLOCK` file complete with `EAGAIN` instead of
+//!   waiting. Under the epoll driver the socket is already non-blocking and is
+//!   left alone.
+//! - `EAGAIN` waits with `TcpStream::writable(false)` (an io_uring poll, or the
+//!   epoll readiness re-checked with `poll(0)` so a stale readiness bit cannot
+//!   spin); `EINTR` retries; short sends continue at the next offset; any other
+//!   error is returned and the caller closes the connection.
+//! - `sendfile(2)` has no `MSG_NOSIGNAL`: a peer reset raises `SIGPIPE`, which
+//!   the Rust runtime ignores in every Rust `main` (so `EPIPE` is returned).
+//!
+//! # Measured (why the default is `off`)
+//! 2-core AMD EPYC VM, kernel 6.18, loopback, shared and noisy (load 5–8 from
+//! other builds); chartcache 2 workers, io_uring, warm cache, all hits;
+//! `chartcache-loadtest` 64 connections, 1 thread, on the same 2 cores;
+//! alternating rounds of 4–5 s, ranges over rounds (commit f560483):
+//!
+//! | bodies | threshold | req/s | p99 | server CPU µs/req |
+//! |---|---|---|---|---|
+//! | 200 charts, 1.8–400 KB, mean 105 KB | off (writev) | 18.2–24.7k | 14–17 ms | 23–27 |
+//! | same | 128KiB | 17.8–23.5k | 13–18 ms | 28–31 |
+//! | same | 0 (always sendfile) | 11.1–18.6k | 16–23 ms | 30–34 |
+//! | 256 KB each | off / 0 | 9.7–13.8k / 11.1–15.8k | 14–29 / 10–14 ms | 41–55 / 46–48 |
+//! | 512 KB each | off / 0 | 5.7–7.4k / 4.2–4.8k | 17–23 / 28–44 ms | 91–96 / 123–147 |
+//! | 1 MB each | off / 0 | 3.0–3.1k / 2.4–2.7k | 26–41 / 49–60 ms | 156–174 / 204–251 |
+//! | 2 MB each | off / 0 | 1.57–1.79k / 1.32–1.42k | 85–132 / 78–115 ms | 383–424 / 209–310 |
+//! | 0.5–4 MB, mean 1.5 MB | off / 0 / 128KiB | 1.15–1.71k / 1.24–1.77k / 1.24–1.34k | 109–148 / 103–156 / 128–264 ms | 293–314 / 166–222 / 180–247 |
+//!
+//! On loopback writev from the mmap wins on req/s at every size (ties at
+//! 256 KB and in the 0.5–4 MB mix, within noise) and costs less server CPU up
+//! to 1 MB. Likely why (not profiled): writev is one io_uring op per response,
+//! retried inside the kernel when the socket buffer fills, where sendfile adds
+//! the head `send`, `fcntl`s and an `EAGAIN` → poll → `sendfile` trip through
+//! user space each time. Only bodies of ~2 MB and more save server CPU with
+//! sendfile (~−40 %), and on loopback the receiver pays it back (client CPU
+//! ~+45 %). With a real 10–100 Gb/s NIC nobody pays back the copy writev
+//! makes, so `--sendfile-threshold 1MiB`–`2MiB` is the setting to try there
+//! for multi-MB charts; measure on that machine before changing the default.
 
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoVecBuf};
@@ -131,4 +179,305 @@ pub async fn send_head_and_body(
     let rest = MmapSlice::new(body.segment, body.start + body_done, body.len - body_done);
     let (res, _) = stream.write_all(rest).await;
     (res.map(|_| ()), head)
+}
+
+/// Largest count passed to one `sendfile(2)` call (the kernel caps it there).
+const MAX_SENDFILE: usize = 0x7fff_f000;
+
+/// Sets `O_NONBLOCK` on a socket and puts the old flags back when dropped.
+struct NonBlocking {
+    fd: RawFd,
+    /// The flags to restore, when this guard changed them.
+    restore: Option<libc::c_int>,
+}
+
+impl NonBlocking {
+    fn set(fd: RawFd) -> io::Result<NonBlocking> {
+        // SAFETY: plain syscall on a descriptor the caller keeps open; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if flags & libc::O_NONBLOCK != 0 {
+            return Ok(NonBlocking { fd, restore: None });
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NonBlocking {
+            fd,
+            restore: Some(flags),
+        })
+    }
+}
+
+impl Drop for NonBlocking {
+    fn drop(&mut self) {
+        if let Some(flags) = self.restore {
+            // SAFETY: plain syscall; the socket outlives this guard (the guard
+            // lives inside a future that borrows the stream).
+            unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags) };
+        }
+    }
+}
+
+/// Runs a non-blocking socket syscall until it makes progress: retries on
+/// `EINTR`, waits for writability on `EAGAIN`. `op` returns the syscall's result.
+async fn until_progress(
+    stream: &TcpStream,
+    mut op: impl FnMut() -> libc::ssize_t,
+) -> io::Result<usize> {
+    loop {
+        let n = op();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => stream.writable(false).await?,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Writes `head`, then `len` bytes of `segment`'s file from `offset` with
+/// `sendfile(2)`: the body never enters user space. Returns the head buffer for
+/// reuse. On error the connection must be closed (part of the response may
+/// have been sent).
+pub async fn send_head_and_file(
+    stream: &mut TcpStream,
+    head: Vec<u8>,
+    segment: Arc<Segment>,
+    offset: u64,
+    len: usize,
+) -> (io::Result<()>, Vec<u8>) {
+    let res = head_and_file(stream, &head, &segment, offset, len).await;
+    (res, head)
+}
+
+async fn head_and_file(
+    stream: &TcpStream,
+    head: &[u8],
+    segment: &Segment,
+    offset: u64,
+    len: usize,
+) -> io::Result<()> {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > segment.len())
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "sendfile range outside the segment",
+        ));
+    }
+    let sock = stream.as_raw_fd();
+    let file = segment.as_raw_fd();
+    let _nonblocking = NonBlocking::set(sock)?;
+
+    // The head: MSG_MORE lets the kernel put it in the same segment as the
+    // first body bytes (the socket has TCP_NODELAY). Not with an empty body:
+    // nothing would follow to push it out.
+    let more = if len > 0 { libc::MSG_MORE } else { 0 };
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | more;
+    let mut sent = 0;
+    while sent < head.len() {
+        let rest = &head[sent..];
+        let n = until_progress(stream, || {
+            // SAFETY: `rest` is a live borrowed slice; the kernel reads at most
+            // `rest.len()` bytes from it during the call and keeps no pointer.
+            unsafe { libc::send(sock, rest.as_ptr().cast(), rest.len(), flags) }
+        })
+        .await?;
+        sent += n;
+    }
+
+    let mut sent = 0usize;
+    while sent < len {
+        let want = (len - sent).min(MAX_SENDFILE);
+        let at = libc::off_t::try_from(offset + sent as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let n = until_progress(stream, || {
+            let mut off = at;
+            // SAFETY: both descriptors are open for the whole call (the stream
+            // is borrowed, the segment's file is held by `segment`); `off` is a
+            // local the kernel writes the new offset to and does not keep.
+            unsafe { libc::sendfile(sock, file, &mut off, want) }
+        })
+        .await?;
+        if n == 0 {
+            // Only at end of file, which the range check above rules out.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "segment file ended before the body",
+            ));
+        }
+        sent += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cache::segment::SegmentId;
+
+    fn nonblocking(fd: RawFd) -> bool {
+        // SAFETY: plain syscall on an open descriptor.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert!(flags >= 0);
+        flags & libc::O_NONBLOCK != 0
+    }
+
+    /// A segment holding a 1 MiB pseudo-random body at `OFFSET`.
+    const OFFSET: u64 = 4096 + 7;
+    const BODY: usize = 1 << 20;
+
+    fn segment(dir: &std::path::Path) -> (Arc<Segment>, Vec<u8>) {
+        let seg = Segment::create(dir, SegmentId(1), 4 << 20).unwrap();
+        let body: Vec<u8> = (0..BODY as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        seg.write_at(OFFSET, &body).unwrap();
+        (Arc::new(seg), body)
+    }
+
+    /// Serves one `send_head_and_file` to a client that waits before reading,
+    /// with tiny socket buffers so sends are partial and hit EAGAIN. Returns the
+    /// bytes received and whether the server socket was non-blocking
+    /// before and after the call.
+    async fn serve_once(seg: Arc<Segment>, start: u64, len: usize) -> (Vec<u8>, bool, bool) {
+        let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let mut out = Vec::new();
+            c.read_to_end(&mut out).unwrap();
+            out
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        small_send_buffer(&stream);
+        let before = nonblocking(stream.as_raw_fd());
+        let head = b"HEAD\r\n".to_vec();
+        let (res, head) = send_head_and_file(&mut stream, head, seg, start, len).await;
+        res.unwrap();
+        assert_eq!(head, b"HEAD\r\n", "head buffer handed back");
+        let after = nonblocking(stream.as_raw_fd());
+        // Under io_uring a dropped stream is closed by a queued op, which would
+        // wait behind the blocking join below: end the response explicitly.
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        (reader.join().unwrap(), before, after)
+    }
+
+    /// A 4 KiB send buffer (the kernel doubles it): sends of a large body are
+    /// partial and hit EAGAIN whenever the client is not reading.
+    fn small_send_buffer(stream: &TcpStream) {
+        // SAFETY: the stream is open for this borrow's lifetime.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        socket2::SockRef::from(&fd)
+            .set_send_buffer_size(4096)
+            .unwrap();
+    }
+
+    fn check(out: &[u8], body: &[u8]) {
+        assert_eq!(&out[..6], b"HEAD\r\n");
+        assert!(out[6..] == *body, "body differs ({} bytes)", out.len() - 6);
+    }
+
+    #[test]
+    fn sendfile_under_io_uring_restores_blocking_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, body) = segment(dir.path());
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (out, before, after) = rt.block_on(serve_once(seg.clone(), OFFSET, BODY));
+        assert!(!before, "io_uring accepts blocking sockets");
+        assert!(!after, "O_NONBLOCK must be cleared again for io_uring ops");
+        check(&out, &body);
+        // A sub-range, and an empty body (head only).
+        let (out, _, _) = rt.block_on(serve_once(seg.clone(), OFFSET + 1000, 5000));
+        check(&out, &body[1000..6000]);
+        let (out, _, _) = rt.block_on(serve_once(seg, OFFSET, 0));
+        assert_eq!(out, b"HEAD\r\n");
+    }
+
+    #[test]
+    fn sendfile_under_epoll_keeps_nonblocking_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, body) = segment(dir.path());
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (out, before, after) = rt.block_on(serve_once(seg, OFFSET, BODY));
+        assert!(before && after, "epoll sockets stay non-blocking");
+        check(&out, &body);
+    }
+
+    #[test]
+    fn range_outside_the_segment_is_an_error_before_any_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, _) = segment(dir.path());
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                let mut out = Vec::new();
+                let _ = c.read_to_end(&mut out);
+                out
+            });
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let len = seg.len();
+            let (res, _) = send_head_and_file(&mut stream, b"X".to_vec(), seg, len - 10, 11).await;
+            assert_eq!(res.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            stream.shutdown().await.unwrap();
+            drop(stream);
+            assert!(client.join().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn dropping_the_send_restores_blocking_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, _) = segment(dir.path());
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+            // A client that never reads until told to stop.
+            let client = std::thread::spawn(move || {
+                let c = std::net::TcpStream::connect(addr).unwrap();
+                let _ = stop_rx.recv_timeout(Duration::from_secs(10));
+                drop(c);
+            });
+            let (mut stream, _) = listener.accept().await.unwrap();
+            small_send_buffer(&stream);
+            let send = send_head_and_file(&mut stream, b"H".to_vec(), seg, OFFSET, BODY);
+            let timed_out = monoio::time::timeout(Duration::from_millis(200), send).await;
+            assert!(timed_out.is_err(), "a non-reading client cannot take 1 MiB");
+            assert!(!nonblocking(stream.as_raw_fd()), "guard restored the flags");
+            stop_tx.send(()).unwrap();
+            drop(stream);
+            client.join().unwrap();
+        });
+    }
 }
