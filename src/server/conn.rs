@@ -116,16 +116,14 @@ async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
         let len = buf.len();
         buf.reserve(4096);
         let read = conn.stream.read(buf.slice_mut(len..));
-        let outcome = if idle {
-            monoio::select! {
-                r = monoio::time::timeout(remaining, read) => Some(r),
-                _ = shutdown.changed() => None,
-            }
-        } else {
-            Some(monoio::time::timeout(remaining, read).await)
+        // At shutdown, a connection waiting for (the rest of) a request head
+        // has nothing in flight: close it rather than hold shutdown up.
+        let outcome = monoio::select! {
+            r = monoio::time::timeout(remaining, read) => Some(r),
+            _ = shutdown.changed() => None,
         };
         match outcome {
-            None => return, // shutdown while idle
+            None => return, // shutdown while waiting for a request
             Some(Err(_elapsed)) => {
                 if !idle {
                     reject(w, conn, 408, "request head not received in time").await;

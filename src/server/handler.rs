@@ -109,7 +109,8 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
     let result = match (&key, req.method) {
         (_, Method::Other) => {
             x.status = 405;
-            x.keep_alive &= !x.http10;
+            // CONNECT expects a tunnel, never a protocol switch: close.
+            x.keep_alive &= !x.http10 && !req.method_name.eq_ignore_ascii_case("CONNECT");
             let mut head = std::mem::take(&mut conn.head_buf);
             head.clear();
             let msg = b"method not allowed: chartcache serves GET and HEAD\n";
