@@ -17,7 +17,7 @@
 set -euo pipefail
 
 CHARTS=200 ROUNDS=2 DURATION=8 WARMUP=2 CONNECTIONS=64 THREADS=1
-SERVERS="chartcache,nginx-cache,varnish,nginx-static"
+SERVERS="chartcache,chartcache-fresh1s,nginx-cache,varnish,nginx-static"
 WORKLOADS="charts,ci-mix"
 WITH_WRK=0 KEEP=0 PROFILE=release RATE=
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
@@ -69,7 +69,7 @@ BIN="$REPO/target/$PROFILE"
 log "building chartcache-loadtest and the S3 server ($PROFILE)"
 cargo build -q "${cargo_flags[@]}" --bin chartcache-loadtest --example s3_server
 CHARTCACHE_BUILT=0
-if has chartcache; then
+if has chartcache || has chartcache-fresh1s; then
   if cargo build -q "${cargo_flags[@]}" --bin chartcache 2>/dev/null; then CHARTCACHE_BUILT=1
   else echo "note: chartcache does not build here; skipping it" >&2; fi
 fi
@@ -108,7 +108,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
-read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT <<<"$(free_ports 7)"
+read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN <<<"$(free_ports 9)"
 
 # Waits until URL answers 200 or the process PID dies (10 s at most).
 wait_ready() {
@@ -156,6 +156,37 @@ if has chartcache && [ "$CHARTCACHE_BUILT" = 1 ]; then
   else
     echo "note: chartcache did not come up on 127.0.0.1:$CC_PORT; skipping it. Its log:" >&2
     tail -n 20 "$TMP/chartcache.log" >&2 || true
+  fi
+fi
+
+# The same chartcache with index.yaml allowed to be 1 s old (`fresh_for`): what nginx and
+# Varnish do when they cache the index; the default (revalidate every request) is stricter.
+if has chartcache-fresh1s && [ "$CHARTCACHE_BUILT" = 1 ]; then
+  mkdir -p "$TMP/ccf"
+  cat >"$TMP/ccf/chartcache.toml" <<EOF
+[[rules]]
+match = { exact = "/index.yaml" }
+action = "revalidate"
+fresh_for = "1s"
+[[rules]]
+match = { regex = ".*-dev-.*" }
+action = "bypass"
+[[rules]]
+match = { prefix = "/" }
+action = "cache"
+ttl = "86400s"
+headers = { "Cache-Control" = "max-age=86400" }
+EOF
+  AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$BIN/chartcache" --config "$TMP/ccf/chartcache.toml" \
+    --upstream s3://charts --s3-endpoint "http://127.0.0.1:$S3S_PORT" --region us-east-1 \
+    --listen "127.0.0.1:$CCF_PORT" --admin "127.0.0.1:$CCF_ADMIN" --cache-dir "$TMP/ccf/cache" \
+    --workers 2 >"$TMP/chartcache-fresh1s.log" 2>&1 &
+  pid=$!; PIDS+=($pid)
+  if wait_ready "http://127.0.0.1:$CCF_PORT/index.yaml" "$pid"; then
+    URL[chartcache-fresh1s]="http://127.0.0.1:$CCF_PORT"; PID[chartcache-fresh1s]=$pid
+    METRICS[chartcache-fresh1s]="http://127.0.0.1:$S3S_PORT/__stats"; ACTIVE+=(chartcache-fresh1s)
+  else
+    echo "note: chartcache-fresh1s did not come up; skipping it" >&2
   fi
 fi
 

@@ -388,6 +388,7 @@ async fn worker_main(ctx: WorkerStart) {
         draining: std::cell::Cell::new(false),
         connections: std::cell::Cell::new(0),
         shutdown: ctx.shutdown.clone(),
+        stop: Default::default(),
     });
     monoio::spawn(job_loop(w.clone(), ctx.jobs));
     monoio::spawn(housekeeping(w.clone()));
@@ -398,6 +399,7 @@ async fn worker_main(ctx: WorkerStart) {
     accept_loop(&w, &listener, ctx.shutdown).await;
     drop(listener);
     w.draining.set(true);
+    w.stop.fire();
     let _ = &ctx.draining;
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while w.connections.get() > 0 && Instant::now() < deadline {

@@ -51,7 +51,6 @@ async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
     let max_buf = limits.max_request_line + limits.max_header_bytes + 1024;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut head_started: Option<Instant> = None;
-    let mut shutdown = w.shutdown.clone();
     loop {
         if !buf.is_empty() {
             match parse_request(&buf, limits) {
@@ -120,7 +119,7 @@ async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
         // has nothing in flight: close it rather than hold shutdown up.
         let outcome = monoio::select! {
             r = monoio::time::timeout(remaining, read) => Some(r),
-            _ = shutdown.changed() => None,
+            _ = w.stop.fired() => None,
         };
         match outcome {
             None => return, // shutdown while waiting for a request

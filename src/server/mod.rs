@@ -39,8 +39,81 @@ pub struct Worker {
     pub draining: Cell<bool>,
     /// Open client connections on this worker.
     pub connections: Cell<usize>,
-    /// Wakes idle connections and the accept loop at shutdown.
+    /// The process-wide shutdown signal (the accept loop watches it).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// This worker's copy of it for connections: thread-local, so the read
+    /// path never touches a lock or an atomic shared with other workers.
+    pub stop: LocalSignal,
+}
+
+/// A one-shot, thread-local signal: `fire()` once, `fired().await` anywhere
+/// on the same thread. Registration is a slab insert, without atomics.
+#[derive(Default)]
+pub struct LocalSignal {
+    fired: Cell<bool>,
+    waiters: RefCell<slab::Slab<std::task::Waker>>,
+}
+
+impl LocalSignal {
+    pub fn fire(&self) {
+        self.fired.set(true);
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters.into_iter().map(|(_, w)| w) {
+            w.wake();
+        }
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Resolves once [`fire`](Self::fire) was called.
+    pub fn fired(&self) -> Fired<'_> {
+        Fired {
+            signal: self,
+            slot: None,
+        }
+    }
+}
+
+/// The future of [`LocalSignal::fired`].
+pub struct Fired<'a> {
+    signal: &'a LocalSignal,
+    slot: Option<usize>,
+}
+
+impl std::future::Future for Fired<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.signal.fired.get() {
+            return std::task::Poll::Ready(());
+        }
+        let mut waiters = self.signal.waiters.borrow_mut();
+        match self.slot {
+            Some(i) if waiters.contains(i) => waiters[i] = cx.waker().clone(),
+            _ => {
+                let i = waiters.insert(cx.waker().clone());
+                drop(waiters);
+                self.slot = Some(i);
+            }
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Fired<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            let mut waiters = self.signal.waiters.borrow_mut();
+            if waiters.contains(i) {
+                waiters.remove(i);
+            }
+        }
+    }
 }
 
 impl Worker {
