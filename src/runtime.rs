@@ -483,7 +483,6 @@ async fn job_loop(w: WorkerRef, mut jobs: mpsc::UnboundedReceiver<ShardJob>) {
 async fn housekeeping(w: WorkerRef) {
     let mut last_checkpoint = Instant::now();
     loop {
-        monoio::time::sleep(Duration::from_millis(200)).await;
         w.access_log.flush();
         let stats = w.store.borrow().stats();
         w.metrics
@@ -501,5 +500,6 @@ async fn housekeeping(w: WorkerRef) {
                 tracing::warn!(worker = w.id, error = %e, "index checkpoint failed");
             }
         }
+        monoio::time::sleep(Duration::from_millis(200)).await;
     }
 }
