@@ -123,6 +123,10 @@ pub struct Cli {
     #[arg(long, env = "CHARTCACHE_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<String>,
 
+    /// How old a cached copy may be and still be served as STALE while upstream fails [default: 7d].
+    #[arg(long, env = "CHARTCACHE_MAX_STALE", value_name = "DURATION")]
+    pub max_stale: Option<String>,
+
     /// How long an upstream 404 is remembered (0 disables; never for revalidated paths) [default: 5s].
     #[arg(long, env = "CHARTCACHE_NEGATIVE_TTL", value_name = "DURATION")]
     pub negative_ttl: Option<String>,
@@ -193,6 +197,7 @@ struct FileConfig {
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
     negative_ttl: Option<String>,
+    max_stale: Option<String>,
     connect_timeout: Option<String>,
     upstream_timeout: Option<String>,
     tls_roots: Option<String>,
@@ -267,6 +272,9 @@ pub struct CacheConfig {
     pub size: u64,
     /// How long an upstream 404 is remembered.
     pub negative_ttl: Duration,
+    /// How old a stored copy may be and still be served (`STALE`) while
+    /// upstream fails.
+    pub max_stale: Duration,
 }
 
 /// Admin listener settings.
@@ -509,6 +517,11 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
         cli.negative_ttl.or(file.negative_ttl),
         Duration::from_secs(5),
     );
+    let max_stale = dur(
+        "max_stale",
+        cli.max_stale.or(file.max_stale),
+        Duration::from_secs(7 * 86_400),
+    );
     let retry_deadline = dur(
         "retry_deadline",
         cli.retry_deadline.or(file.retry_deadline),
@@ -614,6 +627,7 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
             dir: cache_dir,
             size,
             negative_ttl,
+            max_stale,
         },
         policy,
         workers,

@@ -239,3 +239,46 @@ fn du(dir: &std::path::Path) -> u64 {
     }
     total
 }
+
+#[test]
+fn yank_runbook_purge_then_404() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object(BUCKET, "app-1.2.3.tgz", b"a version about to be yanked");
+    let p = s3_proxy(&s3);
+    assert_eq!(p.get("/app-1.2.3.tgz").x_cache(), "MISS");
+    assert_eq!(p.get("/app-1.2.3.tgz").x_cache(), "HIT");
+    // `helm s3 delete` removes the object; the cached copy would live a day.
+    std::fs::remove_file(s3.root.join(BUCKET).join("app-1.2.3.tgz")).unwrap();
+    assert_eq!(
+        p.get("/app-1.2.3.tgz").status,
+        200,
+        "still cached before the purge"
+    );
+    let r = common::proxy::request(p.admin, "DELETE", "/cache/app-1.2.3.tgz", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(p.get("/app-1.2.3.tgz").status, 404);
+}
+
+#[test]
+fn a_retried_upstream_fetch_fills_once() {
+    let mut ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"r\"\r\n\r\n".to_vec();
+    ok.extend_from_slice(b"hello");
+    let upstream = common::spawn_raw_http(vec![
+        b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ok,
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Proxy::start_in(
+        test_cli(&upstream.endpoint, &tmp.path().join("cache")),
+        Some(tmp),
+    );
+    let r = p.get("/r-1.0.0.tgz");
+    assert_eq!(
+        (r.status, r.x_cache(), r.body.as_slice()),
+        (200, "MISS", &b"hello"[..])
+    );
+    assert_eq!(p.get("/r-1.0.0.tgz").x_cache(), "HIT");
+    assert_eq!(upstream.requests().len(), 2, "one retry inside one fill");
+    let m = p.metrics();
+    assert!(m.contains("chartcache_upstream_requests_total{outcome=\"200\"} 1"), "{m}");
+}

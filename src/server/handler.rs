@@ -39,9 +39,6 @@ use crate::policy::{Action, Rule};
 use crate::server::send::{send_all, send_head_and_body, send_head_and_file, MmapSlice};
 use crate::server::Worker;
 
-/// How long a stale copy may be served while upstream is failing.
-const MAX_STALE: Duration = Duration::from_secs(7 * 86_400);
-
 /// A client connection as the handler sees it.
 pub struct Conn {
     pub stream: TcpStream,
@@ -250,7 +247,17 @@ async fn cached(
                         message: "timed out waiting for upstream".into(),
                         upstream_status: None,
                     };
-                    return failed(conn, req, key, rule, existing.as_ref(), &error, x).await;
+                    return failed(
+                        conn,
+                        req,
+                        key,
+                        rule,
+                        existing.as_ref(),
+                        &error,
+                        w.cfg.cache.max_stale,
+                        x,
+                    )
+                    .await;
                 }
             },
             FillState::Streaming { view, .. } | FillState::Done { view } => {
@@ -288,13 +295,24 @@ async fn cached(
             }
             FillState::Failed { error, .. } => {
                 x.upstream_status = error.upstream_status;
-                return failed(conn, req, key, rule, existing.as_ref(), &error, x).await;
+                return failed(
+                    conn,
+                    req,
+                    key,
+                    rule,
+                    existing.as_ref(),
+                    &error,
+                    w.cfg.cache.max_stale,
+                    x,
+                )
+                .await;
             }
         }
     }
 }
 
 /// Upstream failed: serve the stored copy as STALE if allowed, else the error.
+#[allow(clippy::too_many_arguments)]
 async fn failed(
     conn: &mut Conn,
     req: &RequestHead,
@@ -302,12 +320,13 @@ async fn failed(
     rule: &Rule,
     existing: Option<&Hit>,
     error: &FillError,
+    max_stale: Duration,
     x: &mut Exchange,
 ) -> std::io::Result<()> {
     let server_side = error.upstream_status.is_none_or(|s| s >= 500);
     if let Some(hit) = existing.filter(|_| server_side) {
         let age = unix_now().saturating_sub(hit.meta.stored_at);
-        if age <= MAX_STALE.as_secs() {
+        if age <= max_stale.as_secs() {
             x.cache = CacheResult::Stale;
             return serve_stored(conn, req, key, rule, &Stored::from(hit), x).await;
         }
