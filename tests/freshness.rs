@@ -280,5 +280,8 @@ fn a_retried_upstream_fetch_fills_once() {
     assert_eq!(p.get("/r-1.0.0.tgz").x_cache(), "HIT");
     assert_eq!(upstream.requests().len(), 2, "one retry inside one fill");
     let m = p.metrics();
-    assert!(m.contains("chartcache_upstream_requests_total{outcome=\"200\"} 1"), "{m}");
+    assert!(
+        m.contains("chartcache_upstream_requests_total{outcome=\"200\"} 1"),
+        "{m}"
+    );
 }
