@@ -1,8 +1,9 @@
 //! Criterion bench of the CPU work chartcache does per cache hit, minus the
 //! kernel: parse the request head, derive the key, match the route policy,
-//! look the key up, check the record, render the response head, and write
-//! the access-log line. (The kernel's share — one read, one writev — is what
-//! `loadtest/` measures against nginx.)
+//! look the key up, check the record, render the response head, count it.
+//! The access log is off here (it would write to the bench's stdout). The
+//! kernel's share — one read, one writev — is what `loadtest/` measures
+//! against nginx.
 //!
 //! Group: `hit_path/cpu`, plus each step on its own (`hit_path/parse`,
 //! `hit_path/key_and_policy`, `hit_path/lookup_verify`, `hit_path/render`,
