@@ -144,32 +144,9 @@ async fn serve_s3(
     }
 }
 
-/// S3 answers `If-None-Match: <current ETag>` with 304; s3s-fs does not, so the
-/// fixture does it after the real (signature-checked) GET/HEAD.
-fn not_modified_if_matching(
-    resp: http::Response<s3s::Body>,
-    if_none_match: Option<String>,
-) -> http::Response<s3s::Body> {
-    let (Some(inm), true) = (if_none_match, resp.status() == http::StatusCode::OK) else {
-        return resp;
-    };
-    let Some(etag) = resp.headers().get(http::header::ETAG).cloned() else {
-        return resp;
-    };
-    let matches = inm
-        .split(',')
-        .any(|t| t.trim() == "*" || t.trim().as_bytes() == etag.as_bytes());
-    if !matches {
-        return resp;
-    }
-    let mut out = http::Response::builder().status(http::StatusCode::NOT_MODIFIED);
-    for name in [http::header::ETAG, http::header::LAST_MODIFIED] {
-        if let Some(v) = resp.headers().get(&name) {
-            out = out.header(name, v.clone());
-        }
-    }
-    out.body(s3s::Body::empty()).unwrap()
-}
+#[path = "../../examples/support/s3_conditional.rs"]
+mod s3_conditional;
+use s3_conditional::not_modified_if_matching;
 
 impl S3Server {
     /// Write an object straight into the backing directory.
