@@ -349,23 +349,37 @@ async fn stream_fill(
     x: &mut Exchange,
 ) -> std::io::Result<()> {
     let meta = &view.meta;
-    if not_modified(
+    let wait = w.cfg.origin.request_timeout + Duration::from_secs(1);
+    let head_only = if not_modified(
         req.if_none_match.as_deref(),
         req.if_modified_since.as_deref(),
         meta.etag.as_deref(),
         meta.last_modified.as_deref(),
     ) {
-        return send_object_head(conn, key, rule, meta, 304, None, None, x).await;
-    }
-    send_object_head(conn, key, rule, meta, 200, Some(view.body_len), None, x).await?;
-    if req.method == Method::Head {
+        send_object_head(conn, key, rule, meta, 304, None, None, x).await?;
+        true
+    } else {
+        send_object_head(conn, key, rule, meta, 200, Some(view.body_len), None, x).await?;
+        req.method == Method::Head
+    };
+    if head_only {
+        // Same rule as for bodies: this exchange ends once the fill is final,
+        // so the client's next request finds the committed entry.
+        while !rx.borrow_and_update().is_final() {
+            if !matches!(monoio::time::timeout(wait, rx.changed()).await, Ok(Ok(()))) {
+                break;
+            }
+        }
         return Ok(());
     }
     let mut sent = 0u64;
-    let wait = w.cfg.origin.request_timeout + Duration::from_secs(1);
     loop {
+        // The last byte is held back until the record is committed, so a
+        // client that saw this response complete and asks again finds the
+        // entry (a HIT, with Range and conditionals), never a fill that is
+        // still finishing.
         let available = match &*rx.borrow_and_update() {
-            FillState::Streaming { written, .. } => *written,
+            FillState::Streaming { written, .. } => (*written).min(view.body_len.saturating_sub(1)),
             FillState::Done { .. } => view.body_len,
             _ => {
                 // Failed mid-body (or abandoned): the client must see a broken
