@@ -237,29 +237,25 @@ async fn cached(
     let mut rx = inflight.subscribe();
     let wait = w.cfg.origin.connect_timeout + w.cfg.origin.request_timeout + Duration::from_secs(1);
     loop {
-        let state = rx.borrow_and_update().clone();
-        match state {
+        let current = rx.borrow_and_update().clone();
+        let state = match current {
             FillState::Pending => match monoio::time::timeout(wait, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => {
-                    let error = FillError {
+                // No answer in time is an upstream failure like any other
+                // (stale-if-error applies).
+                _ => FillState::Failed {
+                    error: FillError {
                         status: 504,
                         message: "timed out waiting for upstream".into(),
                         upstream_status: None,
-                    };
-                    return failed(
-                        conn,
-                        req,
-                        key,
-                        rule,
-                        existing.as_ref(),
-                        &error,
-                        w.cfg.cache.max_stale,
-                        x,
-                    )
-                    .await;
-                }
+                    },
+                    mid_body: false,
+                },
             },
+            other => other,
+        };
+        match state {
+            FillState::Pending => continue,
             FillState::Streaming { view, .. } | FillState::Done { view } => {
                 x.cache = CacheResult::Miss;
                 x.upstream_status = Some(200);
