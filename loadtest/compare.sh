@@ -8,7 +8,9 @@
 # 1. generates N random-content chart .tgz (1.8-400 KB, mean ~105 KB) + index.yaml in a temp dir,
 # 2. starts two S3 servers (examples/s3_server.rs) on that dir: one requiring SigV4 (for
 #    chartcache), one anonymous (for nginx and Varnish, which cannot sign),
-# 3. starts chartcache, nginx proxy_cache, Varnish and nginx static (the ceiling) on 127.0.0.1,
+# 3. starts chartcache, nginx proxy_cache, Varnish, nginx static and `chartcache-loadtest floor`
+#    (a bare in-memory responder: the practical ceiling) on 127.0.0.1 (`--servers` may add
+#    chartcache-sendfile: chartcache with `--sendfile-threshold 0`),
 # 4. warms each server with one pass over every path,
 # 5. runs each workload against each server, alternating servers, R rounds of D seconds, with
 #    chartcache-loadtest (server CPU from /proc, peak RSS, upstream requests from the S3 stats),
@@ -17,7 +19,7 @@
 set -euo pipefail
 
 CHARTS=200 ROUNDS=2 DURATION=8 WARMUP=2 CONNECTIONS=64 THREADS=1
-SERVERS="chartcache,chartcache-fresh1s,nginx-cache,varnish,nginx-static"
+SERVERS="chartcache,chartcache-fresh1s,nginx-cache,varnish,nginx-static,floor"
 WORKLOADS="charts,ci-mix"
 WITH_WRK=0 KEEP=0 PROFILE=release RATE=
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
@@ -69,7 +71,7 @@ BIN="$REPO/target/$PROFILE"
 log "building chartcache-loadtest and the S3 server ($PROFILE)"
 cargo build -q "${cargo_flags[@]}" --bin chartcache-loadtest --example s3_server
 CHARTCACHE_BUILT=0
-if has chartcache || has chartcache-fresh1s; then
+if has chartcache || has chartcache-fresh1s || has chartcache-sendfile; then
   if cargo build -q "${cargo_flags[@]}" --bin chartcache 2>/dev/null; then CHARTCACHE_BUILT=1
   else echo "note: chartcache does not build here; skipping it" >&2; fi
 fi
@@ -108,7 +110,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
-read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN <<<"$(free_ports 9)"
+read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN FLOOR_PORT CCS_PORT CCS_ADMIN <<<"$(free_ports 12)"
 
 # Waits until URL answers 200 or the process PID dies (10 s at most).
 wait_ready() {
@@ -156,6 +158,22 @@ if has chartcache && [ "$CHARTCACHE_BUILT" = 1 ]; then
   else
     echo "note: chartcache did not come up on 127.0.0.1:$CC_PORT; skipping it. Its log:" >&2
     tail -n 20 "$TMP/chartcache.log" >&2 || true
+  fi
+fi
+
+# The same chartcache sending every cached body with sendfile(2) instead of writev from mmap.
+if has chartcache-sendfile && [ "$CHARTCACHE_BUILT" = 1 ]; then
+  mkdir -p "$TMP/ccs"
+  AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$BIN/chartcache" \
+    --upstream s3://charts --s3-endpoint "http://127.0.0.1:$S3S_PORT" --region us-east-1 \
+    --listen "127.0.0.1:$CCS_PORT" --admin "127.0.0.1:$CCS_ADMIN" --cache-dir "$TMP/ccs" \
+    --workers 2 --sendfile-threshold 0 >"$TMP/chartcache-sendfile.log" 2>&1 &
+  pid=$!; PIDS+=($pid)
+  if wait_ready "http://127.0.0.1:$CCS_PORT/index.yaml" "$pid"; then
+    URL[chartcache-sendfile]="http://127.0.0.1:$CCS_PORT"; PID[chartcache-sendfile]=$pid
+    METRICS[chartcache-sendfile]="http://127.0.0.1:$S3S_PORT/__stats"; ACTIVE+=(chartcache-sendfile)
+  else
+    echo "note: chartcache-sendfile did not come up; skipping it" >&2
   fi
 fi
 
@@ -279,6 +297,17 @@ EOF
   if wait_ready "http://127.0.0.1:$NGS_PORT/index.yaml" "$pid"; then
     URL[nginx-static]="http://127.0.0.1:$NGS_PORT"; PID[nginx-static]=$pid; ACTIVE+=(nginx-static)
   else echo "note: nginx static did not start; skipping it" >&2; cat "$d/error.log" >&2 || true; fi
+fi
+
+# The bare responder: files in memory, one io_uring send per response, no cache logic — the
+# practical floor on this machine (what chartcache's per-hit work is measured against).
+if has floor; then
+  "$LOADTEST" floor --root "$DOCROOT" --listen "127.0.0.1:$FLOOR_PORT" --workers 2 \
+    >"$TMP/floor.log" 2>&1 &
+  pid=$!; PIDS+=($pid)
+  if wait_ready "http://127.0.0.1:$FLOOR_PORT/index.yaml" "$pid"; then
+    URL[floor]="http://127.0.0.1:$FLOOR_PORT"; PID[floor]=$pid; ACTIVE+=(floor)
+  else echo "note: the floor responder did not start; skipping it" >&2; cat "$TMP/floor.log" >&2 || true; fi
 fi
 
 [ ${#ACTIVE[@]} -gt 0 ] || { echo "no server came up" >&2; exit 1; }

@@ -20,6 +20,7 @@
 
 mod client;
 mod fetch;
+mod floor;
 mod procfs;
 mod report;
 mod workload;
@@ -54,6 +55,9 @@ struct Cli {
 enum Command {
     /// Combine JSON reports of many runs into one comparison table and SVG plots.
     Summarize(SummarizeArgs),
+    /// Serve a directory as a bare responder (files in memory, one send per response, no
+    /// cache logic): the floor a caching proxy is compared with.
+    Floor(floor::FloorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +169,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Summarize(a)) => summarize(a),
+        Some(Command::Floor(a)) => floor::run(a),
         None => run(cli.run),
     };
     if let Err(e) = result {
