@@ -1,8 +1,8 @@
 //! Criterion bench of the CPU work chartcache does per cache hit, minus the
 //! kernel: parse the request head, derive the key, match the route policy,
 //! look the key up, check the record, render the response head, count it.
-//! The access log is off here (it would write to the bench's stdout). The
-//! kernel's share — one read, one writev — is what `loadtest/` measures
+//! The access-log line is formatted for real and handed to a writer thread
+//! that discards it (`io::sink`, not the bench's stdout). The kernel's share — one read, one writev — is what `loadtest/` measures
 //! against nginx.
 //!
 //! Group: `hit_path/cpu`, plus each step on its own (`hit_path/parse`,
@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use chartcache::access_log::{AccessLog, Entry};
+use chartcache::access_log::{AccessLog, Entry, Writer};
 use chartcache::cache::store::{ObjectMeta, ShardStore, StoreConfig};
 use chartcache::config::LogFormat;
 use chartcache::http1::path::object_key;
@@ -49,7 +49,8 @@ fn bench(c: &mut Criterion) {
     let policy = Policy::envoy_default();
     let limits = Limits::default();
     let metrics = Metrics::new(1).worker(0);
-    let log = AccessLog::new(false, LogFormat::Json, 0);
+    let writer = Writer::start(std::io::sink()).expect("log writer");
+    let log = AccessLog::new(Some(writer.sink()), LogFormat::Json, 0, metrics.clone());
     let mut head = Vec::with_capacity(512);
 
     let mut g = c.benchmark_group("hit_path");

@@ -1,21 +1,36 @@
 //! The access log: one structured line per request on stdout (Envoy's access
 //! log with the `RFCF` response-flags equivalent is the `cache` field).
 //!
-//! Each worker owns an [`AccessLog`] that appends lines to a private buffer and
-//! writes it to stdout in one `write` when it passes 32 KiB or on the worker's
-//! periodic flush (every 200 ms) — a hit never waits on the stdout lock. Lines
-//! are whole: the buffer is only ever flushed at line boundaries.
+//! Each worker owns an [`AccessLog`] that appends lines to a private buffer.
+//! When the buffer passes 32 KiB, or on the worker's periodic flush (every
+//! 200 ms), the whole buffer is handed to the [`Writer`] thread, which owns
+//! stdout — a worker never makes the `write` itself, so a slow or stalled
+//! stdout (a full container log pipe) never stalls serving. Invariants:
+//! - Lines are whole: a buffer is only ever handed over at line boundaries,
+//!   and the writer writes each buffer with one `write_all`.
+//! - The hand-over queue is bounded ([`QUEUE_BUFFERS`] buffers, ~4 MiB): when
+//!   stdout cannot keep up, whole buffers are dropped and their lines counted
+//!   in `chartcache_access_log_dropped_lines_total`, rather than growing
+//!   memory or blocking a worker.
+//! - [`Writer::finish`] (at shutdown, after the workers' last flush) writes
+//!   everything still queued before it returns.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::LogFormat;
 use crate::http1::render::push_u64;
-use crate::metrics::CacheResult;
+use crate::metrics::{CacheResult, WorkerMetrics};
 
 /// Flush threshold for the per-worker buffer.
 const FLUSH_AT: usize = 32 * 1024;
+/// Buffers that may wait for the writer thread before new ones are dropped.
+pub const QUEUE_BUFFERS: usize = 128;
 
 /// One request, as logged.
 #[derive(Debug, Clone)]
@@ -33,62 +48,150 @@ pub struct Entry<'a> {
     pub user_agent: Option<&'a str>,
 }
 
-/// A worker's access-log buffer.
-pub struct AccessLog {
-    enabled: bool,
-    format: LogFormat,
-    worker: usize,
-    buf: RefCell<Vec<u8>>,
+enum Msg {
+    Lines(Vec<u8>),
+    Close,
 }
 
-impl AccessLog {
-    pub fn new(enabled: bool, format: LogFormat, worker: usize) -> AccessLog {
-        AccessLog {
-            enabled,
-            format,
-            worker,
-            buf: RefCell::new(Vec::with_capacity(FLUSH_AT * 2)),
+/// The thread that owns the log output (stdout in the server).
+pub struct Writer {
+    tx: SyncSender<Msg>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread over `out`.
+    pub fn start(out: impl Write + Send + 'static) -> std::io::Result<Writer> {
+        let (tx, rx) = sync_channel(QUEUE_BUFFERS);
+        let handle = std::thread::Builder::new()
+            .name("chartcache-log".into())
+            .spawn(move || write_loop(rx, out))?;
+        Ok(Writer {
+            tx,
+            handle: Some(handle),
+        })
+    }
+
+    /// A handle for one worker's [`AccessLog`].
+    pub fn sink(&self) -> Sink {
+        Sink {
+            tx: self.tx.clone(),
         }
     }
 
-    /// Appends one line; flushes when the buffer is large.
+    /// Writes everything queued so far, then stops the thread.
+    pub fn finish(mut self) {
+        let _ = self.tx.send(Msg::Close);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Msg>, mut out: impl Write) {
+    while let Ok(Msg::Lines(buf)) = rx.recv() {
+        // A closed stdout must not take the server down; the lines are dropped.
+        let _ = out.write_all(&buf);
+        let _ = out.flush();
+    }
+}
+
+/// A worker's way to the [`Writer`].
+#[derive(Clone)]
+pub struct Sink {
+    tx: SyncSender<Msg>,
+}
+
+/// A worker's access-log buffer.
+pub struct AccessLog {
+    format: LogFormat,
+    worker: usize,
+    sink: Option<Sink>,
+    metrics: Arc<WorkerMetrics>,
+    buf: RefCell<Vec<u8>>,
+    /// Lines in `buf` (what is counted as dropped if it cannot be handed over).
+    lines: Cell<u64>,
+    /// The second `buf`'s timestamp prefix was rendered for, and that prefix.
+    clock: RefCell<(u64, Vec<u8>)>,
+}
+
+impl AccessLog {
+    /// `sink: None` disables the log (`--no-access-log`).
+    pub fn new(
+        sink: Option<Sink>,
+        format: LogFormat,
+        worker: usize,
+        metrics: Arc<WorkerMetrics>,
+    ) -> AccessLog {
+        AccessLog {
+            format,
+            worker,
+            buf: RefCell::new(if sink.is_some() {
+                Vec::with_capacity(FLUSH_AT * 2)
+            } else {
+                Vec::new()
+            }),
+            sink,
+            metrics,
+            lines: Cell::new(0),
+            clock: RefCell::new((u64::MAX, Vec::new())),
+        }
+    }
+
+    /// Appends one line; hands the buffer over when it is large.
     pub fn log(&self, e: &Entry<'_>) {
-        if !self.enabled {
+        if self.sink.is_none() {
             return;
         }
         let mut buf = self.buf.borrow_mut();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        let mut clock = self.clock.borrow_mut();
         match self.format {
-            LogFormat::Json => write_json(&mut buf, now, self.worker, e),
-            LogFormat::Text => write_text(&mut buf, now, e),
+            LogFormat::Json => write_json(&mut buf, &mut clock, now, self.worker, e),
+            LogFormat::Text => write_text(&mut buf, &mut clock, now, e),
         }
+        self.lines.set(self.lines.get() + 1);
         if buf.len() >= FLUSH_AT {
-            flush_buf(&mut buf);
+            self.hand_over(&mut buf);
         }
     }
 
-    /// Writes out whatever is buffered.
+    /// Hands whatever is buffered to the writer thread.
     pub fn flush(&self) {
-        flush_buf(&mut self.buf.borrow_mut());
+        self.hand_over(&mut self.buf.borrow_mut());
+    }
+
+    fn hand_over(&self, buf: &mut Vec<u8>) {
+        let Some(sink) = &self.sink else { return };
+        if buf.is_empty() {
+            return;
+        }
+        let full = std::mem::replace(buf, Vec::with_capacity(FLUSH_AT * 2));
+        let lines = self.lines.replace(0);
+        match sink.tx.try_send(Msg::Lines(full)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Msg::Lines(mut full)))
+            | Err(TrySendError::Disconnected(Msg::Lines(mut full))) => {
+                self.metrics.access_log_dropped.fetch_add(lines, Relaxed);
+                full.clear();
+                *buf = full;
+            }
+            Err(_) => {}
+        }
     }
 }
 
-fn flush_buf(buf: &mut Vec<u8>) {
-    if buf.is_empty() {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not take the server down; the lines are dropped.
-    let _ = out.write_all(buf);
-    let _ = out.flush();
-    buf.clear();
-}
-
-fn write_json(buf: &mut Vec<u8>, now: Duration, worker: usize, e: &Entry<'_>) {
+fn write_json(
+    buf: &mut Vec<u8>,
+    clock: &mut (u64, Vec<u8>),
+    now: Duration,
+    worker: usize,
+    e: &Entry<'_>,
+) {
     buf.extend_from_slice(b"{\"ts\":\"");
-    rfc3339(buf, now);
+    timestamp(buf, clock, now);
     buf.extend_from_slice(b"\",\"type\":\"access\",\"worker\":");
     push_u64(buf, worker as u64);
     buf.extend_from_slice(b",\"method\":");
@@ -110,7 +213,7 @@ fn write_json(buf: &mut Vec<u8>, now: Duration, worker: usize, e: &Entry<'_>) {
     }
     if let Some(peer) = e.peer {
         buf.extend_from_slice(b",\"peer\":\"");
-        let _ = write!(buf, "{peer}");
+        push_peer(buf, peer);
         buf.push(b'"');
     }
     if let Some(ua) = e.user_agent {
@@ -120,8 +223,8 @@ fn write_json(buf: &mut Vec<u8>, now: Duration, worker: usize, e: &Entry<'_>) {
     buf.extend_from_slice(b"}\n");
 }
 
-fn write_text(buf: &mut Vec<u8>, now: Duration, e: &Entry<'_>) {
-    rfc3339(buf, now);
+fn write_text(buf: &mut Vec<u8>, clock: &mut (u64, Vec<u8>), now: Duration, e: &Entry<'_>) {
+    timestamp(buf, clock, now);
     let _ = write!(
         buf,
         " {} {} {} {}B {:.3}ms {} upstream={}",
@@ -150,6 +253,45 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
         }
     }
     buf.push(b'"');
+}
+
+/// An address as `Display` writes it; IPv4 without the formatting machinery
+/// (it is on every line).
+fn push_peer(buf: &mut Vec<u8>, peer: std::net::SocketAddr) {
+    match peer {
+        std::net::SocketAddr::V4(a) => {
+            for (i, o) in a.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                push_u64(buf, *o as u64);
+            }
+            buf.push(b':');
+            push_u64(buf, a.port() as u64);
+        }
+        v6 => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
+}
+
+/// `rfc3339(now)`, with the part up to the seconds rendered once per second.
+fn timestamp(buf: &mut Vec<u8>, clock: &mut (u64, Vec<u8>), now: Duration) {
+    let secs = now.as_secs();
+    if clock.0 != secs {
+        clock.1.clear();
+        rfc3339(&mut clock.1, Duration::from_secs(secs));
+        clock.1.truncate(clock.1.len() - "000Z".len());
+        clock.0 = secs;
+    }
+    buf.extend_from_slice(&clock.1);
+    let ms = now.subsec_millis();
+    buf.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
@@ -202,8 +344,10 @@ mod tests {
     #[test]
     fn json_line_is_valid_json() {
         let mut buf = Vec::new();
+        let mut clock = (u64::MAX, Vec::new());
         write_json(
             &mut buf,
+            &mut clock,
             Duration::from_millis(1_764_072_000_123),
             1,
             &entry(),
@@ -221,11 +365,127 @@ mod tests {
     #[test]
     fn text_line_is_one_line() {
         let mut buf = Vec::new();
-        write_text(&mut buf, Duration::from_secs(0), &entry());
+        write_text(
+            &mut buf,
+            &mut (u64::MAX, Vec::new()),
+            Duration::from_secs(0),
+            &entry(),
+        );
         let s = String::from_utf8(buf).unwrap();
         assert_eq!(s.lines().count(), 1);
         assert!(s.starts_with("1970-01-01T00:00:00.000Z GET "), "{s}");
         assert!(s.contains(" HIT upstream=-"), "{s}");
+    }
+
+    /// An output that blocks until released, then records what it is given.
+    #[derive(Clone)]
+    struct Gate {
+        open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        got: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Gate {
+        fn new(open: bool) -> Gate {
+            Gate {
+                open: Arc::new((std::sync::Mutex::new(open), std::sync::Condvar::new())),
+                got: Arc::default(),
+            }
+        }
+        fn release(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let mut open = self.open.0.lock().unwrap();
+            while !*open {
+                open = self.open.1.wait(open).unwrap();
+            }
+            self.got.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writer_writes_every_line_in_order_by_finish() {
+        let out = Gate::new(true);
+        let writer = Writer::start(out.clone()).unwrap();
+        let metrics = Arc::new(WorkerMetrics::default());
+        let log = AccessLog::new(Some(writer.sink()), LogFormat::Json, 0, metrics.clone());
+        let mut e = entry();
+        for i in 0..2000u64 {
+            e.bytes = i;
+            log.log(&e);
+        }
+        log.flush();
+        writer.finish();
+        let got = out.got.lock().unwrap().clone();
+        let lines: Vec<serde_json::Value> = got
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2000);
+        for (i, v) in lines.iter().enumerate() {
+            assert_eq!(v["bytes"], i as u64);
+        }
+        assert_eq!(metrics.access_log_dropped.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn stalled_output_drops_whole_buffers_and_counts_them() {
+        let out = Gate::new(false);
+        let writer = Writer::start(out.clone()).unwrap();
+        let metrics = Arc::new(WorkerMetrics::default());
+        let log = AccessLog::new(Some(writer.sink()), LogFormat::Json, 0, metrics.clone());
+        // The writer takes one buffer and blocks; the queue holds
+        // QUEUE_BUFFERS more; everything after that is dropped.
+        let handovers = QUEUE_BUFFERS as u64 + 10;
+        let per_buffer = 3u64;
+        for _ in 0..handovers {
+            for _ in 0..per_buffer {
+                log.log(&entry());
+            }
+            log.flush();
+        }
+        let dropped = metrics.access_log_dropped.load(Relaxed);
+        assert!(dropped >= 9 * per_buffer, "dropped {dropped}");
+        assert_eq!(dropped % per_buffer, 0, "whole buffers only");
+        out.release();
+        writer.finish();
+        let got = out.got.lock().unwrap().clone();
+        let written = got.iter().filter(|&&b| b == b'\n').count() as u64;
+        assert_eq!(written + dropped, handovers * per_buffer);
+        for l in got.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            serde_json::from_slice::<serde_json::Value>(l).unwrap();
+        }
+    }
+
+    #[test]
+    fn cached_second_prefix_matches_full_rendering() {
+        let mut clock = (u64::MAX, Vec::new());
+        for ms in [0u64, 1, 999, 1000, 59_999, 86_400_000, 1_764_072_000_123] {
+            let now = Duration::from_millis(ms);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            timestamp(&mut a, &mut clock, now);
+            rfc3339(&mut b, now);
+            assert_eq!(a, b, "{ms}");
+        }
+    }
+
+    #[test]
+    fn peers_render_like_display() {
+        for p in ["127.0.0.1:8080", "10.255.0.9:1", "[::1]:443", "0.0.0.0:0"] {
+            let addr: std::net::SocketAddr = p.parse().unwrap();
+            let mut buf = Vec::new();
+            push_peer(&mut buf, addr);
+            assert_eq!(String::from_utf8(buf).unwrap(), addr.to_string());
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub const CONNECTIONS_OPEN: &str = "chartcache_connections_open";
 pub const CONNECTIONS_REJECTED: &str = "chartcache_connections_rejected";
 pub const BAD_REQUESTS: &str = "chartcache_bad_requests";
 pub const DIGEST_MISMATCH: &str = "chartcache_chart_digest_mismatches";
+pub const ACCESS_LOG_DROPPED: &str = "chartcache_access_log_dropped_lines";
 
 /// How a response was produced (the `X-Cache` value, and a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,7 @@ pub struct WorkerMetrics {
     pub connections_rejected: AtomicU64,
     pub bad_requests: AtomicU64,
     pub digest_mismatch: AtomicU64,
+    pub access_log_dropped: AtomicU64,
     /// Gauges published by the shard owner.
     pub cache_bytes: AtomicU64,
     pub cache_objects: AtomicU64,
@@ -246,7 +248,12 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let counters: [Described; 10] = [
+        let counters: [Described; 11] = [
+            (
+                ACCESS_LOG_DROPPED,
+                "Access-log lines dropped because stdout could not keep up",
+                |w| &w.access_log_dropped,
+            ),
             (
                 DIGEST_MISMATCH,
                 "Chart fills whose bytes did not match the index digest (served uncached)",

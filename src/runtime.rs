@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::access_log::AccessLog;
+use crate::access_log::{self, AccessLog};
 use crate::admin::{self, AdminState};
 use crate::cache::fill::Filler;
 use crate::cache::shard::{self, ShardJob, Shards};
@@ -71,6 +71,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    log_writer: access_log::Writer,
     _lock: shard::DirLock,
 }
 
@@ -82,6 +83,7 @@ impl Server {
         for w in self.workers {
             let _ = w.join();
         }
+        self.log_writer.finish();
     }
 
     /// Blocks until SIGTERM or SIGINT, then shuts down gracefully.
@@ -143,6 +145,10 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
 
     let metrics = Metrics::new(n);
+    let log_writer = access_log::Writer::start(std::io::stdout()).map_err(|e| Error::Worker {
+        worker: 0,
+        message: format!("cannot start the access-log thread: {e}"),
+    })?;
     let helm = Arc::new(crate::helm::HelmRepo::new(match &cfg.origin.upstream {
         Upstream::S3 { bucket, prefix } if cfg.rewrite_s3_urls => Some(if prefix.is_empty() {
             format!("s3://{bucket}/")
@@ -178,6 +184,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
             jobs,
             shards: shards.clone(),
             metrics: metrics.clone(),
+            log_sink: cfg.access_log.then(|| log_writer.sink()),
             helm: helm.clone(),
             creds: creds.clone(),
             shutdown: shutdown_rx.clone(),
@@ -242,6 +249,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         shutdown: shutdown_tx,
         draining,
         workers,
+        log_writer,
         _lock: lock,
     })
 }
@@ -323,6 +331,7 @@ struct WorkerStart {
     jobs: mpsc::UnboundedReceiver<ShardJob>,
     shards: Arc<Shards>,
     metrics: Metrics,
+    log_sink: Option<access_log::Sink>,
     helm: Arc<crate::helm::HelmRepo>,
     creds: Option<Arc<CredentialsCell>>,
     shutdown: watch::Receiver<bool>,
@@ -384,7 +393,12 @@ async fn worker_main(ctx: WorkerStart) {
         helm: ctx.helm,
         store: std::cell::RefCell::new(ctx.store),
         metrics: ctx.metrics.worker(ctx.id),
-        access_log: AccessLog::new(ctx.cfg.access_log, ctx.cfg.log_format, ctx.id),
+        access_log: AccessLog::new(
+            ctx.log_sink,
+            ctx.cfg.log_format,
+            ctx.id,
+            ctx.metrics.worker(ctx.id),
+        ),
         draining: std::cell::Cell::new(false),
         connections: std::cell::Cell::new(0),
         shutdown: ctx.shutdown.clone(),
