@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -98,7 +97,6 @@ pub fn run(a: FloorArgs) -> Result<()> {
                 .expect("monoio runtime");
             rt.block_on(async move {
                 let listener = TcpListener::from_std(std_listener).expect("listener");
-                let files = Rc::new(files);
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
@@ -136,7 +134,7 @@ fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-async fn serve(mut stream: TcpStream, files: Rc<Arc<HashMap<String, Bytes>>>) {
+async fn serve(mut stream: TcpStream, files: Arc<HashMap<String, Bytes>>) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         // Answer every complete request already in the buffer.
