@@ -354,11 +354,23 @@ fn worker_thread(ctx: WorkerStart) {
 fn block_on<F: Future>(driver: Driver, f: F) -> std::io::Result<F::Output> {
     match driver {
         Driver::IoUring | Driver::Auto => {
-            Ok(monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(1024)
-                .enable_timer()
-                .build()?
-                .block_on(f))
+            let build = |urb: io_uring::Builder| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(1024)
+                    .uring_builder(urb)
+                    .enable_timer()
+                    .build()
+            };
+            // COOP_TASKRUN: completions are processed when the worker next
+            // enters the kernel instead of interrupting it (Linux 5.19+);
+            // without it on older kernels.
+            let mut coop = io_uring::IoUring::builder();
+            coop.setup_coop_taskrun().setup_taskrun_flag();
+            let mut rt = match build(coop) {
+                Ok(rt) => rt,
+                Err(_) => build(io_uring::IoUring::builder())?,
+            };
+            Ok(rt.block_on(f))
         }
         Driver::Epoll => Ok(monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
