@@ -10,7 +10,7 @@
 #    chartcache), one anonymous (for nginx and Varnish, which cannot sign),
 # 3. starts chartcache, nginx proxy_cache, Varnish, nginx static and `chartcache-loadtest floor`
 #    (a bare in-memory responder: the practical ceiling) on 127.0.0.1 (`--servers` may add
-#    chartcache-sendfile: chartcache with `--sendfile-threshold 0`),
+#    chartcache-sendfile: chartcache with `--driver epoll --sendfile-threshold 0`),
 # 4. warms each server with one pass over every path,
 # 5. runs each workload against each server, alternating servers, R rounds of D seconds, with
 #    chartcache-loadtest (server CPU from /proc, peak RSS, upstream requests from the S3 stats),
@@ -161,13 +161,14 @@ if has chartcache && [ "$CHARTCACHE_BUILT" = 1 ]; then
   fi
 fi
 
-# The same chartcache sending every cached body with sendfile(2) instead of writev from mmap.
+# The same chartcache on epoll sending every cached body with sendfile(2) (nginx static's
+# path) instead of io_uring writev from the segment mmap.
 if has chartcache-sendfile && [ "$CHARTCACHE_BUILT" = 1 ]; then
   mkdir -p "$TMP/ccs"
   AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$BIN/chartcache" \
     --upstream s3://charts --s3-endpoint "http://127.0.0.1:$S3S_PORT" --region us-east-1 \
     --listen "127.0.0.1:$CCS_PORT" --admin "127.0.0.1:$CCS_ADMIN" --cache-dir "$TMP/ccs" \
-    --workers 2 --sendfile-threshold 0 >"$TMP/chartcache-sendfile.log" 2>&1 &
+    --workers 2 --driver epoll --sendfile-threshold 0 >"$TMP/chartcache-sendfile.log" 2>&1 &
   pid=$!; PIDS+=($pid)
   if wait_ready "http://127.0.0.1:$CCS_PORT/index.yaml" "$pid"; then
     URL[chartcache-sendfile]="http://127.0.0.1:$CCS_PORT"; PID[chartcache-sendfile]=$pid
