@@ -72,8 +72,11 @@ log "building chartcache-loadtest and the S3 server ($PROFILE)"
 cargo build -q "${cargo_flags[@]}" --bin chartcache-loadtest --example s3_server
 CHARTCACHE_BUILT=0
 if has chartcache || has chartcache-fresh1s || has chartcache-sendfile; then
-  if cargo build -q "${cargo_flags[@]}" --bin chartcache 2>/dev/null; then CHARTCACHE_BUILT=1
-  else echo "note: chartcache does not build here; skipping it" >&2; fi
+  if cargo build -q "${cargo_flags[@]}" --bin chartcache 2>"$REPO/target/compare-build.log"; then CHARTCACHE_BUILT=1
+  else
+    tail -n 20 "$REPO/target/compare-build.log" >&2
+    echo "note: chartcache does not build here (above); skipping it" >&2
+  fi
 fi
 LOADTEST="$BIN/chartcache-loadtest"
 

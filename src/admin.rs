@@ -228,7 +228,7 @@ fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
     if !state.shards.send(
         &key,
         ShardJob::Purge {
-            key: key.clone(),
+            key: key.clone().into_owned(),
             prefix: false,
             reply: tx,
         },

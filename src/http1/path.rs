@@ -24,6 +24,8 @@
 //! targets that decode to the same key are the same object, so the cache and
 //! the origin always agree on what a key means.
 
+use std::borrow::Cow;
+
 /// Longest accepted key, in bytes after decoding.
 pub const MAX_KEY_LEN: usize = 1024;
 
@@ -180,16 +182,18 @@ fn validate(key: &[u8]) -> Result<(), PathError> {
 }
 
 /// Turns a raw request target into the object key (starts with `/`).
-pub fn object_key(target: &str) -> Result<String, PathError> {
+pub fn object_key(target: &str) -> Result<Cow<'_, str>, PathError> {
     let path = raw_path(target)?;
     if !path.contains('%') {
-        // Fast path: nothing to decode; `path` is already UTF-8.
+        // Fast path: nothing to decode; `path` is already UTF-8 (no copy).
         validate(path.as_bytes())?;
-        return Ok(path.to_owned());
+        return Ok(Cow::Borrowed(path));
     }
     let decoded = decode(path)?;
     validate(&decoded)?;
-    String::from_utf8(decoded).map_err(|_| PathError::InvalidUtf8)
+    String::from_utf8(decoded)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::InvalidUtf8)
 }
 
 #[cfg(test)]
@@ -198,7 +202,7 @@ mod tests {
 
     fn ok(target: &str) -> String {
         match object_key(target) {
-            Ok(k) => k,
+            Ok(k) => k.into_owned(),
             Err(e) => panic!("{target:?} refused: {e}"),
         }
     }

@@ -149,7 +149,7 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         }
     };
     let path = match &key {
-        Ok(k) => k.as_str(),
+        Ok(k) => k.as_ref(),
         Err(_) => req.target.as_str(),
     };
     w.metrics.request(x.cache, x.status, x.bytes);
