@@ -14,7 +14,9 @@
 # 4. warms each server with one pass over every path,
 # 5. runs each workload against each server, alternating servers, R rounds of D seconds, with
 #    chartcache-loadtest (server CPU from /proc, peak RSS, upstream requests from the S3 stats),
-# 6. prints the table and writes JSON + SVG + machine info to loadtest/results/<timestamp>/.
+# 6. prints the table and writes JSON + SVG + machine info to loadtest/results/<timestamp>/,
+# 7. with --wrk, runs the charts workload again with wrk (same rounds, same alternation, server
+#    CPU from /proc) and prints that table last, with ratios to chartcache and to the floor.
 # Everything it starts is stopped on exit. Needs root only to apt-get install missing tools.
 set -euo pipefail
 
@@ -381,7 +383,26 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-# ---- optional wrk cross-check (charts workload, one round) -----------------------------------
+# ---- optional wrk cross-check (charts workload, same rounds and alternation) ----------------
+# CPU ticks (utime + stime) of a process and all its descendants, from /proc.
+tree_ticks() {
+  python3 - "$1" <<'PY'
+import os, sys
+root = int(sys.argv[1]); kids = {}; ticks = {}
+for d in os.listdir("/proc"):
+    if not d.isdigit():
+        continue
+    try:
+        f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    kids.setdefault(int(f[1]), []).append(int(d)); ticks[int(d)] = int(f[11]) + int(f[12])
+todo, total = [root], 0
+while todo:
+    p = todo.pop(); total += ticks.get(p, 0); todo += kids.get(p, [])
+print(total)
+PY
+}
 if [ "$WITH_WRK" = 1 ]; then
   cat >"$TMP/rotate.lua" <<EOF
 local paths = {}
@@ -392,12 +413,31 @@ request = function()
   return wrk.format("GET", paths[i])
 end
 EOF
-  for s in "${ACTIVE[@]}"; do
-    log "wrk cross-check: charts  $s"
-    timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-      -s "$TMP/rotate.lua" "${URL[$s]}" >"$OUT/wrk-charts-$s.txt" 2>&1 || true
-    printf '%-14s %s\n' "$s" "$(grep -E 'Requests/sec|99%' "$OUT/wrk-charts-$s.txt" | tr -s ' ' | tr '\n' ' ')" \
-      | tee -a "$OUT/wrk-summary.txt"
+  mkdir -p "$OUT/wrk"
+  printf 'server\tround\treq_s\tp99_ms\tcpu_us_per_req\n' >"$OUT/wrk-runs.tsv"
+  for round in $(seq "$ROUNDS"); do
+    order=("${ACTIVE[@]}")
+    if [ $((round % 2)) = 0 ]; then
+      for ((i = ${#ACTIVE[@]} - 1, j = 0; i >= 0; i--, j++)); do order[j]=${ACTIVE[i]}; done
+    fi
+    for s in "${order[@]}"; do
+      log "wrk round $round/$ROUNDS  charts  $s"
+      f="$OUT/wrk/charts-$s-r$round.txt"
+      t0=$(tree_ticks "${PID[$s]}")
+      timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+        -s "$TMP/rotate.lua" "${URL[$s]}" >"$f" 2>&1 || true
+      t1=$(tree_ticks "${PID[$s]}")
+      TICKS=$((t1 - t0)) HZ=$(getconf CLK_TCK) S=$s R=$round python3 - "$f" >>"$OUT/wrk-runs.tsv" <<'PY' || echo "note: wrk run $s/round $round failed" >&2
+import os, re, sys
+t = open(sys.argv[1]).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+n = int(re.search(r"(\d+) requests in", t).group(1))
+m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", t)
+p99 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+cpu = int(os.environ["TICKS"]) / int(os.environ["HZ"]) * 1e6 / max(n, 1)
+print(f"{os.environ['S']}\t{os.environ['R']}\t{rps:.0f}\t{p99:.2f}\t{cpu:.1f}")
+PY
+    done
   done
 fi
 
@@ -412,3 +452,23 @@ done; done; done
   --title "$CHARTS charts, ${CONNECTIONS} conns, ${DURATION}s × $ROUNDS" "${runs[@]}"
 echo
 echo "results: $OUT"
+
+# ---- wrk summary (printed last) --------------------------------------------------------------
+if [ "$WITH_WRK" = 1 ] && [ -s "$OUT/wrk-runs.tsv" ]; then
+  python3 - "$OUT/wrk-runs.tsv" <<'PY' | tee "$OUT/wrk-summary.txt"
+import sys, statistics as st
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
+servers = list(dict.fromkeys(r[0] for r in rows))
+mean = {s: st.mean(float(r[2]) for r in rows if r[0] == s) for s in servers}
+print("\nwrk cross-check: charts (wrk -t1, same connections and rounds; server CPU from /proc)")
+print(f"{'server':<20} {'req/s':>8} {'(rounds)':>24} {'p99':>9} {'CPU µs/req':>11} {'vs chartcache':>14} {'vs floor':>9}")
+for s in servers:
+    rs = [float(r[2]) for r in rows if r[0] == s]
+    p99 = st.mean(float(r[3]) for r in rows if r[0] == s)
+    cpu = st.mean(float(r[4]) for r in rows if r[0] == s)
+    vc = f"{mean[s] / mean['chartcache']:.2f}×" if "chartcache" in mean else "-"
+    vf = f"{mean[s] / mean['floor']:.2f}×" if "floor" in mean else "-"
+    rounds = "/".join(f"{x / 1000:.1f}k" for x in rs)
+    print(f"{s:<20} {mean[s] / 1000:>7.1f}k {'(' + rounds + ')':>24} {p99:>7.2f}ms {cpu:>11.1f} {vc:>14} {vf:>9}")
+PY
+fi
