@@ -50,6 +50,10 @@ pub struct FloorArgs {
     /// map before sending it (what a cache that checks its record does).
     #[arg(long, requires = "pack")]
     mmap_touch: bool,
+    /// With --pack: start every body at a multiple of this many bytes (0: packed tight,
+    /// off page boundaries).
+    #[arg(long, default_value_t = 0, requires = "pack")]
+    pack_align: u64,
 }
 
 /// One servable file.
@@ -133,6 +137,9 @@ pub fn run(a: FloorArgs) -> Result<()> {
         let mut at = 4096 + 77u64; // not page aligned, like a record body
         for r in files.values_mut() {
             let body = &r.resp[r.head_len..];
+            if a.pack_align > 0 {
+                at = at.div_ceil(a.pack_align) * a.pack_align;
+            }
             f.write_all_at(body, at)?;
             r.file = Some((f.clone(), at));
             at += body.len() as u64 + 131;

@@ -100,6 +100,12 @@ impl ShardStore {
                 self.drop_rescued(vec![e]);
                 continue;
             }
+            // Copied records keep large bodies page-aligned too (format.rs: padding).
+            if let Some(a) = &self.active {
+                let before_body = HEADER_LEN + e.key.len() + meta.len();
+                let pad = super::format::body_padding(a.pos, before_body, e.body_len, meta.len());
+                meta.resize(meta.len() + pad, 0);
+            }
             let total = (HEADER_LEN + e.key.len() + meta.len()) as u64 + e.body_len;
             let fits = self.active.as_ref().is_some_and(|a| {
                 a.pos

@@ -43,6 +43,13 @@
 //! | 18 | 2 | Last-Modified length `L` |
 //! | 20 | 2 | Content-Type length `C` |
 //! | 22 | E+L+C | the three strings (UTF-8), in that order |
+//! | 22+E+L+C | rest of `M` | zero padding (see below) |
+//!
+//! Padding: when a record's body is at least [`ALIGN_BODIES_FROM`] bytes, `begin` pads the
+//! meta with zeros so the body starts on a [`BODY_ALIGN`] boundary of the segment file.
+//! `sendfile(2)` of page-aligned file data measured ~30 % less server CPU per response
+//! than the same bytes off a page boundary (kernel 6.18, loopback). Readers find the body
+//! at `40+K+M` as always; records written before padding existed simply have none.
 //!
 //! # Checkpoint (`index.0`, `index.1`)
 //!
@@ -279,6 +286,31 @@ pub fn meta_len(meta: &ObjectMeta) -> usize {
         + meta.content_type.as_ref().map_or(0, String::len)
 }
 
+/// Bodies start on a multiple of this in the segment file (when padded).
+pub const BODY_ALIGN: u64 = 4096;
+/// Bodies of at least this many bytes are aligned; smaller ones are not worth the padding.
+pub const ALIGN_BODIES_FROM: u64 = 16 * 1024;
+
+/// Zero bytes to append to a record's meta so that its body, `before_body` bytes after
+/// `record_offset`, starts on a [`BODY_ALIGN`] boundary (0 for small bodies, or when the
+/// meta length would overflow its `u16`).
+pub fn body_padding(
+    record_offset: u64,
+    before_body: usize,
+    body_len: u64,
+    meta_len: usize,
+) -> usize {
+    if body_len < ALIGN_BODIES_FROM {
+        return 0;
+    }
+    let start = record_offset + before_body as u64;
+    let pad = (start.next_multiple_of(BODY_ALIGN) - start) as usize;
+    if meta_len + pad > usize::from(u16::MAX) {
+        return 0;
+    }
+    pad
+}
+
 /// Append the encoding of `meta` to `out`.
 pub fn encode_meta(meta: &ObjectMeta, out: &mut Vec<u8>) -> Result<(), FormatError> {
     let total = meta_len(meta);
@@ -319,8 +351,12 @@ pub fn decode_meta(b: &[u8]) -> Result<ObjectMeta, FormatError> {
         usize::from(u16_at(b, 18)),
         usize::from(u16_at(b, 20)),
     ];
-    if meta_fixed_len() + lens.iter().sum::<usize>() != b.len() {
+    let used = meta_fixed_len() + lens.iter().sum::<usize>();
+    if used > b.len() {
         return Err(FormatError::Malformed("meta lengths"));
+    }
+    if b[used..].iter().any(|&x| x != 0) {
+        return Err(FormatError::Malformed("meta padding"));
     }
     let mut pos = meta_fixed_len();
     let mut strs: [Option<String>; 3] = [None, None, None];
@@ -543,6 +579,42 @@ mod tests {
         out.extend_from_slice(&m);
         out.extend_from_slice(body);
         out
+    }
+
+    #[test]
+    fn meta_padding_is_zeros_only() {
+        let m = ObjectMeta {
+            status: 200,
+            etag: Some("\"x\"".into()),
+            last_modified: None,
+            content_type: Some("application/gzip".into()),
+            stored_at: 7,
+            ttl_secs: 9,
+        };
+        let mut b = Vec::new();
+        encode_meta(&m, &mut b).unwrap();
+        let mut padded = b.clone();
+        padded.resize(b.len() + 3000, 0);
+        assert_eq!(decode_meta(&padded).unwrap(), m);
+        *padded.last_mut().unwrap() = 1;
+        assert!(decode_meta(&padded).is_err());
+        assert!(decode_meta(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn body_padding_aligns_large_bodies_only() {
+        assert_eq!(body_padding(0, 100, 1000, 30), 0);
+        assert_eq!(body_padding(0, 100, ALIGN_BODIES_FROM, 30), 3996);
+        assert_eq!(body_padding(3996, 100, 1 << 20, 30), 0);
+        assert_eq!(
+            (12_345 + 77 + body_padding(12_345, 77, 1 << 20, 10) as u64) % BODY_ALIGN,
+            0
+        );
+        assert_eq!(
+            body_padding(1, 0, 1 << 20, 65_000),
+            0,
+            "meta length would overflow u16"
+        );
     }
 
     #[test]
