@@ -265,8 +265,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub limits: Limits,
-    /// Stored bodies of at least this many bytes are sent with `sendfile(2)`;
-    /// `None`: never (writev from mmap measured faster on loopback).
+    /// Stored bodies of at least this many bytes are sent with `sendfile(2)`,
+    /// smaller ones with writev from the mmap; `None`: never.
     pub sendfile_threshold: Option<u64>,
 }
 

@@ -1,16 +1,20 @@
 //! What goes on the wire for a response, without copying bodies.
 //!
-//! A cached body is sent straight from its segment's read-only mmap: the
-//! response head and the body slice go to the kernel together in one io_uring
-//! `writev` ([`send_head_and_body`]), as measured best on this machine kind
-//! (`shared/PERFORMANCE.md`). [`MmapSlice`] keeps the segment alive (an `Arc`)
-//! for as long as the kernel may read it, even if the segment is evicted
-//! meanwhile (evicted segments are unlinked, never rewritten in place).
+//! A cached body goes out one of two ways, chosen per response by
+//! `server.sendfile_threshold` (default 16 KiB):
 //!
-//! [`send_head_and_file`] is the other hit path: the head with one `send`
-//! (`MSG_MORE`), then `sendfile(2)` from the segment file, no user-space copy
-//! and no mapping touched. Chosen per response by `server.sendfile_threshold`
-//! (off by default; see the measurements below). Invariants of that path:
+//! - [`send_head_and_file`] (bodies ≥ the threshold): the head with one `send`
+//!   (`MSG_MORE`), then `sendfile(2)` from the segment file — the kernel never
+//!   copies the body, it hands page-cache pages to the socket. The cache starts
+//!   such bodies on a 4 KiB boundary of the segment (`cache::format`: padding),
+//!   which is what makes this path cheap.
+//! - [`send_head_and_body`] (smaller bodies, or `--sendfile-threshold off`):
+//!   head and body slice in one io_uring `writev` from the segment's read-only
+//!   mmap. [`MmapSlice`] keeps the segment alive (an `Arc`) for as long as the
+//!   kernel may read it, even if the segment is evicted meanwhile (evicted
+//!   segments are unlinked, never rewritten in place).
+//!
+//! Invariants of the sendfile path:
 //! - `sendfile(2)` is only ever called on a **non-blocking** socket, so a slow
 //!   client can never block the worker thread: sockets accepted under io_uring
 //!   are blocking, so `O_NONBLOCK` is set for the duration of the call and
@@ -25,33 +29,25 @@
 //! - `sendfile(2)` has no `MSG_NOSIGNAL`: a peer reset raises `SIGPIPE`, which
 //!   the Rust runtime ignores in every Rust `main` (so `EPIPE` is returned).
 //!
-//! # Measured (why the default is `off`)
-//! 2-core AMD EPYC VM, kernel 6.18, loopback, shared and noisy (load 5–8 from
-//! other builds); chartcache 2 workers, io_uring, warm cache, all hits;
-//! `chartcache-loadtest` 64 connections, 1 thread, on the same 2 cores;
-//! alternating rounds of 4–5 s, ranges over rounds (commit f560483):
+//! # Measured (why the default is 16 KiB)
+//! 2-core AMD EPYC VM, kernel 6.18, loopback; 200 charts of 1.8–400 KB (mean
+//! 105 KB), all hits; `chartcache-loadtest` 64 connections on the same cores;
+//! medians of 5–7 alternating 2 s rounds, server CPU per response:
 //!
-//! | bodies | threshold | req/s | p99 | server CPU µs/req |
-//! |---|---|---|---|---|
-//! | 200 charts, 1.8–400 KB, mean 105 KB | off (writev) | 18.2–24.7k | 14–17 ms | 23–27 |
-//! | same | 128KiB | 17.8–23.5k | 13–18 ms | 28–31 |
-//! | same | 0 (always sendfile) | 11.1–18.6k | 16–23 ms | 30–34 |
-//! | 256 KB each | off / 0 | 9.7–13.8k / 11.1–15.8k | 14–29 / 10–14 ms | 41–55 / 46–48 |
-//! | 512 KB each | off / 0 | 5.7–7.4k / 4.2–4.8k | 17–23 / 28–44 ms | 91–96 / 123–147 |
-//! | 1 MB each | off / 0 | 3.0–3.1k / 2.4–2.7k | 26–41 / 49–60 ms | 156–174 / 204–251 |
-//! | 2 MB each | off / 0 | 1.57–1.79k / 1.32–1.42k | 85–132 / 78–115 ms | 383–424 / 209–310 |
-//! | 0.5–4 MB, mean 1.5 MB | off / 0 / 128KiB | 1.15–1.71k / 1.24–1.77k / 1.24–1.34k | 109–148 / 103–156 / 128–264 ms | 293–314 / 166–222 / 180–247 |
+//! | path | µs/req |
+//! |---|---|
+//! | io_uring writev from the mmap | 30–34 |
+//! | sendfile, bodies off page boundaries (before padding) | 31–37 |
+//! | sendfile, bodies page-aligned (epoll / io_uring) | 22.9 / 23.9 |
+//! | nginx static (sendfile, files) / bare copy responder | 25–26 / 28–31 |
 //!
-//! On loopback writev from the mmap wins on req/s at every size (ties at
-//! 256 KB and in the 0.5–4 MB mix, within noise) and costs less server CPU up
-//! to 1 MB. Likely why (not profiled): writev is one io_uring op per response,
-//! retried inside the kernel when the socket buffer fills, where sendfile adds
-//! the head `send`, `fcntl`s and an `EAGAIN` → poll → `sendfile` trip through
-//! user space each time. Only bodies of ~2 MB and more save server CPU with
-//! sendfile (~−40 %), and on loopback the receiver pays it back (client CPU
-//! ~+45 %). With a real 10–100 Gb/s NIC nobody pays back the copy writev
-//! makes, so `--sendfile-threshold 1MiB`–`2MiB` is the setting to try there
-//! for multi-MB charts; measure on that machine before changing the default.
+//! The same bytes at a page-aligned file offset cost `sendfile` about a third
+//! less than one byte off (a bare sendfile responder: 17.7 vs 26.3 µs). On
+//! loopback the receiver pays ~3 µs more per response for page-cache-backed
+//! data than for copied data, so a client sharing the proxy's cores gains less
+//! (README, Performance); on a real NIC sendfile also spares the copy to the
+//! device. An earlier measurement (unaligned bodies, commit f560483) had
+//! writev ahead at every size, which is why the old default was `off`.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
