@@ -150,44 +150,38 @@ wait_ready "http://127.0.0.1:$S3A_PORT/charts/index.yaml" "$S3A_PID" \
 wait_ready "http://127.0.0.1:$S3S_PORT/__stats" "$S3S_PID" \
   || { cat "$TMP/s3-signed.log" >&2; echo "signed S3 server did not start" >&2; exit 1; }
 
-if has chartcache && [ "$CHARTCACHE_BUILT" = 1 ]; then
-  mkdir -p "$TMP/cc"
+# One chartcache instance against the signed S3 server: start_chartcache NAME PORT ADMIN [FLAG…]
+start_chartcache() {
+  local name=$1 port=$2 admin=$3 pid; shift 3
+  mkdir -p "$TMP/$name"
   AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$BIN/chartcache" \
     --upstream s3://charts --s3-endpoint "http://127.0.0.1:$S3S_PORT" --region us-east-1 \
-    --listen "127.0.0.1:$CC_PORT" --admin "127.0.0.1:$CC_ADMIN" --cache-dir "$TMP/cc" \
-    --workers 2 >"$TMP/chartcache.log" 2>&1 &
+    --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" --cache-dir "$TMP/$name/cache" \
+    --workers 2 "$@" >"$TMP/$name.log" 2>&1 &
   pid=$!; PIDS+=($pid)
-  if wait_ready "http://127.0.0.1:$CC_PORT/index.yaml" "$pid"; then
-    URL[chartcache]="http://127.0.0.1:$CC_PORT"; PID[chartcache]=$pid
-    METRICS[chartcache]="http://127.0.0.1:$S3S_PORT/__stats"; ACTIVE+=(chartcache)
+  if wait_ready "http://127.0.0.1:$port/index.yaml" "$pid"; then
+    URL[$name]="http://127.0.0.1:$port"; PID[$name]=$pid
+    METRICS[$name]="http://127.0.0.1:$S3S_PORT/__stats"; ACTIVE+=("$name")
   else
-    echo "note: chartcache did not come up on 127.0.0.1:$CC_PORT; skipping it. Its log:" >&2
-    tail -n 20 "$TMP/chartcache.log" >&2 || true
+    echo "note: $name did not come up on 127.0.0.1:$port; skipping it. Its log:" >&2
+    tail -n 20 "$TMP/$name.log" >&2 || true
   fi
+}
+
+if has chartcache && [ "$CHARTCACHE_BUILT" = 1 ]; then
+  start_chartcache chartcache "$CC_PORT" "$CC_ADMIN"
 fi
 
-# The same chartcache on epoll sending every cached body with sendfile(2) (nginx static's
-# path) instead of io_uring writev from the segment mmap.
+# The same chartcache on the epoll driver with every cached body sent by sendfile(2)
+# (threshold 0): nginx static's syscall pattern.
 if has chartcache-sendfile && [ "$CHARTCACHE_BUILT" = 1 ]; then
-  mkdir -p "$TMP/ccs"
-  AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$BIN/chartcache" \
-    --upstream s3://charts --s3-endpoint "http://127.0.0.1:$S3S_PORT" --region us-east-1 \
-    --listen "127.0.0.1:$CCS_PORT" --admin "127.0.0.1:$CCS_ADMIN" --cache-dir "$TMP/ccs" \
-    --workers 2 --driver epoll --sendfile-threshold 0 >"$TMP/chartcache-sendfile.log" 2>&1 &
-  pid=$!; PIDS+=($pid)
-  if wait_ready "http://127.0.0.1:$CCS_PORT/index.yaml" "$pid"; then
-    URL[chartcache-sendfile]="http://127.0.0.1:$CCS_PORT"; PID[chartcache-sendfile]=$pid
-    METRICS[chartcache-sendfile]="http://127.0.0.1:$S3S_PORT/__stats"; ACTIVE+=(chartcache-sendfile)
-  else
-    echo "note: chartcache-sendfile did not come up; skipping it" >&2
-  fi
+  start_chartcache chartcache-sendfile "$CCS_PORT" "$CCS_ADMIN" --driver epoll --sendfile-threshold 0
 fi
 
 # The same chartcache with index.yaml allowed to be 1 s old (`fresh_for`): what nginx and
 # Varnish do when they cache the index; the default (revalidate every request) is stricter.
 if has chartcache-fresh1s && [ "$CHARTCACHE_BUILT" = 1 ]; then
-  mkdir -p "$TMP/ccf"
-  cat >"$TMP/ccf/chartcache.toml" <<EOF
+  cat >"$TMP/chartcache-fresh1s.toml" <<EOF
 [[rules]]
 match = { exact = "/index.yaml" }
 action = "revalidate"
@@ -201,17 +195,7 @@ action = "cache"
 ttl = "86400s"
 headers = { "Cache-Control" = "max-age=86400" }
 EOF
-  AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$BIN/chartcache" --config "$TMP/ccf/chartcache.toml" \
-    --upstream s3://charts --s3-endpoint "http://127.0.0.1:$S3S_PORT" --region us-east-1 \
-    --listen "127.0.0.1:$CCF_PORT" --admin "127.0.0.1:$CCF_ADMIN" --cache-dir "$TMP/ccf/cache" \
-    --workers 2 >"$TMP/chartcache-fresh1s.log" 2>&1 &
-  pid=$!; PIDS+=($pid)
-  if wait_ready "http://127.0.0.1:$CCF_PORT/index.yaml" "$pid"; then
-    URL[chartcache-fresh1s]="http://127.0.0.1:$CCF_PORT"; PID[chartcache-fresh1s]=$pid
-    METRICS[chartcache-fresh1s]="http://127.0.0.1:$S3S_PORT/__stats"; ACTIVE+=(chartcache-fresh1s)
-  else
-    echo "note: chartcache-fresh1s did not come up; skipping it" >&2
-  fi
+  start_chartcache chartcache-fresh1s "$CCF_PORT" "$CCF_ADMIN" --config "$TMP/chartcache-fresh1s.toml"
 fi
 
 if has nginx-cache; then
