@@ -678,16 +678,15 @@ mod tests {
         addr
     }
 
-    #[test]
-    fn closed_loop_against_a_local_server() {
-        let body: &'static [u8] = Box::leak(vec![7u8; 300_000].into_boxed_slice());
-        let addr = serve(body, 5);
+    /// One connection on one thread, requesting `path` from `addr` until `end` after now
+    /// (`rate`: open loop), on an epoll runtime.
+    fn run_one_path(addr: SocketAddr, path: &str, end: Duration, rate: Option<f64>) -> ThreadStats {
         let target = crate::workload::Target::parse(&format!("http://{addr}")).unwrap();
         let plan = crate::workload::Plan::build(crate::workload::PlanSpec {
             target: &target,
             mix: None,
             charts: None,
-            paths: vec!["a.tgz".into()],
+            paths: vec![path.into()],
             zipf: None,
             seed: 1,
             headers: &[],
@@ -700,9 +699,8 @@ mod tests {
             schedule: Schedule {
                 start: now,
                 window_start: now,
-                // The server stops after 5 responses; later connects fail fast.
-                end: now + Duration::from_millis(300),
-                rate: None,
+                end: now + end,
+                rate,
                 timeout: Duration::from_secs(5),
             },
             connections: 0..1,
@@ -715,7 +713,15 @@ mod tests {
             .enable_timer()
             .build()
             .unwrap();
-        let st = rt.block_on(run_thread(spec));
+        rt.block_on(run_thread(spec))
+    }
+
+    #[test]
+    fn closed_loop_against_a_local_server() {
+        let body: &'static [u8] = Box::leak(vec![7u8; 300_000].into_boxed_slice());
+        let addr = serve(body, 5);
+        // The server stops after 5 responses; later connects fail fast.
+        let st = run_one_path(addr, "a.tgz", Duration::from_millis(300), None);
         assert_eq!(st.ok, 4);
         assert_eq!(st.statuses[200], 4);
         assert_eq!(st.statuses[404], 1);
@@ -729,40 +735,8 @@ mod tests {
     fn open_loop_never_exceeds_its_schedule() {
         let body: &'static [u8] = b"ok";
         let addr = serve(body, 10_000);
-        let target = crate::workload::Target::parse(&format!("http://{addr}")).unwrap();
-        let plan = crate::workload::Plan::build(crate::workload::PlanSpec {
-            target: &target,
-            mix: None,
-            charts: None,
-            paths: vec!["a".into()],
-            zipf: None,
-            seed: 1,
-            headers: &[],
-        })
-        .unwrap();
-        let now = Instant::now();
-        let spec = ThreadSpec {
-            plan: Arc::new(plan),
-            addr,
-            schedule: Schedule {
-                start: now,
-                window_start: now,
-                end: now + Duration::from_millis(200),
-                // One send every 10 ms: at most 20 in the 200 ms window.
-                rate: Some(100.0),
-                timeout: Duration::from_secs(5),
-            },
-            connections: 0..1,
-            total_connections: 1,
-            thread_index: 0,
-            threads: 1,
-            seed: 1,
-        };
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        let st = rt.block_on(run_thread(spec));
+        // One send every 10 ms: at most 20 in the 200 ms window.
+        let st = run_one_path(addr, "a", Duration::from_millis(200), Some(100.0));
         assert_eq!(st.errors.total(), 0, "{:?}", st.error_samples);
         assert!(
             st.ok >= 1 && st.ok + st.missed <= 21,
