@@ -343,22 +343,32 @@ mod tests {
         (Arc::new(seg), body)
     }
 
+    /// A connection from a client thread running `client` on its end; returns
+    /// the server end and the thread.
+    async fn accept_with<T: Send + 'static>(
+        client: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
+    ) -> (TcpStream, std::thread::JoinHandle<T>) {
+        let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let thread =
+            std::thread::spawn(move || client(std::net::TcpStream::connect(addr).unwrap()));
+        let (stream, _) = listener.accept().await.unwrap();
+        (stream, thread)
+    }
+
     /// Serves one `send_head_and_file` to a client that waits before reading,
     /// with tiny socket buffers so sends are partial and hit EAGAIN. Returns the
     /// bytes received and whether the server socket was non-blocking
     /// before and after the call.
     async fn serve_once(seg: Arc<Segment>, start: u64, len: usize) -> (Vec<u8>, bool, bool) {
-        let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let (mut stream, reader) = accept_with(|mut c| {
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             std::thread::sleep(Duration::from_millis(100));
             let mut out = Vec::new();
             c.read_to_end(&mut out).unwrap();
             out
-        });
-        let (mut stream, _) = listener.accept().await.unwrap();
+        })
+        .await;
         small_send_buffer(&stream);
         let before = nonblocking(stream.as_raw_fd());
         let head = b"HEAD\r\n".to_vec();
@@ -429,15 +439,12 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let client = std::thread::spawn(move || {
-                let mut c = std::net::TcpStream::connect(addr).unwrap();
+            let (mut stream, client) = accept_with(|mut c| {
                 let mut out = Vec::new();
                 let _ = c.read_to_end(&mut out);
                 out
-            });
-            let (mut stream, _) = listener.accept().await.unwrap();
+            })
+            .await;
             let len = seg.len();
             let (res, _) = send_head_and_file(&mut stream, b"X".to_vec(), seg, len - 10, 11).await;
             assert_eq!(res.unwrap_err().kind(), io::ErrorKind::InvalidInput);
@@ -456,16 +463,13 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
             let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
             // A client that never reads until told to stop.
-            let client = std::thread::spawn(move || {
-                let c = std::net::TcpStream::connect(addr).unwrap();
+            let (mut stream, client) = accept_with(move |c| {
                 let _ = stop_rx.recv_timeout(Duration::from_secs(10));
                 drop(c);
-            });
-            let (mut stream, _) = listener.accept().await.unwrap();
+            })
+            .await;
             small_send_buffer(&stream);
             let send = send_head_and_file(&mut stream, b"H".to_vec(), seg, OFFSET, BODY);
             let timed_out = monoio::time::timeout(Duration::from_millis(200), send).await;
