@@ -838,12 +838,52 @@ fn make_test_pki(dir: &std::path::Path) -> Option<()> {
     Some(())
 }
 
+/// The test leaf certificate (from `make_test_pki`) as a rustls server config.
+fn test_tls_server_config(dir: &std::path::Path) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let leaf = CertificateDer::from_pem_file(dir.join("leaf.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf], key)
+        .unwrap()
+}
+
+/// A monoio TLS server on its own thread: accepts one TCP connection and hands
+/// it, with the acceptor for `cfg`, to `handle`. Returns its address and thread.
+fn spawn_tls_server<F, Fut>(
+    cfg: rustls::ServerConfig,
+    handle: F,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<()>)
+where
+    F: FnOnce(monoio::net::TcpStream, monoio_rustls::TlsAcceptor) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            handle(tcp, monoio_rustls::TlsAcceptor::from(Arc::new(cfg))).await;
+        });
+    });
+    (addr_rx.recv().unwrap(), server)
+}
+
 #[test]
 fn tls_get_with_keep_alive_over_monoio_rustls() {
     use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::pki_types::CertificateDer;
 
     let dir = tempfile::tempdir().unwrap();
     if make_test_pki(dir.path()).is_none() {
@@ -851,14 +891,7 @@ fn tls_get_with_keep_alive_over_monoio_rustls() {
         return;
     }
     let provider = || Arc::new(rustls::crypto::ring::default_provider());
-    let leaf = CertificateDer::from_pem_file(dir.path().join("leaf.pem")).unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.path().join("leaf.key")).unwrap();
-    let server_cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf], key)
-        .unwrap();
+    let server_cfg = test_tls_server_config(dir.path());
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(dir.path().join("ca.pem")).unwrap())
@@ -870,36 +903,24 @@ fn tls_get_with_keep_alive_over_monoio_rustls() {
         .with_no_client_auth();
 
     // A monoio TLS server answering two requests on one connection.
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = monoio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
-            let mut tls = acceptor.accept(tcp).await.unwrap();
-            for body in ["first over tls", "second"] {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let (r, buf) = tls.read(vec![0u8; 1]).await;
-                    assert_eq!(r.unwrap(), 1);
-                    head.push(buf[0]);
-                }
-                assert!(head.starts_with(b"GET /x HTTP/1.1\r\nhost: 127.0.0.1:"));
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let (r, _) = tls.write_all(reply.into_bytes()).await;
-                r.unwrap();
+    let (addr, server) = spawn_tls_server(server_cfg, |tcp, acceptor| async move {
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        for body in ["first over tls", "second"] {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let (r, buf) = tls.read(vec![0u8; 1]).await;
+                assert_eq!(r.unwrap(), 1);
+                head.push(buf[0]);
             }
-        });
+            assert!(head.starts_with(b"GET /x HTTP/1.1\r\nhost: 127.0.0.1:"));
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let (r, _) = tls.write_all(reply.into_bytes()).await;
+            r.unwrap();
+        }
     });
-    let addr: std::net::SocketAddr = addr_rx.recv().unwrap();
 
     let client = HttpClient::with_tls_config(
         Endpoint {
@@ -933,39 +954,16 @@ fn tls_get_with_keep_alive_over_monoio_rustls() {
 fn tls_untrusted_certificate_is_connect_error() {
     // The default (webpki) roots do not trust the test CA: handshake fails.
     use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let dir = tempfile::tempdir().unwrap();
     if make_test_pki(dir.path()).is_none() {
         eprintln!("openssl CLI unavailable: skipping the TLS test");
         return;
     }
-    let leaf = CertificateDer::from_pem_file(dir.path().join("leaf.pem")).unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.path().join("leaf.key")).unwrap();
-    let server_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf], key)
-    .unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = monoio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
-            assert!(acceptor.accept(tcp).await.is_err());
-        });
-    });
-    let addr: std::net::SocketAddr = addr_rx.recv().unwrap();
+    let (addr, server) = spawn_tls_server(
+        test_tls_server_config(dir.path()),
+        |tcp, acceptor| async move { assert!(acceptor.accept(tcp).await.is_err()) },
+    );
     let client = HttpClient::new(
         Endpoint {
             tls: true,
