@@ -42,6 +42,18 @@ fn start(s3: &common::S3Server, cache_dir: &Path) -> Binary {
     )
 }
 
+/// An S3 server holding `c-0.tgz` .. `c-{n-1}.tgz` (`body_for`), and the binary
+/// started against it on a fresh cache directory.
+fn charts_served(n: usize) -> (common::S3Server, tempfile::TempDir, Binary) {
+    let s3 = spawn_s3(AK, SK);
+    for i in 0..n {
+        s3.put_object(BUCKET, &format!("c-{i}.tgz"), &body_for(i));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = start(&s3, tmp.path());
+    (s3, tmp, bin)
+}
+
 fn total_gets(s3: &common::S3Server, n: usize) -> u64 {
     (0..n)
         .map(|i| s3.get_count(&format!("/charts/c-{i}.tgz")))
@@ -50,13 +62,8 @@ fn total_gets(s3: &common::S3Server, n: usize) -> u64 {
 
 #[test]
 fn clean_restart_keeps_every_object() {
-    let s3 = spawn_s3(AK, SK);
     let n = 40;
-    for i in 0..n {
-        s3.put_object(BUCKET, &format!("c-{i}.tgz"), &body_for(i));
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = start(&s3, tmp.path());
+    let (s3, tmp, bin) = charts_served(n);
     for i in 0..n {
         let r = get(bin.addr, &format!("/c-{i}.tgz"), &[]);
         assert_eq!(r.status, 200);
@@ -82,13 +89,8 @@ fn clean_restart_keeps_every_object() {
 
 #[test]
 fn kill_9_during_fills_then_restart_answers_correctly() {
-    let s3 = spawn_s3(AK, SK);
     let n = 120;
-    for i in 0..n {
-        s3.put_object(BUCKET, &format!("c-{i}.tgz"), &body_for(i));
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = start(&s3, tmp.path());
+    let (s3, tmp, bin) = charts_served(n);
     let addr = bin.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let loaders: Vec<_> = (0..4)
@@ -144,13 +146,8 @@ fn cache_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[test]
 fn flipped_bits_in_any_cache_file_are_never_served() {
-    let s3 = spawn_s3(AK, SK);
     let n = 30;
-    for i in 0..n {
-        s3.put_object(BUCKET, &format!("c-{i}.tgz"), &body_for(i));
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = start(&s3, tmp.path());
+    let (s3, tmp, bin) = charts_served(n);
     for i in 0..n {
         assert_eq!(get(bin.addr, &format!("/c-{i}.tgz"), &[]).status, 200);
     }
