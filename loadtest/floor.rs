@@ -9,6 +9,10 @@
 //!
 //! What chartcache spends per hit beyond this (lookup, CRC state, header rendering, access log,
 //! metrics, timers) is the difference between the two rows of `compare.sh`'s table.
+//!
+//! It shares no code with chartcache on purpose (its listener setup and `--sendfile` loop have
+//! twins in `src/runtime.rs` and `src/server/send.rs`): a reference that used chartcache's own
+//! send path would move with chartcache's regressions and hide them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
