@@ -442,19 +442,7 @@ async fn serve_stored(
             return send_object_head(conn, key, rule, meta, 416, Some(0), Some(&cr), x).await;
         }
     };
-    let mut head = std::mem::take(&mut conn.head_buf);
-    head.clear();
-    render_object_head(
-        &mut head,
-        key,
-        rule,
-        meta,
-        status,
-        Some(n),
-        range.as_deref(),
-        x,
-    );
-    x.status = status;
+    let head = object_head(conn, key, rule, meta, status, Some(n), range.as_deref(), x);
     if req.method == Method::Head {
         return send_head(conn, head).await;
     }
@@ -678,8 +666,10 @@ fn render_object_head(
     );
 }
 
+/// The connection's head buffer with this object's response head rendered
+/// into it; records `status` as the exchange's.
 #[allow(clippy::too_many_arguments)]
-async fn send_object_head(
+fn object_head(
     conn: &mut Conn,
     key: &str,
     rule: &Rule,
@@ -688,7 +678,7 @@ async fn send_object_head(
     content_length: Option<u64>,
     content_range: Option<&str>,
     x: &mut Exchange,
-) -> std::io::Result<()> {
+) -> Vec<u8> {
     let mut head = std::mem::take(&mut conn.head_buf);
     head.clear();
     render_object_head(
@@ -702,6 +692,31 @@ async fn send_object_head(
         x,
     );
     x.status = status;
+    head
+}
+
+/// Sends an object's response head on its own (any body follows separately).
+#[allow(clippy::too_many_arguments)]
+async fn send_object_head(
+    conn: &mut Conn,
+    key: &str,
+    rule: &Rule,
+    meta: &ObjectMeta,
+    status: u16,
+    content_length: Option<u64>,
+    content_range: Option<&str>,
+    x: &mut Exchange,
+) -> std::io::Result<()> {
+    let head = object_head(
+        conn,
+        key,
+        rule,
+        meta,
+        status,
+        content_length,
+        content_range,
+        x,
+    );
     send_head(conn, head).await
 }
 
