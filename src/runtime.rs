@@ -35,6 +35,7 @@ use crate::config::{Config, Driver};
 use crate::metrics::Metrics;
 use crate::origin::credentials::CredentialsCell;
 use crate::origin::{self, Upstream};
+use crate::server::send::SocketMode;
 use crate::server::{conn, Worker, WorkerRef};
 
 /// How long in-flight responses may take to finish at shutdown.
@@ -343,7 +344,8 @@ struct WorkerStart {
 fn worker_thread(ctx: WorkerStart) {
     let startup = ctx.startup.clone();
     let id = ctx.id;
-    if let Err(e) = block_on(ctx.driver, worker_main(ctx)) {
+    let driver = ctx.driver;
+    if let Err(e) = block_on(driver, |mode| worker_main(ctx, mode)) {
         let _ = startup.send(Err(Error::Worker {
             worker: id,
             message: format!("cannot build the runtime: {e}"),
@@ -351,35 +353,52 @@ fn worker_thread(ctx: WorkerStart) {
     }
 }
 
-fn block_on<F: Future>(driver: Driver, f: F) -> std::io::Result<F::Output> {
+fn block_on<F: Future>(
+    driver: Driver,
+    f: impl FnOnce(SocketMode) -> F,
+) -> std::io::Result<F::Output> {
     match driver {
         Driver::IoUring | Driver::Auto => {
-            let build = |urb: io_uring::Builder| {
-                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                    .with_entries(1024)
-                    .uring_builder(urb)
-                    .enable_timer()
-                    .build()
-            };
-            // COOP_TASKRUN: completions are processed when the worker next
-            // enters the kernel instead of interrupting it (Linux 5.19+);
-            // without it on older kernels.
-            let mut coop = io_uring::IoUring::builder();
-            coop.setup_coop_taskrun().setup_taskrun_flag();
-            let mut rt = match build(coop) {
-                Ok(rt) => rt,
-                Err(_) => build(io_uring::IoUring::builder())?,
-            };
-            Ok(rt.block_on(f))
+            let (mut rt, mode) = uring_runtime()?;
+            Ok(rt.block_on(f(mode)))
         }
         Driver::Epoll => Ok(monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()?
-            .block_on(f)),
+            .block_on(f(SocketMode::Epoll))),
     }
 }
 
-async fn worker_main(ctx: WorkerStart) {
+/// A monoio runtime on io_uring with timers.
+pub(crate) type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
+
+/// The io_uring runtime a worker runs on, and how its client sockets become
+/// non-blocking. The ring asks for COOP_TASKRUN + TASKRUN_FLAG (completions
+/// are processed when the worker next enters the kernel instead of
+/// interrupting it; Linux 5.19+): when the kernel accepts that, it also
+/// retries io_uring ops on `O_NONBLOCK` sockets (5.12+), so sockets are made
+/// non-blocking once ([`SocketMode::UringNonBlocking`]); otherwise a plain
+/// ring, and `O_NONBLOCK` only around each `sendfile`.
+pub(crate) fn uring_runtime() -> std::io::Result<(UringRuntime, SocketMode)> {
+    let build = |urb: io_uring::Builder| {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(1024)
+            .uring_builder(urb)
+            .enable_timer()
+            .build()
+    };
+    let mut coop = io_uring::IoUring::builder();
+    coop.setup_coop_taskrun().setup_taskrun_flag();
+    match build(coop) {
+        Ok(rt) => Ok((rt, SocketMode::UringNonBlocking)),
+        Err(_) => Ok((
+            build(io_uring::IoUring::builder())?,
+            SocketMode::UringToggle,
+        )),
+    }
+}
+
+async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
     let origin = match origin::build(&ctx.cfg.origin, ctx.creds.clone()) {
         Ok(o) => o,
         Err(e) => {
@@ -415,6 +434,7 @@ async fn worker_main(ctx: WorkerStart) {
         connections: std::cell::Cell::new(0),
         shutdown: ctx.shutdown.clone(),
         stop: Default::default(),
+        socket_mode,
     });
     monoio::spawn(job_loop(w.clone(), ctx.jobs));
     monoio::spawn(housekeeping(w.clone()));

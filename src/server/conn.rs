@@ -34,12 +34,17 @@ const MAX_DRAIN: u64 = 64 * 1024;
 /// Serves one accepted connection until it closes.
 pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    if let Err(e) = w.socket_mode.on_accept(&stream) {
+        tracing::warn!(worker = w.id, error = %e, "cannot make a client socket non-blocking; closing it");
+        return;
+    }
     w.connections.set(w.connections.get() + 1);
     w.metrics.connections_open.fetch_add(1, Relaxed);
     let mut conn = Conn {
         stream,
         peer: Some(peer),
         head_buf: Vec::with_capacity(512),
+        socket_mode: w.socket_mode,
     };
     serve_requests(&w, &mut conn).await;
     w.connections.set(w.connections.get() - 1);

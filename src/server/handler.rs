@@ -36,7 +36,9 @@ use crate::http1::request::{Method, RequestHead};
 use crate::metrics::CacheResult;
 use crate::origin::{self, OriginRequest, ResponseMeta};
 use crate::policy::{Action, Rule};
-use crate::server::send::{send_all, send_head_and_body, send_head_and_file, MmapSlice};
+use crate::server::send::{
+    send_all, send_head_and_body, send_head_and_file, MmapSlice, SocketMode,
+};
 use crate::server::Worker;
 
 /// A client connection as the handler sees it.
@@ -45,6 +47,8 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     /// Reused buffer for response heads.
     pub head_buf: Vec<u8>,
+    /// Whether the socket is already non-blocking for `sendfile`.
+    pub socket_mode: SocketMode,
 }
 
 /// What one exchange produced, for the log and metrics.
@@ -450,6 +454,7 @@ async fn serve_stored(
     let (res, head) = if x.sendfile_threshold.is_some_and(|t| n >= t) {
         send_head_and_file(
             &mut conn.stream,
+            conn.socket_mode,
             head,
             s.segment.clone(),
             at as u64,

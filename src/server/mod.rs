@@ -44,6 +44,9 @@ pub struct Worker {
     /// This worker's copy of it for connections: thread-local, so the read
     /// path never touches a lock or an atomic shared with other workers.
     pub stop: LocalSignal,
+    /// How client sockets are made non-blocking for `sendfile` (set by the
+    /// driver the worker runs on).
+    pub socket_mode: send::SocketMode,
 }
 
 /// A one-shot, thread-local signal: `fire()` once, `fired().await` anywhere
