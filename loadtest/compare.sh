@@ -10,13 +10,15 @@
 #    chartcache), one anonymous (for nginx and Varnish, which cannot sign),
 # 3. starts chartcache, nginx proxy_cache, Varnish, nginx static and `chartcache-loadtest floor`
 #    (a bare in-memory responder: the practical ceiling) on 127.0.0.1 (`--servers` may add
-#    chartcache-sendfile: chartcache with `--driver epoll --sendfile-threshold 0`),
+#    chartcache-sendfile: chartcache with `--driver epoll --sendfile-threshold 0`, and
+#    chartcache-copy: chartcache with `--sendfile-threshold off`, every body copied by writev),
 # 4. warms each server with one pass over every path,
 # 5. runs each workload against each server, alternating servers, R rounds of D seconds, with
 #    chartcache-loadtest (server CPU from /proc, peak RSS, upstream requests from the S3 stats),
 # 6. prints the table and writes JSON + SVG + machine info to loadtest/results/<timestamp>/,
 # 7. with --wrk, runs the charts workload again with wrk (same rounds, same alternation, server
-#    CPU from /proc) and prints that table last, with ratios to chartcache and to the floor.
+#    CPU from /proc, wrk's own CPU) and prints that table last, with ratios to chartcache and to
+#    the floor. On one box the client's CPU per response counts as much as the server's.
 # Everything it starts is stopped on exit. Needs root only to apt-get install missing tools.
 set -euo pipefail
 
@@ -73,7 +75,7 @@ BIN="$REPO/target/$PROFILE"
 log "building chartcache-loadtest and the S3 server ($PROFILE)"
 cargo build -q "${cargo_flags[@]}" --bin chartcache-loadtest --example s3_server
 CHARTCACHE_BUILT=0
-if has chartcache || has chartcache-fresh1s || has chartcache-sendfile; then
+if has chartcache || has chartcache-fresh1s || has chartcache-sendfile || has chartcache-copy; then
   if cargo build -q "${cargo_flags[@]}" --bin chartcache 2>"$REPO/target/compare-build.log"; then CHARTCACHE_BUILT=1
   else
     tail -n 20 "$REPO/target/compare-build.log" >&2
@@ -115,7 +117,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
-read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN FLOOR_PORT CCS_PORT CCS_ADMIN <<<"$(free_ports 12)"
+read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN FLOOR_PORT CCS_PORT CCS_ADMIN CCC_PORT CCC_ADMIN <<<"$(free_ports 14)"
 
 # Waits until URL answers 200 or the process PID dies (10 s at most).
 wait_ready() {
@@ -209,6 +211,12 @@ fi
 # (threshold 0): nginx static's syscall pattern.
 if has chartcache-sendfile && [ "$CHARTCACHE_BUILT" = 1 ]; then
   start_chartcache chartcache-sendfile "$CCS_PORT" "$CCS_ADMIN" --driver epoll --sendfile-threshold 0
+fi
+
+# The same chartcache with every cached body copied by one writev from the mmap (no sendfile):
+# less CPU for a client on the same cores, more for the server (README, Performance).
+if has chartcache-copy && [ "$CHARTCACHE_BUILT" = 1 ]; then
+  start_chartcache chartcache-copy "$CCC_PORT" "$CCC_ADMIN" --sendfile-threshold off
 fi
 
 # The same chartcache with index.yaml allowed to be 1 s old (`fresh_for`): what nginx and
@@ -386,7 +394,7 @@ request = function()
 end
 EOF
   mkdir -p "$OUT/wrk"
-  printf 'server\tround\treq_s\tp99_ms\tcpu_us_per_req\n' >"$OUT/wrk-runs.tsv"
+  printf 'server\tround\treq_s\tp99_ms\tcpu_us_per_req\twrk_cpu_us_per_req\n' >"$OUT/wrk-runs.tsv"
   for round in $(seq "$ROUNDS"); do
     order=("${ACTIVE[@]}")
     if [ $((round % 2)) = 0 ]; then
@@ -396,18 +404,24 @@ EOF
       log "wrk round $round/$ROUNDS  charts  $s"
       f="$OUT/wrk/charts-$s-r$round.txt"
       t0=$(tree_ticks "${PID[$s]}")
-      timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-        -s "$TMP/rotate.lua" "${URL[$s]}" >"$f" 2>&1 || true
+      # wrk's own CPU (user + system) from getrusage of the child.
+      python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[2:], stdout=open(sys.argv[1], "w"), stderr=subprocess.STDOUT)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(r.ru_utime + r.ru_stime)' "$f" timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
+        --latency -s "$TMP/rotate.lua" "${URL[$s]}" >"$TMP/wrk-cpu.txt" || true
       t1=$(tree_ticks "${PID[$s]}")
-      TICKS=$((t1 - t0)) HZ=$(getconf CLK_TCK) S=$s R=$round python3 - "$f" >>"$OUT/wrk-runs.tsv" <<'PY' || echo "note: wrk run $s/round $round failed" >&2
+      TICKS=$((t1 - t0)) WRK_CPU=$(cat "$TMP/wrk-cpu.txt" 2>/dev/null || echo 0) HZ=$(getconf CLK_TCK) S=$s R=$round python3 - "$f" >>"$OUT/wrk-runs.tsv" <<'PY' || echo "note: wrk run $s/round $round failed" >&2
 import os, re, sys
 t = open(sys.argv[1]).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
 n = int(re.search(r"(\d+) requests in", t).group(1))
 m = re.search(r"\s99%\s+([\d.]+)(us|ms|s)\b", t)
 p99 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-cpu = int(os.environ["TICKS"]) / int(os.environ["HZ"]) * 1e6 / max(n, 1)
-print(f"{os.environ['S']}\t{os.environ['R']}\t{rps:.0f}\t{p99:.2f}\t{cpu:.1f}")
+hz = int(os.environ["HZ"])
+cpu = int(os.environ["TICKS"]) / hz * 1e6 / max(n, 1)
+wcpu = float(os.environ["WRK_CPU"] or 0) * 1e6 / max(n, 1)
+print(f"{os.environ['S']}\t{os.environ['R']}\t{rps:.0f}\t{p99:.2f}\t{cpu:.1f}\t{wcpu:.1f}")
 PY
     done
   done
@@ -432,15 +446,16 @@ import sys, statistics as st
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
 servers = list(dict.fromkeys(r[0] for r in rows))
 mean = {s: st.mean(float(r[2]) for r in rows if r[0] == s) for s in servers}
-print("\nwrk cross-check: charts (wrk -t1, same connections and rounds; server CPU from /proc)")
-print(f"{'server':<20} {'req/s':>8} {'(rounds)':>24} {'p99':>9} {'CPU µs/req':>11} {'vs chartcache':>14} {'vs floor':>9}")
+print("\nwrk cross-check: charts (wrk -t1, same connections and rounds; CPU from /proc: server, wrk, sum)")
+print(f"{'server':<20} {'req/s':>8} {'(rounds)':>24} {'p99':>9} {'CPU µs/req':>11} {'wrk µs':>7} {'sum':>6} {'vs chartcache':>14} {'vs floor':>9}")
 for s in servers:
     rs = [float(r[2]) for r in rows if r[0] == s]
     p99 = st.mean(float(r[3]) for r in rows if r[0] == s)
     cpu = st.mean(float(r[4]) for r in rows if r[0] == s)
+    wcpu = st.mean(float(r[5]) for r in rows if r[0] == s)
     vc = f"{mean[s] / mean['chartcache']:.2f}×" if "chartcache" in mean else "-"
     vf = f"{mean[s] / mean['floor']:.2f}×" if "floor" in mean else "-"
     rounds = "/".join(f"{x / 1000:.1f}k" for x in rs)
-    print(f"{s:<20} {mean[s] / 1000:>7.1f}k {'(' + rounds + ')':>24} {p99:>7.2f}ms {cpu:>11.1f} {vc:>14} {vf:>9}")
+    print(f"{s:<20} {mean[s] / 1000:>7.1f}k {'(' + rounds + ')':>24} {p99:>7.2f}ms {cpu:>11.1f} {wcpu:>7.1f} {cpu + wcpu:>6.1f} {vc:>14} {vf:>9}")
 PY
 fi
