@@ -33,6 +33,8 @@ use crate::workload::{Chooser, Plan};
 
 /// Read buffer per connection. Large enough that a 400 KB chart arrives in a few reads.
 pub const READ_BUF: usize = 256 * 1024;
+/// Smallest `--read-buffer` (a response head must fit in one read).
+pub const MIN_READ_BUF: usize = 4 * 1024;
 /// Largest latency the histograms hold (values above are clamped to it).
 pub const MAX_LATENCY_NS: u64 = 100_000_000_000;
 /// Pause before reconnecting after a failed connect (closed loop), so a dead server does not
@@ -231,6 +233,8 @@ pub struct Schedule {
     pub rate: Option<f64>,
     /// Per-request timeout (send to last byte).
     pub timeout: Duration,
+    /// Most bytes one socket read may return (the client's read buffer).
+    pub read_buffer: usize,
 }
 
 /// Everything one load thread needs.
@@ -302,7 +306,7 @@ async fn connection(sh: Rc<Shared>, global_index: usize) {
     if next_send > Instant::now() {
         monoio::time::sleep_until(to_monoio(next_send)).await;
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut buf: Vec<u8> = Vec::with_capacity(sched.read_buffer);
     let mut stream: Option<TcpStream> = None;
     loop {
         let now = Instant::now();
@@ -352,7 +356,7 @@ async fn connection(sh: Rc<Shared>, global_index: usize) {
                 // The read op owns the old buffer until it is cancelled; start a new one.
                 stream = None;
                 record_error(&sh, |c| c.timeout += 1, || "request timed out".into());
-                buf = Vec::with_capacity(READ_BUF);
+                buf = Vec::with_capacity(sched.read_buffer);
                 continue;
             }
         };
@@ -680,7 +684,13 @@ mod tests {
 
     /// One connection on one thread, requesting `path` from `addr` until `end` after now
     /// (`rate`: open loop), on an epoll runtime.
-    fn run_one_path(addr: SocketAddr, path: &str, end: Duration, rate: Option<f64>) -> ThreadStats {
+    fn run_one_path(
+        addr: SocketAddr,
+        path: &str,
+        end: Duration,
+        rate: Option<f64>,
+        read_buffer: usize,
+    ) -> ThreadStats {
         let target = crate::workload::Target::parse(&format!("http://{addr}")).unwrap();
         let plan = crate::workload::Plan::build(crate::workload::PlanSpec {
             target: &target,
@@ -702,6 +712,7 @@ mod tests {
                 end: now + end,
                 rate,
                 timeout: Duration::from_secs(5),
+                read_buffer,
             },
             connections: 0..1,
             total_connections: 1,
@@ -718,17 +729,20 @@ mod tests {
 
     #[test]
     fn closed_loop_against_a_local_server() {
-        let body: &'static [u8] = Box::leak(vec![7u8; 300_000].into_boxed_slice());
-        let addr = serve(body, 5);
-        // The server stops after 5 responses; later connects fail fast.
-        let st = run_one_path(addr, "a.tgz", Duration::from_millis(300), None);
-        assert_eq!(st.ok, 4);
-        assert_eq!(st.statuses[200], 4);
-        assert_eq!(st.statuses[404], 1);
-        assert_eq!(st.errors.status, 1);
-        assert!(st.errors.connect >= 1, "server gone: reconnects fail");
-        assert!(st.bytes >= 4 * 300_000);
-        assert_eq!(st.latency.len(), 4);
+        // The default read size, and the smallest (many reads per body).
+        for read_buffer in [READ_BUF, MIN_READ_BUF] {
+            let body: &'static [u8] = Box::leak(vec![7u8; 300_000].into_boxed_slice());
+            let addr = serve(body, 5);
+            // The server stops after 5 responses; later connects fail fast.
+            let st = run_one_path(addr, "a.tgz", Duration::from_millis(300), None, read_buffer);
+            assert_eq!(st.ok, 4, "read buffer {read_buffer}");
+            assert_eq!(st.statuses[200], 4);
+            assert_eq!(st.statuses[404], 1);
+            assert_eq!(st.errors.status, 1);
+            assert!(st.errors.connect >= 1, "server gone: reconnects fail");
+            assert!(st.bytes >= 4 * 300_000);
+            assert_eq!(st.latency.len(), 4);
+        }
     }
 
     #[test]
@@ -736,7 +750,7 @@ mod tests {
         let body: &'static [u8] = b"ok";
         let addr = serve(body, 10_000);
         // One send every 10 ms: at most 20 in the 200 ms window.
-        let st = run_one_path(addr, "a", Duration::from_millis(200), Some(100.0));
+        let st = run_one_path(addr, "a", Duration::from_millis(200), Some(100.0), READ_BUF);
         assert_eq!(st.errors.total(), 0, "{:?}", st.error_samples);
         assert!(
             st.ok >= 1 && st.ok + st.missed <= 21,

@@ -2,8 +2,8 @@
 # chartcache vs. nginx proxy_cache vs. Varnish vs. nginx static, same chart repo, same workloads.
 #
 #   loadtest/compare.sh [-n CHARTS] [-r ROUNDS] [-d SECONDS] [-w WARMUP] [-c CONNECTIONS]
-#                       [-t THREADS] [--rate R] [--servers LIST] [--workloads LIST] [--wrk]
-#                       [--profile P] [--keep]
+#                       [-t THREADS] [--rate R] [--read-buffer SIZE] [--servers LIST]
+#                       [--workloads LIST] [--wrk] [--profile P] [--keep]
 #
 # 1. generates N random-content chart .tgz (1.8-400 KB, mean ~105 KB) + index.yaml in a temp dir,
 # 2. starts two S3 servers (examples/s3_server.rs) on that dir: one requiring SigV4 (for
@@ -25,7 +25,7 @@ set -euo pipefail
 CHARTS=200 ROUNDS=2 DURATION=8 WARMUP=2 CONNECTIONS=64 THREADS=1
 SERVERS="chartcache,chartcache-fresh1s,nginx-cache,varnish,nginx-static,floor"
 WORKLOADS="charts,ci-mix"
-WITH_WRK=0 KEEP=0 PROFILE=release RATE=
+WITH_WRK=0 KEEP=0 PROFILE=release RATE= READ_BUFFER=
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,6 +36,7 @@ while [ $# -gt 0 ]; do
     -c) CONNECTIONS=$2; shift 2 ;;
     -t) THREADS=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
+    --read-buffer) READ_BUFFER=$2; shift 2 ;;
     --servers) SERVERS=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --wrk) WITH_WRK=1; shift ;;
@@ -349,13 +350,14 @@ for round in $(seq "$ROUNDS"); do
   for wl in "${WLS[@]}"; do
     for s in "${order[@]}"; do
       log "round $round/$ROUNDS  $wl  $s"
-      upstream=(); rate=()
-      [ -n "$RATE" ] && rate=(--rate "$RATE")
+      upstream=(); opts=()
+      [ -n "$RATE" ] && opts=(--rate "$RATE")
+      [ -n "$READ_BUFFER" ] && opts+=(--read-buffer "$READ_BUFFER")
       [ -n "${METRICS[$s]:-}" ] && upstream=(--metrics-url "${METRICS[$s]}" --upstream-metric s3_requests_total)
       # shellcheck disable=SC2046
       timeout $((DURATION + WARMUP + 60)) "$LOADTEST" --url "${URL[$s]}" $(workload_args "$wl" "$s") \
         --label "$s" --name "$wl" --threads "$THREADS" --connections "$CONNECTIONS" \
-        --duration "${DURATION}s" --warmup "${WARMUP}s" --pid "${PID[$s]}" "${upstream[@]}" "${rate[@]}" \
+        --duration "${DURATION}s" --warmup "${WARMUP}s" --pid "${PID[$s]}" "${upstream[@]}" "${opts[@]}" \
         --json "$OUT/runs/$wl-$s-r$round.json" --meta "round=$round" "${meta[@]}" \
         | tee "$OUT/runs/$wl-$s-r$round.txt" \
         || echo "note: run $wl/$s/round $round failed" >&2
@@ -435,7 +437,7 @@ for wl in "${WLS[@]}"; do for s in "${ACTIVE[@]}"; do for round in $(seq "$ROUND
 done; done; done
 [ ${#runs[@]} -gt 0 ] || { echo "no run produced a report" >&2; exit 1; }
 "$LOADTEST" summarize --baseline chartcache --out-dir "$OUT" \
-  --title "$CHARTS charts, ${CONNECTIONS} conns, ${DURATION}s × $ROUNDS" "${runs[@]}"
+  --title "$CHARTS charts, ${CONNECTIONS} conns, ${DURATION}s × $ROUNDS, client reads ${READ_BUFFER:-256KiB}" "${runs[@]}"
 echo
 echo "results: $OUT"
 

@@ -105,6 +105,11 @@ struct RunArgs {
     /// Per-request timeout, send to last byte [default: 10s].
     #[arg(long)]
     timeout: Option<String>,
+    /// Most bytes one socket read takes, e.g. 8KiB (wrk's size) or 32KiB (Go's io.Copy);
+    /// at least 4KiB [default: 256KiB]. On one box the client's read size changes which
+    /// server data path is cheaper (README, Performance).
+    #[arg(long)]
+    read_buffer: Option<String>,
     /// Open loop: constant arrival rate in requests/s over all connections. Without it the
     /// run is closed loop.
     #[arg(long)]
@@ -189,6 +194,7 @@ struct RunConfig {
     duration: Duration,
     warmup: Duration,
     timeout: Duration,
+    read_buffer: usize,
     rate: Option<f64>,
     seed: u64,
 }
@@ -210,6 +216,15 @@ fn build_config(a: &RunArgs) -> Result<RunConfig> {
     let duration = dur(&a.duration, file.duration, "10s")?;
     let warmup = dur(&a.warmup, file.warmup, "2s")?;
     let timeout = dur(&a.timeout, file.timeout, "10s")?;
+    let read_buffer = match a.read_buffer.as_deref().or(file.read_buffer.as_deref()) {
+        // One size syntax for both binaries (`16KiB`, `4096`).
+        Some(text) => chartcache::config::parse_size(text)
+            .map_err(|e| anyhow::anyhow!("--read-buffer: {e}"))? as usize,
+        None => client::READ_BUF,
+    };
+    if read_buffer < client::MIN_READ_BUF {
+        bail!("--read-buffer must be at least 4KiB (a response head must fit in one read)");
+    }
     let threads = a.threads.or(file.threads).unwrap_or(1);
     let connections = a.connections.or(file.connections).unwrap_or(64);
     if threads == 0 || connections == 0 {
@@ -268,6 +283,7 @@ fn build_config(a: &RunArgs) -> Result<RunConfig> {
         duration,
         warmup,
         timeout,
+        read_buffer,
         rate,
         seed,
     })
@@ -393,6 +409,7 @@ fn run(a: RunArgs) -> Result<()> {
         end: start + cfg.warmup + cfg.duration,
         rate: cfg.rate,
         timeout: cfg.timeout,
+        read_buffer: cfg.read_buffer,
     };
     let handles = run_threads(&cfg, &a.driver, schedule)?;
 
@@ -473,6 +490,7 @@ fn run(a: RunArgs) -> Result<()> {
         rate_target: cfg.rate,
         threads: cfg.threads,
         connections: cfg.connections,
+        read_buffer: Some(cfg.read_buffer),
         duration_s: secs,
         warmup_s: cfg.warmup.as_secs_f64(),
         requests: stats.ok,

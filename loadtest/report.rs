@@ -95,6 +95,9 @@ pub struct Report {
     pub rate_target: Option<f64>,
     pub threads: usize,
     pub connections: usize,
+    /// The client's read size in bytes (absent in reports from before the flag).
+    #[serde(default)]
+    pub read_buffer: Option<usize>,
     pub duration_s: f64,
     pub warmup_s: f64,
     /// Successful (200/304) responses completed in the window.

@@ -133,6 +133,7 @@ pub struct WorkloadFile {
     pub duration: Option<String>,
     pub warmup: Option<String>,
     pub timeout: Option<String>,
+    pub read_buffer: Option<String>,
     pub rate: Option<f64>,
     pub mix: Option<MixSpec>,
     pub charts_from: Option<String>,
