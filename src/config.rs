@@ -174,7 +174,8 @@ pub struct Cli {
     pub no_verify_digests: bool,
     /// Cached bodies of at least SIZE go out with sendfile(2), smaller ones with one writev
     /// from the cache's mmap: a size like 256KiB, 0 (always) or off (never) [default: 16KiB,
-    /// where the cache starts page-aligning bodies].
+    /// where the cache starts page-aligning bodies]. off suits clients on the same cores
+    /// that read in small pieces (README, Performance).
     #[arg(long, env = "CHARTCACHE_SENDFILE_THRESHOLD", value_name = "SIZE")]
     pub sendfile_threshold: Option<String>,
 
