@@ -8,10 +8,11 @@
 # 1. generates N random-content chart .tgz (1.8-400 KB, mean ~105 KB) + index.yaml in a temp dir,
 # 2. starts two S3 servers (examples/s3_server.rs) on that dir: one requiring SigV4 (for
 #    chartcache), one anonymous (for nginx and Varnish, which cannot sign),
-# 3. starts chartcache, nginx proxy_cache, Varnish, nginx static and `chartcache-loadtest floor`
-#    (a bare in-memory responder: the practical ceiling) on 127.0.0.1 (`--servers` may add
-#    chartcache-sendfile: chartcache with `--driver epoll --sendfile-threshold 0`, and
-#    chartcache-copy: chartcache with `--sendfile-threshold off`, every body copied by writev),
+# 3. starts chartcache (as configured by default; with index.yaml fresh for 1 s; and with
+#    `--sendfile-threshold off`, every body copied by writev), nginx proxy_cache, Varnish, nginx
+#    static and `chartcache-loadtest floor` (a bare in-memory responder: the practical ceiling)
+#    on 127.0.0.1 (`--servers` may add chartcache-sendfile: chartcache with
+#    `--driver epoll --sendfile-threshold 0`),
 # 4. warms each server with one pass over every path,
 # 5. runs each workload against each server, alternating servers, R rounds of D seconds, with
 #    chartcache-loadtest (server CPU from /proc, peak RSS, upstream requests from the S3 stats),
@@ -22,8 +23,8 @@
 # Everything it starts is stopped on exit. Needs root only to apt-get install missing tools.
 set -euo pipefail
 
-CHARTS=200 ROUNDS=2 DURATION=8 WARMUP=2 CONNECTIONS=64 THREADS=1
-SERVERS="chartcache,chartcache-fresh1s,nginx-cache,varnish,nginx-static,floor"
+CHARTS=200 ROUNDS=3 DURATION=6 WARMUP=2 CONNECTIONS=64 THREADS=1
+SERVERS="chartcache,chartcache-fresh1s,chartcache-copy,nginx-cache,varnish,nginx-static,floor"
 WORKLOADS="charts,ci-mix"
 WITH_WRK=0 KEEP=0 PROFILE=release RATE= READ_BUFFER=
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
