@@ -622,19 +622,21 @@ fn content_type<'a>(key: &str, upstream: Option<&'a str>) -> &'a str {
     }
 }
 
-/// Renders the head of an object response with the rule's header overrides
-/// (an override replaces chartcache's own value of the same header).
+/// The connection's head buffer with this object's response head rendered
+/// into it, with the rule's header overrides (an override replaces
+/// chartcache's own value of the same header); records `status` as the
+/// exchange's.
 #[allow(clippy::too_many_arguments)]
-fn render_object_head(
-    out: &mut Vec<u8>,
+fn object_head(
+    conn: &mut Conn,
     key: &str,
     rule: &Rule,
     meta: &ObjectMeta,
     status: u16,
     content_length: Option<u64>,
     content_range: Option<&str>,
-    x: &Exchange,
-) {
+    x: &mut Exchange,
+) -> Vec<u8> {
     let overridden = |name: &str| {
         rule.headers
             .iter()
@@ -650,6 +652,8 @@ fn render_object_head(
         extra.push(("Connection", "keep-alive"));
     }
     let ct = content_type(key, meta.content_type.as_deref());
+    let mut head = std::mem::take(&mut conn.head_buf);
+    head.clear();
     render(
         &ResponseHead {
             status,
@@ -667,34 +671,7 @@ fn render_object_head(
             keep_alive: x.keep_alive,
             extra: &extra,
         },
-        out,
-    );
-}
-
-/// The connection's head buffer with this object's response head rendered
-/// into it; records `status` as the exchange's.
-#[allow(clippy::too_many_arguments)]
-fn object_head(
-    conn: &mut Conn,
-    key: &str,
-    rule: &Rule,
-    meta: &ObjectMeta,
-    status: u16,
-    content_length: Option<u64>,
-    content_range: Option<&str>,
-    x: &mut Exchange,
-) -> Vec<u8> {
-    let mut head = std::mem::take(&mut conn.head_buf);
-    head.clear();
-    render_object_head(
         &mut head,
-        key,
-        rule,
-        meta,
-        status,
-        content_length,
-        content_range,
-        x,
     );
     x.status = status;
     head
