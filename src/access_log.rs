@@ -411,12 +411,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn writer_writes_every_line_in_order_by_finish() {
-        let out = Gate::new(true);
+    /// A JSON access log whose writer thread writes to `out`.
+    fn json_log_to(out: &Gate) -> (Writer, Arc<WorkerMetrics>, AccessLog) {
         let writer = Writer::start(out.clone()).unwrap();
         let metrics = Arc::new(WorkerMetrics::default());
         let log = AccessLog::new(Some(writer.sink()), LogFormat::Json, 0, metrics.clone());
+        (writer, metrics, log)
+    }
+
+    #[test]
+    fn writer_writes_every_line_in_order_by_finish() {
+        let out = Gate::new(true);
+        let (writer, metrics, log) = json_log_to(&out);
         let mut e = entry();
         for i in 0..2000u64 {
             e.bytes = i;
@@ -440,9 +446,7 @@ mod tests {
     #[test]
     fn stalled_output_drops_whole_buffers_and_counts_them() {
         let out = Gate::new(false);
-        let writer = Writer::start(out.clone()).unwrap();
-        let metrics = Arc::new(WorkerMetrics::default());
-        let log = AccessLog::new(Some(writer.sink()), LogFormat::Json, 0, metrics.clone());
+        let (writer, metrics, log) = json_log_to(&out);
         // The writer takes one buffer and blocks; the queue holds
         // QUEUE_BUFFERS more; everything after that is dropped.
         let handovers = QUEUE_BUFFERS as u64 + 10;

@@ -583,14 +583,7 @@ mod tests {
 
     #[test]
     fn meta_padding_is_zeros_only() {
-        let m = ObjectMeta {
-            status: 200,
-            etag: Some("\"x\"".into()),
-            last_modified: None,
-            content_type: Some("application/gzip".into()),
-            stored_at: 7,
-            ttl_secs: 9,
-        };
+        let m = meta();
         let mut b = Vec::new();
         encode_meta(&m, &mut b).unwrap();
         let mut padded = b.clone();
