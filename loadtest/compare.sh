@@ -341,13 +341,18 @@ workload_args() {
     *) echo "unknown workload $1" >&2; return 1 ;;
   esac
 }
-IFS=, read -r -a WLS <<<"$WORKLOADS"
-for round in $(seq "$ROUNDS"); do
+# The servers in the order they run in round ROUND (sets `order`): reversed every other round
+# so drift on a shared machine does not favour one server. Both the chartcache-loadtest and
+# the wrk rounds use it.
+round_order() {
   order=("${ACTIVE[@]}")
-  # Reverse every other round so drift on a shared machine does not favour one server.
-  if [ $((round % 2)) = 0 ]; then
+  if [ $(($1 % 2)) = 0 ]; then
     for ((i = ${#ACTIVE[@]} - 1, j = 0; i >= 0; i--, j++)); do order[j]=${ACTIVE[i]}; done
   fi
+}
+IFS=, read -r -a WLS <<<"$WORKLOADS"
+for round in $(seq "$ROUNDS"); do
+  round_order "$round"
   for wl in "${WLS[@]}"; do
     for s in "${order[@]}"; do
       log "round $round/$ROUNDS  $wl  $s"
@@ -399,10 +404,7 @@ EOF
   mkdir -p "$OUT/wrk"
   printf 'server\tround\treq_s\tp99_ms\tcpu_us_per_req\twrk_cpu_us_per_req\n' >"$OUT/wrk-runs.tsv"
   for round in $(seq "$ROUNDS"); do
-    order=("${ACTIVE[@]}")
-    if [ $((round % 2)) = 0 ]; then
-      for ((i = ${#ACTIVE[@]} - 1, j = 0; i >= 0; i--, j++)); do order[j]=${ACTIVE[i]}; done
-    fi
+    round_order "$round"
     for s in "${order[@]}"; do
       log "wrk round $round/$ROUNDS  charts  $s"
       f="$OUT/wrk/charts-$s-r$round.txt"
