@@ -31,7 +31,8 @@ use monoio::net::TcpStream;
 
 use crate::workload::{Chooser, Plan};
 
-/// Read buffer per connection. Large enough that a 400 KB chart arrives in a few reads.
+/// Default read buffer per connection (`--read-buffer`). Large enough that a 400 KB chart
+/// arrives in a few reads; the warm pass always uses it.
 pub const READ_BUF: usize = 256 * 1024;
 /// Smallest `--read-buffer` (a response head must fit in one read).
 pub const MIN_READ_BUF: usize = 4 * 1024;

@@ -223,7 +223,10 @@ fn build_config(a: &RunArgs) -> Result<RunConfig> {
         None => client::READ_BUF,
     };
     if read_buffer < client::MIN_READ_BUF {
-        bail!("--read-buffer must be at least 4KiB (a response head must fit in one read)");
+        bail!(
+            "--read-buffer must be at least {}KiB (a response head must fit in one read)",
+            client::MIN_READ_BUF / 1024
+        );
     }
     let threads = a.threads.or(file.threads).unwrap_or(1);
     let connections = a.connections.or(file.connections).unwrap_or(64);

@@ -45,10 +45,10 @@
 //!
 //! The same bytes at a page-aligned file offset cost `sendfile` about a third
 //! less than one byte off (a bare sendfile responder: 17.7 vs 26.3 µs). On
-//! loopback the receiver pays ~3 µs more per response for page-cache-backed
-//! data than for copied data, so a client sharing the proxy's cores gains less
-//! (README, Performance); on a real NIC sendfile also spares the copy to the
-//! device. An earlier measurement (unaligned bodies, commit f560483) had
+//! loopback a client that reads page-cache-backed data pays more per response
+//! than for copied data, how much depending on its read size: with 8 KiB reads
+//! (wrk) the copy path serves more, from 16 KiB up sendfile does (README,
+//! Performance); on a real NIC sendfile also spares the copy to the device. An earlier measurement (unaligned bodies, commit f560483) had
 //! writev ahead at every size, which is why the old default was `off`.
 
 use std::io;
