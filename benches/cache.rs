@@ -8,7 +8,8 @@ use std::hint::black_box;
 use std::path::Path;
 
 use chartcache::cache::format::{self, RecordHeader, RecordKind, HEADER_LEN};
-use chartcache::cache::store::{ObjectMeta, ShardStore, StoreConfig};
+use chartcache::cache::store::{ShardStore, StoreConfig};
+use chartcache::cache::ObjectMeta;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn meta() -> ObjectMeta {
@@ -18,7 +19,6 @@ fn meta() -> ObjectMeta {
         last_modified: Some("Tue, 01 Jul 2025 10:00:00 GMT".into()),
         content_type: Some("application/gzip".into()),
         stored_at: 1_750_000_000,
-        ttl_secs: 300,
     }
 }
 

@@ -13,7 +13,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use chartcache::access_log::{AccessLog, Entry, Writer};
-use chartcache::cache::store::{ObjectMeta, ShardStore, StoreConfig};
+use chartcache::cache::store::{ShardStore, StoreConfig};
+use chartcache::cache::ObjectMeta;
 use chartcache::config::LogFormat;
 use chartcache::http1::path::object_key;
 use chartcache::http1::render::{render, ResponseHead};
@@ -39,7 +40,6 @@ fn bench(c: &mut Criterion) {
         last_modified: Some("Tue, 01 Jul 2025 10:00:00 GMT".into()),
         content_type: Some("application/gzip".into()),
         stored_at: 1_750_000_000,
-        ttl_secs: 86_400,
     };
     let key = "/charts/nginx-ingress-4.11.3.tgz";
     let mut rec = store.begin(key, &meta, body.len() as u64).expect("begin");

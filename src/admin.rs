@@ -2,8 +2,8 @@
 //!
 //! Low-traffic and off the hot path, so it runs on plain threads (one per
 //! admin connection, at most [`MAX_ADMIN_CONNECTIONS`]), one request per
-//! connection. Purges go to the owning worker as a `ShardJob` — only a
-//! shard's owner writes its shard.
+//! connection. Purges go through the cache facade ([`Cache::purge`]), which
+//! hands them to the owning workers — only a shard's owner writes its shard.
 //!
 //! | request | answer |
 //! |---|---|
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::shard::{ShardJob, Shards};
+use crate::cache::{Cache, PurgeError, PurgeTarget};
 use crate::http1::path::object_key;
 use crate::metrics::Metrics;
 
@@ -32,7 +32,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// What the admin endpoints read.
 pub struct AdminState {
     pub metrics: Metrics,
-    pub shards: Arc<Shards>,
+    pub cache: Arc<Cache>,
     /// Workers that finished starting.
     pub ready: Arc<AtomicUsize>,
     pub workers: usize,
@@ -200,42 +200,20 @@ fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
         if !prefix.starts_with('/') {
             return Reply::text(400, "prefix must start with /\n");
         }
-        state.shards.negative.remove(&prefix, true);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sent = state.shards.broadcast(|| ShardJob::Purge {
-            key: prefix.clone(),
-            prefix: true,
-            reply: tx.clone(),
-        });
-        drop(tx);
-        let mut removed = 0;
-        for _ in 0..sent {
-            match rx.recv_timeout(timeout) {
-                Ok(n) => removed += n,
-                Err(_) => return Reply::text(503, "a worker did not answer the purge\n"),
+        return match state.cache.purge(PurgeTarget::Prefix(&prefix), timeout) {
+            Ok(removed) => {
+                tracing::info!(prefix = %prefix, removed, "purged by prefix");
+                Reply::json(200, format!("{{\"purged\":{removed}}}\n"))
             }
-        }
-        tracing::info!(prefix = %prefix, removed, "purged by prefix");
-        return Reply::json(200, format!("{{\"purged\":{removed}}}\n"));
+            Err(e) => purge_failed(&e, "a worker did not answer the purge\n"),
+        };
     }
     let raw = &path["/cache".len()..];
     let key = match object_key(raw) {
         Ok(k) => k,
         Err(e) => return Reply::text(400, format!("bad path: {e}\n")),
     };
-    state.shards.negative.remove(&key, false);
-    let (tx, rx) = std::sync::mpsc::channel();
-    if !state.shards.send(
-        &key,
-        ShardJob::Purge {
-            key: key.clone().into_owned(),
-            prefix: false,
-            reply: tx,
-        },
-    ) {
-        return Reply::text(503, "shutting down\n");
-    }
-    match rx.recv_timeout(timeout) {
+    match state.cache.purge(PurgeTarget::Key(&key), timeout) {
         Ok(0) => Reply::json(
             404,
             format!("{{\"purged\":0,\"key\":{}}}\n", json_str(&key)),
@@ -247,7 +225,17 @@ fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
                 format!("{{\"purged\":{n},\"key\":{}}}\n", json_str(&key)),
             )
         }
-        Err(_) => Reply::text(503, "the owning worker did not answer the purge\n"),
+        Err(e) => purge_failed(&e, "the owning worker did not answer the purge\n"),
+    }
+}
+
+/// 503 for a purge that did not complete (`no_answer`: the text for a
+/// worker that did not reply in time).
+fn purge_failed(e: &PurgeError, no_answer: &str) -> Reply {
+    tracing::warn!(error = %e, "purge failed");
+    match e {
+        PurgeError::ShuttingDown => Reply::text(503, "shutting down\n"),
+        PurgeError::NoAnswer { .. } => Reply::text(503, no_answer),
     }
 }
 

@@ -8,9 +8,10 @@
 //!    kernel spreads connections); port 0 is resolved by the first bind.
 //! 3. Each worker builds its runtime on io_uring, or on epoll where io_uring is
 //!    unavailable (Docker's default seccomp profile) — said once in the log —
-//!    then builds its own origin (its own upstream connection pool), and runs
-//!    the accept loop, its shard's job loop (fills, purges) and periodic
-//!    housekeeping (access-log flush, stats, checkpoints).
+//!    then builds its own origin (its own upstream connection pool), takes
+//!    ownership of its cache shard (whose job loop the cache runs), and runs
+//!    the accept loop and periodic housekeeping (access-log flush, stats,
+//!    checkpoints).
 //! 4. The admin listener runs on its own plain thread (`admin`).
 //! 5. Shutdown fans out through a watch channel: workers stop accepting, idle
 //!    connections close, in-flight responses finish (bounded by a grace
@@ -24,13 +25,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::access_log::{self, AccessLog};
 use crate::admin::{self, AdminState};
-use crate::cache::fill::Filler;
-use crate::cache::shard::{self, ShardJob, Shards};
-use crate::cache::store::ShardStore;
+use crate::cache::{self, Cache, FillContext, ShardParts};
 use crate::config::{Config, Driver};
 use crate::metrics::Metrics;
 use crate::origin::credentials::CredentialsCell;
@@ -47,7 +46,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Cache(#[from] shard::Error),
+    Cache(#[from] cache::shard::Error),
     #[error("cannot listen on {addr} ({what}): {source}. Fix: pick a free port with --{flag}, or stop the process using it")]
     Bind {
         addr: SocketAddr,
@@ -56,11 +55,19 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("AWS credentials: {0}")]
-    Credentials(String),
+    Credentials(#[source] origin::Error),
+    #[error("AWS credentials: none found. Fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials)")]
+    NoCredentials,
     #[error("upstream: {0}")]
-    Origin(String),
-    #[error("worker {worker} failed to start: {message}")]
-    Worker { worker: usize, message: String },
+    Origin(#[source] origin::Error),
+    #[error("worker {worker} failed to start: {what}: {source}")]
+    Worker {
+        worker: usize,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("worker {worker} failed to start: a worker exited during startup")]
+    WorkerExited { worker: usize },
 }
 
 /// A running server.
@@ -68,12 +75,12 @@ pub struct Server {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics: Metrics,
-    pub shards: Arc<Shards>,
+    pub cache: Arc<Cache>,
     shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     log_writer: access_log::Writer,
-    _lock: shard::DirLock,
+    _lock: cache::DirLock,
 }
 
 impl Server {
@@ -108,7 +115,7 @@ pub fn credentials_for(cfg: &Config) -> Result<Option<Arc<CredentialsCell>>, Err
     match cfg.origin.upstream {
         Upstream::S3 { .. } => crate::origin::credentials::start_chain(&cfg.origin.region)
             .map(Some)
-            .map_err(|e| Error::Credentials(e.to_string())),
+            .map_err(Error::Credentials),
         _ => Ok(None),
     }
 }
@@ -120,15 +127,12 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     // Fail fast on an origin that cannot be built (e.g. S3 without credentials).
     if let Upstream::S3 { .. } = cfg.origin.upstream {
         if creds.is_none() {
-            return Err(Error::Credentials(
-                "none found. Fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials)".into(),
-            ));
+            return Err(Error::NoCredentials);
         }
     }
 
     let driver = resolve_driver(cfg.driver);
-    let (shards, stores, lock) =
-        shard::open(&cfg.cache.dir, cfg.cache.size, n, cfg.cache.negative_ttl)?;
+    let (cache, shard_parts, lock) = cache::open(&cfg.cache, n, cache::fill_patience(&cfg.origin))?;
     let listeners = bind_reuseport(cfg.server.listen, n, driver)?;
     let addr = listeners[0].local_addr().map_err(|source| Error::Bind {
         addr: cfg.server.listen,
@@ -146,10 +150,12 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
 
     let metrics = Metrics::new(n);
-    let log_writer = access_log::Writer::start(std::io::stdout()).map_err(|e| Error::Worker {
-        worker: 0,
-        message: format!("cannot start the access-log thread: {e}"),
-    })?;
+    let log_writer =
+        access_log::Writer::start(std::io::stdout()).map_err(|source| Error::Worker {
+            worker: 0,
+            what: "cannot start the access-log thread",
+            source,
+        })?;
     let helm = Arc::new(crate::helm::HelmRepo::new(match &cfg.origin.upstream {
         Upstream::S3 { bucket, prefix } if cfg.rewrite_s3_urls => Some(if prefix.is_empty() {
             format!("s3://{bucket}/")
@@ -162,43 +168,31 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
 
-    let mut senders = Vec::with_capacity(n);
-    let mut receivers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (tx, rx) = mpsc::unbounded_channel();
-        senders.push(tx);
-        receivers.push(rx);
-    }
-    shards.set_senders(senders);
-
     let (startup_tx, startup_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
     let mut workers = Vec::with_capacity(n);
-    for (id, ((listener, store), jobs)) in
-        listeners.into_iter().zip(stores).zip(receivers).enumerate()
-    {
+    for (id, (listener, shard)) in listeners.into_iter().zip(shard_parts).enumerate() {
         let ctx = WorkerStart {
             id,
             cfg: cfg.clone(),
             driver,
             listener,
-            store,
-            jobs,
-            shards: shards.clone(),
+            shard,
+            cache: cache.clone(),
             metrics: metrics.clone(),
             log_sink: cfg.access_log.then(|| log_writer.sink()),
             helm: helm.clone(),
             creds: creds.clone(),
             shutdown: shutdown_rx.clone(),
-            draining: draining.clone(),
             ready: ready.clone(),
             startup: startup_tx.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("chartcache-w{id}"))
             .spawn(move || worker_thread(ctx))
-            .map_err(|e| Error::Worker {
+            .map_err(|source| Error::Worker {
                 worker: id,
-                message: e.to_string(),
+                what: "cannot spawn its thread",
+                source,
             })?;
         workers.push(handle);
     }
@@ -212,10 +206,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
             }
             Err(_) => {
                 let _ = shutdown_tx.send(true);
-                return Err(Error::Worker {
-                    worker: 0,
-                    message: "a worker exited during startup".into(),
-                });
+                return Err(Error::WorkerExited { worker: 0 });
             }
         }
     }
@@ -224,7 +215,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         admin_listener,
         AdminState {
             metrics: metrics.clone(),
-            shards: shards.clone(),
+            cache: cache.clone(),
             ready: ready.clone(),
             workers: n,
             draining: draining.clone(),
@@ -246,7 +237,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         addr,
         admin_addr,
         metrics,
-        shards,
+        cache,
         shutdown: shutdown_tx,
         draining,
         workers,
@@ -328,15 +319,14 @@ struct WorkerStart {
     cfg: Arc<Config>,
     driver: Driver,
     listener: std::net::TcpListener,
-    store: ShardStore,
-    jobs: mpsc::UnboundedReceiver<ShardJob>,
-    shards: Arc<Shards>,
+    /// This worker's cache shard, to own.
+    shard: ShardParts,
+    cache: Arc<Cache>,
     metrics: Metrics,
     log_sink: Option<access_log::Sink>,
     helm: Arc<crate::helm::HelmRepo>,
     creds: Option<Arc<CredentialsCell>>,
     shutdown: watch::Receiver<bool>,
-    draining: Arc<AtomicBool>,
     ready: Arc<AtomicUsize>,
     startup: std::sync::mpsc::Sender<Result<(), Error>>,
 }
@@ -348,7 +338,8 @@ fn worker_thread(ctx: WorkerStart) {
     if let Err(e) = block_on(driver, |mode| worker_main(ctx, mode)) {
         let _ = startup.send(Err(Error::Worker {
             worker: id,
-            message: format!("cannot build the runtime: {e}"),
+            what: "cannot build the runtime",
+            source: e,
         }));
     }
 }
@@ -402,7 +393,7 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
     let origin = match origin::build(&ctx.cfg.origin, ctx.creds.clone()) {
         Ok(o) => o,
         Err(e) => {
-            let _ = ctx.startup.send(Err(Error::Origin(e.to_string())));
+            let _ = ctx.startup.send(Err(Error::Origin(e)));
             return;
         }
     };
@@ -411,18 +402,28 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
         Err(e) => {
             let _ = ctx.startup.send(Err(Error::Worker {
                 worker: ctx.id,
-                message: format!("cannot register the listener: {e}"),
+                what: "cannot register the listener",
+                source: e,
             }));
             return;
         }
     };
+    let owner = ctx.cache.owner(
+        ctx.shard,
+        FillContext {
+            origin: origin.clone(),
+            metrics: ctx.metrics.worker(ctx.id),
+            helm: ctx.helm,
+            verify_digests: ctx.cfg.verify_digests,
+        },
+    );
+    owner.spawn();
     let w: WorkerRef = Rc::new(Worker {
         id: ctx.id,
         cfg: ctx.cfg.clone(),
         origin,
-        shards: ctx.shards,
-        helm: ctx.helm,
-        store: std::cell::RefCell::new(ctx.store),
+        cache: ctx.cache,
+        owner,
         metrics: ctx.metrics.worker(ctx.id),
         access_log: AccessLog::new(
             ctx.log_sink,
@@ -432,11 +433,9 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
         ),
         draining: std::cell::Cell::new(false),
         connections: std::cell::Cell::new(0),
-        shutdown: ctx.shutdown.clone(),
         stop: Default::default(),
         socket_mode,
     });
-    monoio::spawn(job_loop(w.clone(), ctx.jobs));
     monoio::spawn(housekeeping(w.clone()));
     ctx.ready.fetch_add(1, Ordering::SeqCst);
     let _ = ctx.startup.send(Ok(()));
@@ -446,12 +445,11 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
     drop(listener);
     w.draining.set(true);
     w.stop.fire();
-    let _ = &ctx.draining;
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while w.connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Err(e) = w.store.borrow_mut().checkpoint() {
+    if let Err(e) = w.owner.checkpoint() {
         tracing::error!(worker = w.id, error = %e, "index checkpoint failed at shutdown");
     }
     w.access_log.flush();
@@ -491,46 +489,12 @@ async fn accept_loop(
     }
 }
 
-/// Runs this shard's owner jobs: fills and purges.
-async fn job_loop(w: WorkerRef, mut jobs: mpsc::UnboundedReceiver<ShardJob>) {
-    while let Some(job) = jobs.recv().await {
-        match job {
-            ShardJob::Fill {
-                inflight,
-                etag,
-                ttl_secs,
-            } => {
-                let w = w.clone();
-                monoio::spawn(async move {
-                    let filler = Filler {
-                        origin: &*w.origin,
-                        store: &w.store,
-                        shards: &w.shards,
-                        metrics: &w.metrics,
-                        helm: &w.helm,
-                        verify_digests: w.cfg.verify_digests,
-                    };
-                    filler.fill(inflight, etag, ttl_secs).await;
-                });
-            }
-            ShardJob::Purge { key, prefix, reply } => {
-                let n = if prefix {
-                    w.store.borrow_mut().remove_prefix(&key)
-                } else {
-                    usize::from(w.store.borrow_mut().remove(&key))
-                };
-                let _ = reply.send(n);
-            }
-        }
-    }
-}
-
 /// Periodic per-worker chores.
 async fn housekeeping(w: WorkerRef) {
     let mut last_checkpoint = Instant::now();
     loop {
         w.access_log.flush();
-        let stats = w.store.borrow().stats();
+        let stats = w.owner.stats();
         w.metrics
             .cache_bytes
             .store(stats.bytes_on_disk, Ordering::Relaxed);
@@ -542,7 +506,7 @@ async fn housekeeping(w: WorkerRef) {
             .store(stats.evictions, Ordering::Relaxed);
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
-            if let Err(e) = w.store.borrow_mut().checkpoint() {
+            if let Err(e) = w.owner.checkpoint() {
                 tracing::warn!(worker = w.id, error = %e, "index checkpoint failed");
             }
         }

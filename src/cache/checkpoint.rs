@@ -18,9 +18,8 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::error::Error;
 use super::format::{self, CheckpointEntry, CheckpointHeader};
-use super::segment::io_at;
-use super::store::Error;
 
 /// File name of copy `i` (0 or 1).
 pub fn file_name(copy: usize) -> &'static str {
@@ -108,7 +107,7 @@ pub fn load(dir: &Path) -> Result<(Option<Snapshot>, CheckpointState), Error> {
         let buf = match std::fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_at(&p, "read checkpoint", e)),
+            Err(e) => return Err(Error::io_at(&p, "read checkpoint", e)),
         };
         state.sizes[copy] = buf.len() as u64;
         match Snapshot::parse(buf, copy) {
@@ -157,7 +156,7 @@ pub fn write(
         .create(true)
         .truncate(false)
         .open(&p)
-        .map_err(|e| io_at(&p, "open checkpoint", e))?;
+        .map_err(|e| Error::io_at(&p, "open checkpoint", e))?;
     let mut buf = Vec::with_capacity(CheckpointHeader::serialized_len() + entries.len());
     buf.extend_from_slice(&header.encode());
     buf.extend_from_slice(entries);
@@ -165,13 +164,13 @@ pub fn write(
         if e.raw_os_error() == Some(libc::ENOSPC) {
             Error::NoSpace
         } else {
-            io_at(&p, what, e)
+            Error::io_at(&p, what, e)
         }
     };
     file.write_all_at(&buf, 0)
         .map_err(|e| no_space(e, "write checkpoint"))?;
     file.set_len(buf.len() as u64)
-        .map_err(|e| io_at(&p, "truncate checkpoint", e))?;
+        .map_err(|e| Error::io_at(&p, "truncate checkpoint", e))?;
     file.sync_data()
         .map_err(|e| no_space(e, "fsync checkpoint"))?;
     if !existed {

@@ -23,12 +23,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::cache::store::{ObjectMeta, Segment};
-use crate::origin::ResponseMeta;
+use super::format::{unix_now, ObjectMeta};
+use super::segment::Segment;
+use super::store::Hit;
+use crate::origin::{self, ResponseMeta};
 
 /// Where a body in flight (or just committed) lives.
 #[derive(Clone)]
@@ -37,17 +40,6 @@ pub struct BodyView {
     pub body_offset: usize,
     pub body_len: u64,
     pub meta: Arc<ObjectMeta>,
-}
-
-impl BodyView {
-    /// Bytes `[from, to)` of the body. The caller only asks for bytes the
-    /// owner has reported written.
-    pub fn bytes(&self, from: u64, to: u64) -> &[u8] {
-        let s = self.segment.as_slice();
-        let a = self.body_offset.saturating_add(from as usize).min(s.len());
-        let b = self.body_offset.saturating_add(to as usize).min(s.len());
-        &s[a..b]
-    }
 }
 
 /// Why a fill failed, as seen by waiters.
@@ -61,6 +53,19 @@ pub struct FillError {
     pub upstream_status: Option<u16>,
 }
 
+impl From<&origin::Error> for FillError {
+    fn from(e: &origin::Error) -> FillError {
+        FillError {
+            status: e.client_status(),
+            message: e.to_string(),
+            upstream_status: match e {
+                origin::Error::Status { status, .. } => Some(*status),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// What waiters see.
 #[derive(Clone)]
 pub enum FillState {
@@ -70,8 +75,9 @@ pub enum FillState {
     Streaming { view: BodyView, written: u64 },
     /// Committed: the whole body is readable and indexed.
     Done { view: BodyView },
-    /// Upstream confirmed the stored copy (304); it was refreshed in place.
-    NotModified,
+    /// Upstream confirmed the stored copy (304); it was refreshed in place
+    /// and is this hit.
+    NotModified(Hit),
     /// A small, uncached answer (404, or a body that was buffered in memory
     /// because it could not be stored).
     Response { meta: ResponseMeta, body: Bytes },
@@ -194,9 +200,104 @@ impl Drop for FillGuard<'_> {
     }
 }
 
+/// One request's wait on a fill: the waiter side of coalescing.
+///
+/// Every wait is bounded by the same `patience` (see [`super::fill_patience`]):
+/// no news from the owner for that long is an upstream failure (504).
+pub struct FillWait {
+    rx: watch::Receiver<FillState>,
+    /// The stored copy the fill revalidates or replaces (stale-if-error).
+    existing: Option<Hit>,
+    patience: Duration,
+}
+
+impl FillWait {
+    pub(super) fn new(inflight: &Inflight, existing: Option<Hit>, patience: Duration) -> Self {
+        FillWait {
+            rx: inflight.subscribe(),
+            existing,
+            patience,
+        }
+    }
+
+    /// Waits for the fill's answer; never `Pending` (no news within the
+    /// patience becomes a 504 `Failed`, to which stale-if-error applies).
+    pub async fn answer(&mut self) -> FillState {
+        loop {
+            let current = self.rx.borrow_and_update().clone();
+            if !matches!(current, FillState::Pending) {
+                return current;
+            }
+            if !self.changed().await {
+                return FillState::Failed {
+                    error: FillError {
+                        status: 504,
+                        message: "timed out waiting for upstream".into(),
+                        upstream_status: None,
+                    },
+                    mid_body: false,
+                };
+            }
+        }
+    }
+
+    /// How many bytes of a `body_len`-byte streaming body may be sent now.
+    /// The last byte is held back until the record is committed, so a client
+    /// that saw its response complete and asks again finds the entry (a HIT),
+    /// never a fill that is still finishing. `None`: the fill failed mid-body
+    /// or was abandoned — the client must see a broken response.
+    pub fn readable(&mut self, body_len: u64) -> Option<u64> {
+        match &*self.rx.borrow_and_update() {
+            FillState::Streaming { written, .. } => {
+                Some((*written).min(body_len.saturating_sub(1)))
+            }
+            FillState::Done { .. } => Some(body_len),
+            _ => None,
+        }
+    }
+
+    /// Waits for the fill's next news. False when none came within the
+    /// patience (or the owner is gone).
+    pub async fn changed(&mut self) -> bool {
+        matches!(
+            monoio::time::timeout(self.patience, self.rx.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Waits until the fill reached its final state (or stalls), so the
+    /// client's next request finds the committed entry.
+    pub async fn settled(&mut self) {
+        while !self.rx.borrow_and_update().is_final() {
+            if !self.changed().await {
+                return;
+            }
+        }
+    }
+
+    /// The stored copy that may be served as `STALE` after `error`: only for
+    /// server-side failures (5xx or no answer), and only up to `max_stale` old.
+    pub fn stale_copy(&self, error: &FillError, max_stale: Duration) -> Option<&Hit> {
+        let server_side = error.upstream_status.is_none_or(|s| s >= 500);
+        self.existing.as_ref().filter(|hit| {
+            server_side && unix_now().saturating_sub(hit.meta.stored_at) <= max_stale.as_secs()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::testutil;
+
+    /// A committed record to answer a revalidation with.
+    fn stored_hit() -> (tempfile::TempDir, Hit) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = testutil::open(dir.path(), 1 << 20);
+        testutil::put(&mut store, "/index.yaml", b"entries: {}\n", "\"e1\"");
+        let hit = store.reader().lookup("/index.yaml").unwrap();
+        (dir, hit)
+    }
 
     #[test]
     fn first_joiner_leads_and_the_rest_follow_until_finished() {
@@ -219,7 +320,8 @@ mod tests {
         let Join::Leader(a) = t.join("/index.yaml") else {
             panic!()
         };
-        a.publish(FillState::NotModified);
+        let (_dir, hit) = stored_hit();
+        a.publish(FillState::NotModified(hit));
         // Still in the table (the owner has not removed it yet), but final.
         let Join::Leader(b) = t.join("/index.yaml") else {
             panic!("a late request must start its own fill")
@@ -272,7 +374,8 @@ mod tests {
                 }
             })
         });
-        a.publish(FillState::NotModified);
+        let (_dir, hit) = stored_hit();
+        a.publish(FillState::NotModified(hit));
         assert!(h.join().unwrap());
     }
 }

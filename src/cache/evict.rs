@@ -14,10 +14,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::error::Error;
 use super::format::HEADER_LEN;
 use super::index::{Entry, Location};
 use super::segment::{Segment, SegmentId};
-use super::store::{live_header, Active, Error, ShardStore};
+use super::store::{live_header, Active, ShardStore};
 
 impl ShardStore {
     /// Seal the active segment, make room under the capacity, open a new segment and

@@ -1,6 +1,7 @@
-//! The [`Filler`]: runs on a shard's owner worker and turns one upstream
-//! response into one committed cache record, publishing progress to every
-//! waiter (see [`coalesce`](super::coalesce)).
+//! The [`Filler`]: runs on a shard's owner worker (started by
+//! [`super::owner`]) and turns one upstream response into one committed cache
+//! record, publishing progress to every waiter (see
+//! [`coalesce`](super::coalesce)).
 //!
 //! Only complete bodies are committed: the body must end exactly at the
 //! declared `Content-Length`, otherwise the record is aborted (never indexed)
@@ -8,14 +9,15 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use crate::cache::coalesce::{BodyView, FillError, FillGuard, FillState, Inflight};
-use crate::cache::shard::Shards;
-use crate::cache::store::{ObjectMeta, ShardStore};
+use super::coalesce::{BodyView, FillError, FillGuard, FillState, Inflight, InflightTable};
+use super::format::{unix_now, ObjectMeta};
+use super::negative::NegativeCache;
+use super::store::ShardStore;
 use crate::helm::{self, HelmRepo};
 use crate::metrics::WorkerMetrics;
 use crate::origin::{self, Origin, OriginRequest};
@@ -32,30 +34,14 @@ const MAX_UNSIZED_BODY: usize = 8 << 20;
 /// The largest `index.yaml` chartcache rewrites and stores.
 const MAX_INDEX: usize = 64 << 20;
 
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Maps an origin error to what waiters are told.
-pub fn fill_error(e: &origin::Error) -> FillError {
-    FillError {
-        status: e.client_status(),
-        message: e.to_string(),
-        upstream_status: match e {
-            origin::Error::Status { status, .. } => Some(*status),
-            _ => None,
-        },
-    }
-}
-
 /// A shard owner's filling context.
 pub struct Filler<'a> {
     pub origin: &'a dyn Origin,
     pub store: &'a RefCell<ShardStore>,
-    pub shards: &'a Shards,
+    /// The fills in flight (this fill leaves it when done).
+    pub inflight: &'a InflightTable,
+    /// Where upstream 404s are remembered.
+    pub negative: &'a NegativeCache,
     pub metrics: &'a WorkerMetrics,
     /// index.yaml rewriting and chart digests.
     pub helm: &'a HelmRepo,
@@ -64,10 +50,16 @@ pub struct Filler<'a> {
 }
 
 impl Filler<'_> {
-    /// Fetches `inflight.key` (conditionally when `etag` is set) and stores it.
-    pub async fn fill(&self, inflight: Arc<Inflight>, etag: Option<String>, ttl_secs: u32) {
+    /// Fetches `inflight.key` (conditionally when `etag` is set) and stores
+    /// it; an upstream 404 is remembered when `remember_not_found` is set.
+    pub async fn fill(
+        &self,
+        inflight: Arc<Inflight>,
+        etag: Option<String>,
+        remember_not_found: bool,
+    ) {
         let guard = FillGuard {
-            table: &self.shards.inflight,
+            table: self.inflight,
             inflight: inflight.clone(),
         };
         let key = inflight.key.clone();
@@ -89,7 +81,7 @@ impl Filler<'_> {
                 self.metrics.upstream(status, started.elapsed());
                 tracing::warn!(key = %key, error = %e, "upstream fetch failed");
                 inflight.publish(FillState::Failed {
-                    error: fill_error(&e),
+                    error: FillError::from(&e),
                     mid_body: false,
                 });
                 return;
@@ -99,18 +91,20 @@ impl Filler<'_> {
         let mut body = resp.body;
         match meta.status {
             304 => {
-                let refreshed = self.store.borrow_mut().refresh(&key, unix_now(), ttl_secs);
-                if refreshed {
-                    if key == helm::INDEX_KEY && self.helm.digests.is_empty() {
-                        // After a restart: learn the digests from the stored index.
-                        if let Some(hit) = self.shards.lookup(&key).filter(|h| h.verify()) {
+                let refreshed = self.store.borrow_mut().refresh(&key, unix_now());
+                let hit = refreshed
+                    .then(|| self.store.borrow().reader().lookup(&key))
+                    .flatten();
+                match hit {
+                    Some(hit) => {
+                        if key == helm::INDEX_KEY && self.helm.digests.is_empty() && hit.verify() {
+                            // After a restart: learn the digests from the stored index.
                             self.helm.digests.update_from_index(hit.body());
                         }
+                        inflight.publish(FillState::NotModified(hit));
                     }
-                    inflight.publish(FillState::NotModified);
-                } else {
                     // The stored copy vanished (evicted, purged) meanwhile.
-                    inflight.publish(FillState::Passthrough);
+                    None => inflight.publish(FillState::Passthrough),
                 }
             }
             200 => {
@@ -120,7 +114,6 @@ impl Filler<'_> {
                     last_modified: meta.last_modified.clone(),
                     content_type: meta.content_type.clone(),
                     stored_at: unix_now(),
-                    ttl_secs,
                 };
                 if key == helm::INDEX_KEY {
                     return self
@@ -141,6 +134,9 @@ impl Filler<'_> {
             _ => {
                 // 404 and friends: answered, never stored (the S3 error body
                 // was already discarded by the origin).
+                if meta.status == 404 && remember_not_found {
+                    self.negative.insert(&key);
+                }
                 inflight.publish(FillState::Response {
                     meta,
                     body: Bytes::new(),
@@ -366,7 +362,7 @@ async fn read_capped(
             Ok(None) => return Some(buf.freeze()),
             Err(e) => {
                 inflight.publish(FillState::Failed {
-                    error: fill_error(&e),
+                    error: FillError::from(&e),
                     mid_body: false,
                 });
                 return None;

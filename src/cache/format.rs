@@ -38,7 +38,7 @@
 //! | 0  | 2 | HTTP status |
 //! | 2  | 2 | flags: bit 0 ETag present, bit 1 Last-Modified present, bit 2 Content-Type present |
 //! | 4  | 8 | stored_at (unix seconds) |
-//! | 12 | 4 | ttl seconds |
+//! | 12 | 4 | reserved: written as zero, ignored on read (older versions stored a TTL here that nothing read) |
 //! | 16 | 2 | ETag length `E` |
 //! | 18 | 2 | Last-Modified length `L` |
 //! | 20 | 2 | Content-Type length `C` |
@@ -91,7 +91,25 @@
 //! An entry whose CRC fails is skipped; a frame that runs past the declared size
 //! makes the whole copy invalid.
 
-use super::store::ObjectMeta;
+/// What is stored next to a body and served with it (the record's meta).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectMeta {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub content_type: Option<String>,
+    /// Unix seconds when the record was written (or last revalidated). Freshness is
+    /// decided per request from this and the route rule in force, so a changed rule
+    /// applies to objects already stored.
+    pub stored_at: u64,
+}
+
+/// Unix seconds now (the clock of [`ObjectMeta::stored_at`]).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Record magic.
 pub const RECORD_MAGIC: [u8; 4] = *b"CCRC";
@@ -326,8 +344,8 @@ pub fn encode_meta(meta: &ObjectMeta, out: &mut Vec<u8>) -> Result<(), FormatErr
     out.extend_from_slice(&meta.status.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&meta.stored_at.to_le_bytes());
-    out.extend_from_slice(&meta.ttl_secs.to_le_bytes());
-    // Each length is ≤ total ≤ u16::MAX (checked above).
+    out.extend_from_slice(&[0; 4]); // reserved
+                                    // Each length is ≤ total ≤ u16::MAX (checked above).
     for part in [&e, &l, &c] {
         out.extend_from_slice(&(part.len() as u16).to_le_bytes());
     }
@@ -377,7 +395,6 @@ pub fn decode_meta(b: &[u8]) -> Result<ObjectMeta, FormatError> {
         last_modified,
         content_type,
         stored_at: u64_at(b, 4),
-        ttl_secs: u32_at(b, 12),
     })
 }
 
@@ -559,7 +576,6 @@ mod tests {
             last_modified: None,
             content_type: Some("application/gzip".into()),
             stored_at: 1_700_000_000,
-            ttl_secs: 300,
         }
     }
 
@@ -592,6 +608,17 @@ mod tests {
         *padded.last_mut().unwrap() = 1;
         assert!(decode_meta(&padded).is_err());
         assert!(decode_meta(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn reserved_meta_bytes_are_zero_and_old_values_are_ignored() {
+        let m = meta();
+        let mut b = Vec::new();
+        encode_meta(&m, &mut b).unwrap();
+        assert_eq!(&b[12..16], &[0; 4]);
+        // Records of earlier versions carry a TTL there: still decoded, value unused.
+        b[12..16].copy_from_slice(&86_400u32.to_le_bytes());
+        assert_eq!(decode_meta(&b).unwrap(), m);
     }
 
     #[test]

@@ -15,9 +15,9 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::format::ObjectMeta;
 use super::format::{self, RecordKind, HEADER_LEN};
 use super::segment::{Segment, SegmentId};
-use super::store::ObjectMeta;
 
 /// Where and what a committed record is.
 #[derive(Debug)]

@@ -1,27 +1,311 @@
-//! The cache engine: one shard per worker, each an mmap-backed append log with a
-//! CRC-checked index.
+//! The cache: one shard per worker, each an mmap-backed append log with a
+//! CRC-checked index, behind one facade, [`Cache`].
 //!
-//! - [`format`]: the on-disk record and checkpoint formats (byte tables in its doc).
+//! # Architecture
+//! 1. Callers (the request handler, the admin listener) speak only to
+//!    [`Cache`]: [`Cache::get_or_fill`] answers a request for a key with a
+//!    fresh verified copy, a remembered 404, or a [`FillWait`] on the key's one
+//!    fill in flight; [`Cache::purge`] removes a key or a prefix. Lookup,
+//!    verification, coalescing, the hand-off to the owner shard, the negative
+//!    cache and the wait deadline are its private business.
+//! 2. A fill runs on the key's owner worker ([`owner::ShardOwner`], the only
+//!    writer of its shard), which streams the upstream body into its segment
+//!    ([`fill::Filler`]) and publishes progress to every waiter on every
+//!    worker.
+//! 3. Hits are read by any worker straight from the segment mmaps through the
+//!    shard's lock-free index.
+//!
+//! # Layout (bottom up: no module imports one that imports it back)
+//! - [`error`]: the storage layer's error type.
+//! - [`format`]: the on-disk record and checkpoint formats (byte tables in its
+//!   doc) and [`ObjectMeta`], the metadata stored beside each body.
 //! - [`segment`]: preallocated segment files, `pwrite` appends, read-only mmaps.
 //! - [`index`]: key → record location, shared read-only with other workers.
-//! - [`checkpoint`]: two alternating mmap-backed index checkpoints with per-entry CRCs.
+//! - [`checkpoint`]: two alternating index checkpoint files with per-entry CRCs.
 //! - [`recover`]: startup: newest valid checkpoint + log replay, torn-tail truncation.
-//! - [`evict`]: log-structured FIFO with second chance.
 //! - [`store`]: [`store::ShardStore`], the owner's handle (write) and
 //!   [`store::ShardReader`], everyone's handle (lookup).
-//! - [`coalesce`]: cross-worker miss coalescing: one upstream GET per object.
+//! - [`evict`]: log-structured FIFO with second chance (part of the store).
+//! - [`negative`]: short-lived memory of upstream 404s.
+//! - [`coalesce`]: cross-worker miss coalescing: one upstream GET per object;
+//!   the waiter's side ([`FillWait`]).
 //! - [`shard`]: which worker owns which key; opening and locking the cache dir.
 //! - [`fill`]: the owner-side filler: upstream response → committed record.
-//! - [`negative`]: short-lived memory of upstream 404s.
+//! - [`owner`]: the owner worker's side of a shard: its job loop.
+//! - this file: the facade.
 
 pub mod checkpoint;
 pub mod coalesce;
+pub mod error;
 pub mod evict;
 pub mod fill;
 pub mod format;
 pub mod index;
 pub mod negative;
+pub mod owner;
 pub mod recover;
 pub mod segment;
 pub mod shard;
 pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+pub use coalesce::{BodyView, FillError, FillState, FillWait};
+pub use format::ObjectMeta;
+pub use owner::{FillContext, ShardOwner, ShardParts};
+pub use shard::DirLock;
+pub use store::{Hit, Segment, StoreStats};
+
+use coalesce::{InflightTable, Join};
+use negative::NegativeCache;
+use shard::{owner_of, ShardJob};
+use store::ShardReader;
+
+use crate::config::CacheConfig;
+use crate::metrics::WorkerMetrics;
+use crate::origin::OriginConfig;
+
+/// How long a request waits for news from a fill before it counts as an
+/// upstream failure (504, and stale-if-error applies). One value for the
+/// response head and for each body step: the owner's fetch gives up within
+/// the retry deadline (all attempts) or the connect + request timeouts,
+/// whichever is longer; one second more lets the owner's own answer arrive
+/// first.
+pub fn fill_patience(origin: &OriginConfig) -> Duration {
+    origin
+        .retry_deadline
+        .max(origin.connect_timeout + origin.request_timeout)
+        + Duration::from_secs(1)
+}
+
+/// How a request wants a key served.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    /// A stored copy younger than this is served without asking upstream.
+    pub fresh_for: Duration,
+    /// An upstream 404 may be remembered and answered from memory (never for
+    /// revalidated paths: a republish must show at once).
+    pub remember_not_found: bool,
+}
+
+/// What [`Cache::get_or_fill`] found.
+pub enum Lookup {
+    /// A fresh, verified stored copy.
+    Fresh(Hit),
+    /// Upstream answered 404 for this key moments ago.
+    NotFound,
+    /// No fresh copy: this request waits on the key's fill (its own or a
+    /// concurrent request's, on any worker).
+    Filling(FillWait),
+}
+
+/// A purge's target.
+#[derive(Debug, Clone, Copy)]
+pub enum PurgeTarget<'a> {
+    /// One object key.
+    Key(&'a str),
+    /// Every key starting with this.
+    Prefix(&'a str),
+}
+
+/// Why a purge did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("shard {shard} did not answer the purge within {timeout:?}")]
+    NoAnswer { shard: usize, timeout: Duration },
+}
+
+/// The cache facade, shared by every worker (see the module doc).
+pub struct Cache {
+    readers: Vec<Arc<ShardReader>>,
+    senders: Vec<mpsc::UnboundedSender<ShardJob>>,
+    inflight: Arc<InflightTable>,
+    negative: Arc<NegativeCache>,
+    patience: Duration,
+}
+
+/// Locks and opens the cache directory: the shared facade, one
+/// [`ShardParts`] per worker (shard `i` for worker `i`), and the directory
+/// lock to hold while serving.
+pub fn open(
+    cfg: &CacheConfig,
+    shards: usize,
+    patience: Duration,
+) -> Result<(Arc<Cache>, Vec<ShardParts>, DirLock), shard::Error> {
+    let (stores, lock) = shard::open_stores(&cfg.dir, cfg.size, shards)?;
+    let mut readers = Vec::with_capacity(stores.len());
+    let mut senders = Vec::with_capacity(stores.len());
+    let mut parts = Vec::with_capacity(stores.len());
+    for store in stores {
+        let (tx, jobs) = mpsc::unbounded_channel();
+        readers.push(store.reader());
+        senders.push(tx);
+        parts.push(ShardParts { store, jobs });
+    }
+    let cache = Arc::new(Cache {
+        readers,
+        senders,
+        inflight: Arc::default(),
+        negative: Arc::new(NegativeCache::new(cfg.negative_ttl)),
+        patience,
+    });
+    Ok((cache, parts, lock))
+}
+
+impl Cache {
+    /// Takes ownership of a shard on the calling worker thread.
+    pub fn owner(&self, parts: ShardParts, fill: FillContext) -> std::rc::Rc<ShardOwner> {
+        ShardOwner::new(parts, self.inflight.clone(), self.negative.clone(), fill)
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.readers.len()
+    }
+
+    fn reader_for(&self, key: &str) -> &ShardReader {
+        &self.readers[owner_of(key, self.readers.len())]
+    }
+
+    /// Serves `key` from the cache or joins its fill.
+    ///
+    /// A stored copy that fails verification is dropped (counted, logged by
+    /// the store) and refetched. Without a fresh copy the request joins the
+    /// key's fill in flight, or starts one on the owner shard — conditional
+    /// on the stored copy's ETag, so upstream can answer 304.
+    pub fn get_or_fill(&self, key: &str, want: Want, metrics: &WorkerMetrics) -> Lookup {
+        let reader = self.reader_for(key);
+        let existing = reader.lookup(key).filter(|hit| {
+            let ok = hit.verify();
+            if !ok {
+                reader.drop_corrupt(key, hit);
+                metrics
+                    .corrupt_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            ok
+        });
+        let existing = match existing {
+            Some(hit)
+                if format::unix_now()
+                    < hit.meta.stored_at.saturating_add(want.fresh_for.as_secs()) =>
+            {
+                return Lookup::Fresh(hit)
+            }
+            other => other,
+        };
+        if existing.is_none() && want.remember_not_found && self.negative.contains(key) {
+            return Lookup::NotFound;
+        }
+        // A rewritten index carries a served ETag; upstream knows its own.
+        let etag = existing
+            .as_ref()
+            .and_then(|h| h.meta.etag.as_deref())
+            .map(crate::helm::upstream_etag);
+        let inflight = match self.inflight.join(key) {
+            Join::Leader(f) => {
+                let job = ShardJob::Fill {
+                    inflight: f.clone(),
+                    etag,
+                    remember_not_found: want.remember_not_found,
+                };
+                if self.senders[owner_of(key, self.senders.len())]
+                    .send(job)
+                    .is_err()
+                {
+                    f.publish(FillState::Failed {
+                        error: FillError {
+                            status: 503,
+                            message: "shutting down".into(),
+                            upstream_status: None,
+                        },
+                        mid_body: false,
+                    });
+                    self.inflight.finish(&f);
+                }
+                f
+            }
+            Join::Follower(f) => {
+                metrics
+                    .coalesced_waiters
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                f
+            }
+        };
+        Lookup::Filling(FillWait::new(&inflight, existing, self.patience))
+    }
+
+    /// Removes a key or every key under a prefix, on their owner shards, and
+    /// forgets remembered 404s there. Blocks (up to `timeout` per shard) for
+    /// the owners' answers: call it from a plain thread, never a worker.
+    /// Returns how many objects were removed.
+    pub fn purge(&self, target: PurgeTarget<'_>, timeout: Duration) -> Result<usize, PurgeError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut asked = Vec::new();
+        match target {
+            PurgeTarget::Key(key) => {
+                self.negative.remove(key, false);
+                let shard = owner_of(key, self.senders.len());
+                let job = ShardJob::Purge {
+                    key: key.to_owned(),
+                    prefix: false,
+                    reply: tx,
+                };
+                if self.senders[shard].send(job).is_err() {
+                    return Err(PurgeError::ShuttingDown);
+                }
+                asked.push(shard);
+            }
+            PurgeTarget::Prefix(prefix) => {
+                self.negative.remove(prefix, true);
+                for (shard, s) in self.senders.iter().enumerate() {
+                    let job = ShardJob::Purge {
+                        key: prefix.to_owned(),
+                        prefix: true,
+                        reply: tx.clone(),
+                    };
+                    if s.send(job).is_ok() {
+                        asked.push(shard);
+                    }
+                }
+                drop(tx);
+            }
+        }
+        let mut removed = 0;
+        for shard in asked {
+            match rx.recv_timeout(timeout) {
+                Ok(n) => removed += n,
+                Err(_) => return Err(PurgeError::NoAnswer { shard, timeout }),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(connect: u64, request: u64, deadline: u64) -> OriginConfig {
+        let mut o = crate::config::from_toml("upstream = \"s3://bucket-a\"")
+            .expect("valid config")
+            .origin;
+        o.connect_timeout = Duration::from_secs(connect);
+        o.request_timeout = Duration::from_secs(request);
+        o.retry_deadline = Duration::from_secs(deadline);
+        o
+    }
+
+    #[test]
+    fn fill_patience_covers_the_slowest_way_the_owner_can_give_up() {
+        // Defaults: 5 s connect + 10 s request outlast the 8 s retry deadline.
+        assert_eq!(fill_patience(&origin(5, 10, 8)), Duration::from_secs(16));
+        // A longer retry deadline is waited for too.
+        assert_eq!(fill_patience(&origin(5, 10, 30)), Duration::from_secs(31));
+    }
+}

@@ -24,10 +24,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::checkpoint::{self, CheckpointState};
+use super::error::Error;
 use super::format::{self, FormatError, RecordKind, HEADER_LEN};
 use super::index::{Entry, Index, Location};
 use super::segment::{self, Segment, SegmentId};
-use super::store::Error;
 
 /// What recovery found (for logs and tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::store::Error;
+use super::error::{is_no_space, Error};
 
 /// A segment's id (monotonic per shard directory, never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,18 +66,6 @@ impl std::fmt::Debug for Segment {
     }
 }
 
-/// Attach the path to an I/O error so an operator can act on it.
-pub fn io_at(path: &Path, what: &str, e: std::io::Error) -> Error {
-    Error::Io(std::io::Error::new(
-        e.kind(),
-        format!("{what} {}: {e}", path.display()),
-    ))
-}
-
-fn is_no_space(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-}
-
 impl Segment {
     /// Create `dir/{id}.seg`, preallocate `size` bytes and map it.
     pub fn create(dir: &Path, id: SegmentId, size: u64) -> Result<Segment, Error> {
@@ -87,13 +75,13 @@ impl Segment {
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| io_at(&path, "create segment", e))?;
+            .map_err(|e| Error::io_at(&path, "create segment", e))?;
         if let Err(e) = preallocate(&file, 0, size) {
             let _ = std::fs::remove_file(&path);
             return Err(if is_no_space(&e) {
                 Error::NoSpace
             } else {
-                io_at(&path, "preallocate segment", e)
+                Error::io_at(&path, "preallocate segment", e)
             });
         }
         Self::map(id, file, path)
@@ -105,17 +93,17 @@ impl Segment {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| io_at(path, "open segment", e))?;
+            .map_err(|e| Error::io_at(path, "open segment", e))?;
         Self::map(id, file, path.to_path_buf())
     }
 
     fn map(id: SegmentId, file: File, path: PathBuf) -> Result<Segment, Error> {
         let len = file
             .metadata()
-            .map_err(|e| io_at(&path, "stat segment", e))?
+            .map_err(|e| Error::io_at(&path, "stat segment", e))?
             .len();
         if len < MIN_SEGMENT_SIZE || usize::try_from(len).is_err() {
-            return Err(io_at(
+            return Err(Error::io_at(
                 &path,
                 "map segment",
                 std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad size {len}")),
@@ -126,7 +114,8 @@ impl Segment {
         // eviction, which keeps the inode and mapping alive). Bytes may change under the
         // map only in regions not yet published to readers (or, for the lead's fill
         // waiters, beyond the prefix they have been told is written).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| io_at(&path, "mmap segment", e))?;
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| Error::io_at(&path, "mmap segment", e))?;
         Ok(Segment {
             id,
             file,
@@ -167,7 +156,7 @@ impl Segment {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let end = offset.checked_add(data.len() as u64);
         if end.is_none_or(|e| e > self.len()) {
-            return Err(io_at(
+            return Err(Error::io_at(
                 &self.path,
                 "write segment",
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "write past segment end"),
@@ -177,7 +166,7 @@ impl Segment {
             if is_no_space(&e) {
                 Error::NoSpace
             } else {
-                io_at(&self.path, "write segment", e)
+                Error::io_at(&self.path, "write segment", e)
             }
         })
     }
@@ -186,7 +175,7 @@ impl Segment {
     pub fn sync(&self) -> Result<(), Error> {
         self.file
             .sync_data()
-            .map_err(|e| io_at(&self.path, "fsync segment", e))
+            .map_err(|e| Error::io_at(&self.path, "fsync segment", e))
     }
 
     /// Zero `[from, len)` (used once at startup on the recovered tail so stale bytes of
@@ -213,7 +202,7 @@ impl Segment {
             return match preallocate(&self.file, from, len - from) {
                 Ok(()) => Ok(()),
                 Err(e) if is_no_space(&e) => Err(Error::NoSpace),
-                Err(e) => Err(io_at(&self.path, "preallocate segment", e)),
+                Err(e) => Err(Error::io_at(&self.path, "preallocate segment", e)),
             };
         }
         let zeros = vec![0u8; 1 << 20];
@@ -231,7 +220,7 @@ impl Segment {
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_at(&self.path, "remove segment", e)),
+            Err(e) => Err(Error::io_at(&self.path, "remove segment", e)),
         }
     }
 }
@@ -264,10 +253,10 @@ fn preallocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 /// All segment files in `dir`, sorted by id. Zero-length / unmappable leftovers of a
 /// crash during creation are removed.
 pub fn list(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, Error> {
-    let rd = std::fs::read_dir(dir).map_err(|e| io_at(dir, "read cache dir", e))?;
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io_at(dir, "read cache dir", e))?;
     let mut out = Vec::new();
     for ent in rd {
-        let ent = ent.map_err(|e| io_at(dir, "read cache dir", e))?;
+        let ent = ent.map_err(|e| Error::io_at(dir, "read cache dir", e))?;
         let name = ent.file_name();
         let Some(id) = name.to_str().and_then(SegmentId::from_file_name) else {
             continue;

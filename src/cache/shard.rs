@@ -1,26 +1,28 @@
-//! Shards and who owns them: the thread-per-core contract of the cache.
+//! Shards and who owns them: the thread-per-core contract of the cache, and
+//! opening the cache directory.
 //!
 //! - There is one shard per worker. A key belongs to shard
 //!   `crc32(key) % shards` ([`owner_of`]) — stable across restarts.
 //! - **Only the owner writes its shard**: fills, refreshes and purges for a key
 //!   run on the owner worker, which receives them as [`ShardJob`]s over its
-//!   channel. The `ShardStore` lives in the owner's thread and is never shared.
+//!   channel (see [`super::owner`]). The `ShardStore` lives in the owner's
+//!   thread and is never shared.
 //! - **Anyone reads**: every worker serves hits for every key through the
 //!   shard's `ShardReader` (a lock-free index shared read-only), straight from
 //!   the segment mmaps.
 //! - The cache directory is held with an exclusive `flock` for the life of the
 //!   process, so two chartcache processes can never share one.
+//!
+//! Does not own: what is sent to an owner and when (the facade, [`super`]).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
-use crate::cache::coalesce::{Inflight, InflightTable};
-use crate::cache::negative::NegativeCache;
-use crate::cache::store::{self, Hit, ShardReader, ShardStore, StoreConfig};
+use super::coalesce::Inflight;
+use super::error::Error as StoreError;
+use super::store::{ShardStore, StoreConfig};
 
 /// Errors opening the cache.
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +38,19 @@ pub enum Error {
     Store {
         shard: usize,
         path: PathBuf,
-        source: store::Error,
+        source: StoreError,
     },
 }
 
 /// Work sent to a shard's owner.
 pub enum ShardJob {
     /// Fetch `inflight.key` from upstream and store it (or confirm the stored
-    /// copy when `etag` is set and upstream answers 304).
+    /// copy when `etag` is set and upstream answers 304). An upstream 404 is
+    /// remembered in the negative cache when `remember_not_found` is set.
     Fill {
         inflight: Arc<Inflight>,
         etag: Option<String>,
-        ttl_secs: u32,
+        remember_not_found: bool,
     },
     /// Remove one key (`prefix = false`) or every key starting with `key`;
     /// replies with the number of objects removed.
@@ -64,73 +67,19 @@ pub fn owner_of(key: &str, shards: usize) -> usize {
     (crc32fast::hash(key.as_bytes()) as usize) % shards.max(1)
 }
 
-/// What every worker shares: readers for all shards, the owners' job
-/// channels, and the in-flight fill table.
-pub struct Shards {
-    readers: Vec<Arc<ShardReader>>,
-    senders: OnceLock<Vec<mpsc::UnboundedSender<ShardJob>>>,
-    pub inflight: InflightTable,
-    pub negative: NegativeCache,
-}
-
-impl Shards {
-    pub fn len(&self) -> usize {
-        self.readers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.readers.is_empty()
-    }
-
-    pub fn owner_of(&self, key: &str) -> usize {
-        owner_of(key, self.readers.len())
-    }
-
-    /// Looks `key` up in its shard (any thread).
-    #[inline]
-    pub fn lookup(&self, key: &str) -> Option<Hit> {
-        self.readers[self.owner_of(key)].lookup(key)
-    }
-
-    pub fn reader(&self, shard: usize) -> &Arc<ShardReader> {
-        &self.readers[shard]
-    }
-
-    /// Installs the owners' job channels (once, at startup).
-    pub fn set_senders(&self, senders: Vec<mpsc::UnboundedSender<ShardJob>>) {
-        let _ = self.senders.set(senders);
-    }
-
-    /// Sends a job to the owner of `key`. False if that worker is gone.
-    pub fn send(&self, key: &str, job: ShardJob) -> bool {
-        match self.senders.get() {
-            Some(s) => s[self.owner_of(key)].send(job).is_ok(),
-            None => false,
-        }
-    }
-
-    /// Sends a job to every owner (prefix purges).
-    pub fn broadcast(&self, mut make: impl FnMut() -> ShardJob) -> usize {
-        let Some(senders) = self.senders.get() else {
-            return 0;
-        };
-        senders.iter().filter(|s| s.send(make()).is_ok()).count()
-    }
-}
-
 /// Holds the cache directory's lock file; released when dropped (or when the
 /// process dies, including `kill -9`).
 pub struct DirLock {
     _file: File,
 }
 
-/// Opens (and recovers) every shard under `dir`, after locking it.
-pub fn open(
+/// Locks `dir`, then opens (and recovers) its `shards` shards, splitting
+/// `total_size` evenly between them.
+pub fn open_stores(
     dir: &Path,
     total_size: u64,
     shards: usize,
-    negative_ttl: std::time::Duration,
-) -> Result<(Arc<Shards>, Vec<ShardStore>, DirLock), Error> {
+) -> Result<(Vec<ShardStore>, DirLock), Error> {
     let dir_err = |source| Error::Dir {
         path: dir.to_path_buf(),
         source,
@@ -154,13 +103,7 @@ pub fn open(
         })?;
         stores.push(store);
     }
-    let shared = Arc::new(Shards {
-        readers: stores.iter().map(|s| s.reader()).collect(),
-        senders: OnceLock::new(),
-        inflight: InflightTable::default(),
-        negative: NegativeCache::new(negative_ttl),
-    });
-    Ok((shared, stores, lock))
+    Ok((stores, lock))
 }
 
 fn lock_dir(dir: &Path) -> Result<DirLock, Error> {

@@ -31,49 +31,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::checkpoint::{self, CheckpointState};
+use super::error::Error;
 use super::format::{
-    self, CheckpointEntry, CheckpointHeader, RecordHeader, RecordKind, HEADER_LEN,
+    self, CheckpointEntry, CheckpointHeader, ObjectMeta, RecordHeader, RecordKind, HEADER_LEN,
 };
 use super::index::{Entry, Index, Location};
 use super::recover::{self, RecoveryReport};
-use super::segment::{io_at, SegmentId, MIN_SEGMENT_SIZE};
+use super::segment::{SegmentId, MIN_SEGMENT_SIZE};
 
 pub use super::segment::Segment;
-
-/// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cache i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("object of {0} bytes does not fit in a segment")]
-    TooLarge(u64),
-    #[error("no space left on the cache device")]
-    NoSpace,
-    #[error("record length mismatch: declared {declared}, written {written}")]
-    LengthMismatch { declared: u64, written: u64 },
-    /// Key or meta longer than the record format allows (64 KiB each).
-    #[error("{0} too long for a cache record")]
-    FieldTooLong(&'static str),
-    #[error("invalid cache configuration: {0}")]
-    InvalidConfig(String),
-    #[error("checksum mismatch")]
-    ChecksumMismatch,
-    #[error("magic mismatch")]
-    MagicMismatch,
-}
-
-/// What is stored next to a body and served with it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ObjectMeta {
-    pub status: u16,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    pub content_type: Option<String>,
-    /// Unix seconds when the record was written (or last revalidated).
-    pub stored_at: u64,
-    /// Freshness lifetime in seconds.
-    pub ttl_secs: u32,
-}
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -298,9 +264,10 @@ impl ShardStore {
             )));
         }
         let dir = cfg.dir;
-        std::fs::create_dir_all(&dir).map_err(|e| io_at(&dir, "create cache dir", e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io_at(&dir, "create cache dir", e))?;
         let probe = dir.join(".write-probe");
-        std::fs::write(&probe, b"").map_err(|e| io_at(&dir, "cache dir not writable:", e))?;
+        std::fs::write(&probe, b"")
+            .map_err(|e| Error::io_at(&dir, "cache dir not writable:", e))?;
         let _ = std::fs::remove_file(&probe);
 
         let reader = Arc::new(ShardReader {
@@ -514,13 +481,12 @@ impl ShardStore {
 
     /// Update an entry's freshness (after a 304) without rewriting its body. Persisted by
     /// the next checkpoint (and by a second-chance copy). False if `key` is absent.
-    pub fn refresh(&mut self, key: &str, stored_at: u64, ttl_secs: u32) -> bool {
+    pub fn refresh(&mut self, key: &str, stored_at: u64) -> bool {
         let Some(old) = self.reader.index.get(key) else {
             return false;
         };
         let mut meta = (*old.meta).clone();
         meta.stored_at = stored_at;
-        meta.ttl_secs = ttl_secs;
         let Some(new) = Entry::new(
             Arc::clone(&old.key),
             Arc::clone(&old.segment),
@@ -687,7 +653,6 @@ pub(crate) mod testutil {
             last_modified: Some("Tue, 01 Jul 2025 10:00:00 GMT".into()),
             content_type: Some("application/gzip".into()),
             stored_at: 1_750_000_000,
-            ttl_secs: 60,
         }
     }
 
@@ -966,8 +931,8 @@ mod tests {
             put(&mut s, &format!("/charts/a-{i}.tgz"), &body(i, 100), "e");
         }
         put(&mut s, "/index.yaml", b"index", "e");
-        assert!(s.refresh("/index.yaml", 1_800_000_000, 999));
-        assert!(!s.refresh("/nope", 1, 1));
+        assert!(s.refresh("/index.yaml", 1_800_000_000));
+        assert!(!s.refresh("/nope", 1));
         s.checkpoint().unwrap();
         assert!(s.remove("/charts/a-0.tgz"));
         assert!(!s.remove("/charts/a-0.tgz"));
@@ -987,10 +952,7 @@ mod tests {
             );
         }
         let hit = r.lookup("/index.yaml").unwrap();
-        assert_eq!(
-            (hit.meta.stored_at, hit.meta.ttl_secs),
-            (1_800_000_000, 999)
-        );
+        assert_eq!(hit.meta.stored_at, 1_800_000_000);
         assert!(hit.verify());
         assert_eq!(s.stats().objects, 2);
     }

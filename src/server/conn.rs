@@ -44,7 +44,6 @@ pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
         stream,
         peer: Some(peer),
         head_buf: Vec::with_capacity(512),
-        socket_mode: w.socket_mode,
     };
     serve_requests(&w, &mut conn).await;
     w.connections.set(w.connections.get() - 1);

@@ -6,7 +6,7 @@
 //! - [`send`]: response bytes on the wire; cached bodies straight from mmap.
 //!
 //! A [`Worker`] is everything one worker thread's tasks share. It lives in an
-//! `Rc` on that thread; only [`Shards`] and the metrics cross threads.
+//! `Rc` on that thread; only the [`Cache`] facade and the metrics cross threads.
 
 pub mod conn;
 pub mod handler;
@@ -17,8 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::access_log::AccessLog;
-use crate::cache::shard::Shards;
-use crate::cache::store::ShardStore;
+use crate::cache::{Cache, ShardOwner};
 use crate::config::Config;
 use crate::metrics::WorkerMetrics;
 use crate::origin::Origin;
@@ -27,22 +26,21 @@ use crate::origin::Origin;
 pub struct Worker {
     pub id: usize,
     pub cfg: Arc<Config>,
+    /// This worker's upstream (its own connection pool), for pass-through.
     pub origin: Rc<dyn Origin>,
-    pub shards: Arc<Shards>,
-    /// index.yaml rewriting and chart digests (shared by all workers).
-    pub helm: Arc<crate::helm::HelmRepo>,
+    /// The cache, shared by every worker.
+    pub cache: Arc<Cache>,
     /// This worker's own shard (only it writes there).
-    pub store: RefCell<ShardStore>,
+    pub owner: Rc<ShardOwner>,
     pub metrics: Arc<WorkerMetrics>,
     pub access_log: AccessLog,
     /// Set when shutdown began: finish the current response, then close.
     pub draining: Cell<bool>,
     /// Open client connections on this worker.
     pub connections: Cell<usize>,
-    /// The process-wide shutdown signal (the accept loop watches it).
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// This worker's copy of it for connections: thread-local, so the read
-    /// path never touches a lock or an atomic shared with other workers.
+    /// Fired when shutdown begins (the accept loop watches the process-wide
+    /// signal and fires this): thread-local, so the read path never touches a
+    /// lock or an atomic shared with other workers.
     pub stop: LocalSignal,
     /// How client sockets are made non-blocking for `sendfile` (set by the
     /// driver the worker runs on).

@@ -1,0 +1,80 @@
+//! The storage layer's error type, at the bottom of `cache/`: every storage module
+//! (format users, segments, index, checkpoints, recovery, the store) returns it, and
+//! it imports none of them.
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// I/O failed; errors made by [`Error::io_at`] name the file (an
+    /// [`AtPath`] inside, whose source is the original error).
+    #[error("cache i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("object of {0} bytes does not fit in a segment")]
+    TooLarge(u64),
+    #[error("no space left on the cache device")]
+    NoSpace,
+    #[error("record length mismatch: declared {declared}, written {written}")]
+    LengthMismatch { declared: u64, written: u64 },
+    /// Key or meta longer than the record format allows (64 KiB each).
+    #[error("{0} too long for a cache record")]
+    FieldTooLong(&'static str),
+    #[error("invalid cache configuration: {0}")]
+    InvalidConfig(String),
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
+    #[error("magic mismatch")]
+    MagicMismatch,
+}
+
+/// What was being done to which file when an I/O error happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct AtPath {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Error {
+    /// Attaches the file and what was being done to an I/O error, so an
+    /// operator can act on it; the error kind and the source are kept.
+    pub fn io_at(path: &Path, what: &'static str, source: std::io::Error) -> Error {
+        Error::Io(std::io::Error::new(
+            source.kind(),
+            AtPath {
+                what,
+                path: path.to_path_buf(),
+                source,
+            },
+        ))
+    }
+}
+
+/// ENOSPC or EDQUOT: the device (or the user's quota) is full.
+pub(super) fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_at_names_the_file_and_keeps_the_source() {
+        let e = Error::io_at(
+            Path::new("/var/cache/x.seg"),
+            "open segment",
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("cache i/o: open segment /var/cache/x.seg: "),
+            "{shown}"
+        );
+        let source = std::error::Error::source(&e).expect("source kept");
+        assert!(source.to_string().contains("ermission denied"), "{source}");
+    }
+}

@@ -1,0 +1,132 @@
+//! The owner side of a shard: the one worker that writes it.
+//!
+//! A [`ShardOwner`] lives on its worker thread (in an `Rc`, never shared) and
+//! holds the shard's [`ShardStore`] and that worker's upstream handle. Its job
+//! loop ([`ShardOwner::spawn`]) runs the [`ShardJob`]s the facade
+//! ([`super::Cache`]) sends it: each fill becomes a task running a
+//! [`Filler`]; purges are answered in place. The worker's housekeeping asks it
+//! for stats and checkpoints.
+//!
+//! Does not own: deciding what to fill or purge (the facade), the wire (the
+//! server).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::coalesce::InflightTable;
+use super::error::Error;
+use super::fill::Filler;
+use super::negative::NegativeCache;
+use super::shard::ShardJob;
+use super::store::{ShardStore, StoreStats};
+use crate::helm::HelmRepo;
+use crate::metrics::WorkerMetrics;
+use crate::origin::Origin;
+
+/// One shard as handed to the worker that will own it (from
+/// [`super::open`]): its store and the receiving end of its job channel.
+pub struct ShardParts {
+    pub(super) store: ShardStore,
+    pub(super) jobs: mpsc::UnboundedReceiver<ShardJob>,
+}
+
+/// What a fill needs besides the store: the owner worker's upstream and
+/// counters, and the repository's index knowledge.
+pub struct FillContext {
+    /// The owner worker's upstream (its own connection pool).
+    pub origin: Rc<dyn Origin>,
+    pub metrics: Arc<WorkerMetrics>,
+    /// index.yaml rewriting and chart digests.
+    pub helm: Arc<HelmRepo>,
+    /// Check chart bodies against the index's sha256 digests.
+    pub verify_digests: bool,
+}
+
+/// The owner of one shard (see the module doc).
+pub struct ShardOwner {
+    store: RefCell<ShardStore>,
+    jobs: RefCell<Option<mpsc::UnboundedReceiver<ShardJob>>>,
+    inflight: Arc<InflightTable>,
+    negative: Arc<NegativeCache>,
+    fill: FillContext,
+}
+
+impl ShardOwner {
+    pub(super) fn new(
+        parts: ShardParts,
+        inflight: Arc<InflightTable>,
+        negative: Arc<NegativeCache>,
+        fill: FillContext,
+    ) -> Rc<ShardOwner> {
+        Rc::new(ShardOwner {
+            store: RefCell::new(parts.store),
+            jobs: RefCell::new(Some(parts.jobs)),
+            inflight,
+            negative,
+            fill,
+        })
+    }
+
+    /// Starts the job loop on the current (owner) worker. Once; later calls
+    /// do nothing.
+    pub fn spawn(self: &Rc<Self>) {
+        let Some(jobs) = self.jobs.borrow_mut().take() else {
+            return;
+        };
+        monoio::spawn(self.clone().job_loop(jobs));
+    }
+
+    async fn job_loop(self: Rc<Self>, mut jobs: mpsc::UnboundedReceiver<ShardJob>) {
+        while let Some(job) = jobs.recv().await {
+            match job {
+                ShardJob::Fill {
+                    inflight,
+                    etag,
+                    remember_not_found,
+                } => {
+                    let owner = self.clone();
+                    monoio::spawn(async move {
+                        owner
+                            .filler()
+                            .fill(inflight, etag, remember_not_found)
+                            .await;
+                    });
+                }
+                ShardJob::Purge { key, prefix, reply } => {
+                    let mut store = self.store.borrow_mut();
+                    let n = if prefix {
+                        store.remove_prefix(&key)
+                    } else {
+                        usize::from(store.remove(&key))
+                    };
+                    let _ = reply.send(n);
+                }
+            }
+        }
+    }
+
+    fn filler(&self) -> Filler<'_> {
+        Filler {
+            origin: &*self.fill.origin,
+            store: &self.store,
+            inflight: &self.inflight,
+            negative: &self.negative,
+            metrics: &self.fill.metrics,
+            helm: &self.fill.helm,
+            verify_digests: self.fill.verify_digests,
+        }
+    }
+
+    /// The shard's counters.
+    pub fn stats(&self) -> StoreStats {
+        self.store.borrow().stats()
+    }
+
+    /// Persists the shard's index (see [`ShardStore::checkpoint`]).
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        self.store.borrow_mut().checkpoint()
+    }
+}
