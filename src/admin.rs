@@ -1,7 +1,7 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, and purge.
 //!
 //! Low-traffic and off the hot path, so it runs on plain threads (one per
-//! admin connection, at most [`MAX_ADMIN_CONNECTIONS`]), one request per
+//! admin connection, at most `MAX_ADMIN_CONNECTIONS`), one request per
 //! connection. Purges go through the cache facade ([`Cache::purge`]), which
 //! hands them to the owning workers — only a shard's owner writes its shard.
 //!

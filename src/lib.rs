@@ -2,18 +2,24 @@
 //! repository from a private S3 bucket.
 //!
 //! # Layout
-//! - [`config`]: flags / `CHARTCACHE_*` env / TOML → validated [`config::Config`].
-//! - [`runtime`]: one monoio runtime per core, io_uring with epoll fallback,
-//!   `SO_REUSEPORT` listeners, shutdown fan-out.
-//! - [`server`]: per-connection keep-alive loop and the request handler
-//!   (policy → cache → origin).
-//! - [`http1`]: strict, bounded HTTP/1.1 codec on `httparse` (no I/O).
+//! The request path, top down (each layer only calls the ones below it):
+//! - [`runtime`]: one monoio runtime per core (io_uring, epoll fallback),
+//!   `SO_REUSEPORT` listeners; starts and wires everything, fans out shutdown.
+//! - [`server`]: a connection's keep-alive loop and one request's
+//!   [`Exchange`](server::handler): admission → policy → cache → response.
 //! - [`policy`]: ordered route rules → cache / revalidate / bypass + header overrides.
-//! - [`origin`]: the `Origin` trait and its S3 (SigV4), HTTPS and file implementations.
-//! - [`cache`]: sharded mmap-backed append log, CRC-checked index, miss coalescing.
+//! - [`cache`]: the facade [`cache::Cache`] (`get_or_fill`, `purge`) over sharded
+//!   mmap-backed append logs with CRC-checked indexes; coalesces misses into one
+//!   fill on the key's owner worker.
+//! - [`origin`]: the `Origin` trait and its S3 (SigV4), HTTPS and file upstreams,
+//!   with retries and a per-worker concurrency cap.
+//!
+//! Beside it:
+//! - [`config`]: flags / `CHARTCACHE_*` env / TOML → validated [`config::Config`].
+//! - [`http1`]: strict, bounded HTTP/1.1 codec on `httparse` (no I/O).
 //! - [`helm`]: index.yaml specifics: helm-s3 URL rewriting, chart digests.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, purge (plain threads).
 //! - [`metrics`]: metric names and per-worker counters, summed at scrape.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, purge.
 //! - [`access_log`]: one structured line per request on stdout.
 #![deny(clippy::undocumented_unsafe_blocks)]
 

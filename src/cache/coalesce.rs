@@ -378,4 +378,112 @@ mod tests {
         a.publish(FillState::NotModified(hit));
         assert!(h.join().unwrap());
     }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn view_of(hit: &Hit) -> BodyView {
+        BodyView {
+            segment: hit.segment.clone(),
+            body_offset: hit.body_offset,
+            body_len: hit.body_len as u64,
+            meta: hit.meta.clone(),
+        }
+    }
+
+    #[test]
+    fn no_news_within_the_patience_is_a_504_failure() {
+        let t = InflightTable::default();
+        let Join::Leader(f) = t.join("/slow.tgz") else {
+            panic!()
+        };
+        let mut wait = FillWait::new(&f, None, Duration::from_millis(30));
+        let FillState::Failed { error, mid_body } = block_on(wait.answer()) else {
+            panic!("a silent fill must fail the wait")
+        };
+        assert_eq!(
+            (error.status, error.upstream_status, mid_body),
+            (504, None, false)
+        );
+    }
+
+    #[test]
+    fn answer_skips_pending_and_returns_the_first_news() {
+        let t = InflightTable::default();
+        let Join::Leader(f) = t.join("/k") else {
+            panic!()
+        };
+        let mut wait = FillWait::new(&f, None, Duration::from_secs(5));
+        let publisher = f.clone();
+        let h = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            publisher.publish(FillState::Passthrough);
+        });
+        assert!(matches!(block_on(wait.answer()), FillState::Passthrough));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_streaming_body_holds_back_its_last_byte_until_committed() {
+        let (_dir, hit) = stored_hit();
+        let len = hit.body_len as u64;
+        let t = InflightTable::default();
+        let Join::Leader(f) = t.join("/index.yaml") else {
+            panic!()
+        };
+        let mut wait = FillWait::new(&f, None, Duration::from_secs(5));
+        assert_eq!(wait.readable(len), None, "nothing to send while pending");
+        f.publish(FillState::Streaming {
+            view: view_of(&hit),
+            written: 3,
+        });
+        assert_eq!(wait.readable(len), Some(3));
+        f.progress(len);
+        assert_eq!(wait.readable(len), Some(len - 1));
+        f.publish(FillState::Done {
+            view: view_of(&hit),
+        });
+        assert_eq!(wait.readable(len), Some(len));
+        f.publish(FillState::Failed {
+            error: FillError {
+                status: 502,
+                message: "reset".into(),
+                upstream_status: Some(200),
+            },
+            mid_body: true,
+        });
+        assert_eq!(wait.readable(len), None, "a failed body is never completed");
+    }
+
+    #[test]
+    fn stale_copies_only_for_server_side_failures_within_max_stale() {
+        let (_dir, hit) = stored_hit();
+        let t = InflightTable::default();
+        let Join::Leader(f) = t.join("/index.yaml") else {
+            panic!()
+        };
+        let wait = FillWait::new(&f, Some(hit), Duration::from_secs(5));
+        let err = |upstream_status| FillError {
+            status: 502,
+            message: String::new(),
+            upstream_status,
+        };
+        let forever = Duration::from_secs(100 * 365 * 86_400);
+        assert!(wait.stale_copy(&err(None), forever).is_some(), "no answer");
+        assert!(wait.stale_copy(&err(Some(503)), forever).is_some(), "5xx");
+        assert!(
+            wait.stale_copy(&err(Some(404)), forever).is_none(),
+            "4xx is an answer"
+        );
+        // The fixture was stored in 2025: too old for a one-day allowance.
+        let day = Duration::from_secs(86_400);
+        assert!(wait.stale_copy(&err(None), day).is_none());
+        let none = FillWait::new(&f, None, Duration::from_secs(5));
+        assert!(none.stale_copy(&err(None), forever).is_none());
+    }
 }

@@ -17,7 +17,7 @@
 //!
 //! # Layout (bottom up: no module imports one that imports it back)
 //! - [`error`]: the storage layer's error type.
-//! - [`format`]: the on-disk record and checkpoint formats (byte tables in its
+//! - [`format`](mod@format): the on-disk record and checkpoint formats (byte tables in its
 //!   doc) and [`ObjectMeta`], the metadata stored beside each body.
 //! - [`segment`]: preallocated segment files, `pwrite` appends, read-only mmaps.
 //! - [`index`]: key → record location, shared read-only with other workers.

@@ -14,10 +14,10 @@
 //!    (`REVALIDATED`), an upstream failure serves it as `STALE` when allowed.
 //! 4. **Bypass**: stream upstream's answer through, nothing stored (`BYPASS`).
 //!
-//! One [`Exchange`] value carries a request's state (worker, connection,
+//! One `Exchange` value carries a request's state (worker, connection,
 //! parsed head, key, the rule's header overrides, and what was answered); its
 //! methods are the steps. Every request ends in exactly one access-log line
-//! and one metrics update ([`Exchange::finish`]).
+//! and one metrics update (`Exchange::finish`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
