@@ -1,14 +1,20 @@
 //! The plain HTTP(S) origin: `GET base_path + key` on another server (for
 //! example a regional chartcache, for tiering).
 //!
-//! Owns: building the request path and mapping statuses (as S3, without XML
-//! error codes). Does not own: connections ([`super::client`]).
+//! Owns: building the request path and the plain request headers.
+//! Does not own: connections ([`super::client`]), status mapping
+//! ([`super::response`], the same rules as S3; errors carry no code).
 //!
 //! Invariants: `base_path` is used as it appears in the upstream URL (already
 //! in URL-encoded form); the key is encoded once with the S3 rules; only
-//! `Host`, `User-Agent` and the conditional headers are sent.
+//! `Host`, `User-Agent` and the conditional headers are sent. The upstream may
+//! itself be S3 (a public bucket), so S3's response hints are kept and checked
+//! and its region hint is logged ([`super::s3::error_response::hints_only`]),
+//! as for the S3 origin; its error codes are not read.
 
-use super::client::{map_response, ClientSettings, Endpoint, HttpClient};
+use super::client::{ClientSettings, Endpoint, HttpClient};
+use super::response;
+use super::s3::error_response::{hints_only, KEPT_HEADERS};
 use super::sigv4::encode_key_path;
 use super::{Error, LocalBoxFuture, Origin, OriginConfig, OriginRequest, OriginResponse, Upstream};
 
@@ -41,7 +47,8 @@ impl HttpsOrigin {
             port: *port,
         };
         Ok(Self {
-            client: HttpClient::new(endpoint, ClientSettings::from(cfg))?,
+            client: HttpClient::new(endpoint, ClientSettings::from(cfg))?
+                .keeping_headers(KEPT_HEADERS),
             base_path: base_path.trim_end_matches('/').to_owned(),
         })
     }
@@ -69,8 +76,7 @@ impl HttpsOrigin {
         if let Some(v) = req.if_modified_since {
             headers.push(("if-modified-since", v));
         }
-        let resp = self.client.send(req.method, &path, &headers).await?;
-        map_response(resp, false).await
+        response::fetch(&self.client, req.method, &path, &headers, hints_only).await
     }
 }
 
