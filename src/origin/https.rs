@@ -95,28 +95,15 @@ impl Origin for HttpsOrigin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::TlsRoots;
-    use std::time::Duration;
+    use crate::origin::test_config;
 
     fn cfg(base_path: &str) -> OriginConfig {
-        OriginConfig {
-            upstream: Upstream::Https {
-                tls: true,
-                host: "charts.example.com".into(),
-                port: 443,
-                base_path: base_path.into(),
-            },
-            s3_endpoint: None,
-            region: "us-east-1".into(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            dns_refresh: Duration::from_secs(60),
-            tls_roots: TlsRoots::Webpki,
-            max_idle_connections: 2,
-            retries: 2,
-            retry_deadline: Duration::from_secs(8),
-            max_upstream_concurrency: 64,
-        }
+        test_config(Upstream::Https {
+            tls: true,
+            host: "charts.example.com".into(),
+            port: 443,
+            base_path: base_path.into(),
+        })
     }
 
     #[test]

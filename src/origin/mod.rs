@@ -224,3 +224,23 @@ pub fn build_unwrapped(
         Upstream::File { dir } => Ok(Rc::new(file::FileOrigin::new(dir.clone()))),
     }
 }
+
+/// An [`OriginConfig`] for unit tests: `upstream`, region `us-east-1`, no
+/// `--s3-endpoint`, 1 s timeouts and the default retry policy.
+#[cfg(test)]
+pub(crate) fn test_config(upstream: Upstream) -> OriginConfig {
+    use std::time::Duration;
+    OriginConfig {
+        upstream,
+        s3_endpoint: None,
+        region: "us-east-1".into(),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        dns_refresh: Duration::from_secs(60),
+        tls_roots: TlsRoots::Webpki,
+        max_idle_connections: 2,
+        retries: retry::DEFAULT_RETRIES,
+        retry_deadline: retry::DEFAULT_DEADLINE,
+        max_upstream_concurrency: retry::DEFAULT_MAX_CONCURRENCY,
+    }
+}

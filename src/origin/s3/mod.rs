@@ -140,26 +140,17 @@ impl Origin for S3Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::{TlsRoots, Upstream};
+    use crate::origin::{test_config, Upstream};
     use aws_credential_types::Credentials;
-    use std::time::Duration;
 
     fn cfg(endpoint: Option<&str>) -> OriginConfig {
         OriginConfig {
-            upstream: Upstream::S3 {
-                bucket: "charts".into(),
-                prefix: String::new(),
-            },
             s3_endpoint: endpoint.map(str::to_owned),
             region: "eu-west-1".into(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            dns_refresh: Duration::from_secs(60),
-            tls_roots: TlsRoots::Webpki,
-            max_idle_connections: 2,
-            retries: 2,
-            retry_deadline: Duration::from_secs(8),
-            max_upstream_concurrency: 64,
+            ..test_config(Upstream::S3 {
+                bucket: "charts".into(),
+                prefix: String::new(),
+            })
         }
     }
 
