@@ -546,6 +546,75 @@ fn s3_error_code_from_xml_body() {
 }
 
 #[test]
+fn s3_error_code_from_header_without_body() {
+    // S3 answers HEAD (and some GETs) with the code only in `x-amz-error-code`.
+    let raw = spawn_raw_http(vec![
+        b"HTTP/1.1 403 Forbidden\r\nx-amz-error-code: AccessDenied\r\nx-amz-bucket-region: eu-west-1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+    ]);
+    let o = origin::build(&s3_config(&raw.endpoint, ""), Some(creds(AK, SK))).unwrap();
+    run(async move {
+        let err = o.fetch(OriginRequest::get("/a")).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Status { status: 403, code: Some(c) } if c == "AccessDenied"),
+            "{err:?}"
+        );
+        assert_eq!(err.client_status(), 502);
+    });
+}
+
+#[test]
+fn http_origin_reads_no_s3_error_code() {
+    let xml = "<Error><Code>AccessDenied</Code></Error>";
+    let reply = format!(
+        "HTTP/1.1 403 Forbidden\r\nx-amz-error-code: AccessDenied\r\nContent-Length: {}\r\n\r\n{xml}",
+        xml.len()
+    );
+    let raw = spawn_raw_http(vec![reply.into_bytes()]);
+    let o = http_origin(&raw.endpoint);
+    run(async move {
+        let err = o.fetch(OriginRequest::get("/a")).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Status {
+                    status: 403,
+                    code: None
+                }
+            ),
+            "{err:?}"
+        );
+    });
+}
+
+#[test]
+fn bad_amz_headers_are_protocol_errors_on_both_http_origins() {
+    let cases = [
+        &b"HTTP/1.1 200 OK\r\nx-amz-request-id: caf\xc3\xa9\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"HTTP/1.1 403 Forbidden\r\nx-amz-error-code: AccessDenied\r\nx-amz-error-code: SlowDown\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"HTTP/1.1 301 Moved\r\nx-amz-bucket-region: eu-west-1\r\nx-amz-bucket-region: us-east-1\r\nContent-Length: 0\r\n\r\n"[..],
+    ];
+    for case in cases {
+        for s3 in [true, false] {
+            let raw = spawn_raw_http(vec![case.to_vec()]);
+            let o = if s3 {
+                origin::build(&s3_config(&raw.endpoint, ""), Some(creds(AK, SK))).unwrap()
+            } else {
+                http_origin(&raw.endpoint)
+            };
+            run(async move {
+                let err = o.fetch(OriginRequest::get("/a")).await.unwrap_err();
+                assert!(
+                    matches!(err, Error::Protocol(_)),
+                    "{err:?} (s3: {s3}) for {:?}",
+                    String::from_utf8_lossy(case)
+                );
+                assert_eq!(err.client_status(), 502);
+            });
+        }
+    }
+}
+
+#[test]
 fn stale_pooled_connection_is_retried_once() {
     // The server closes after each response although it did not say so: the
     // pooled connection is dead when reused.

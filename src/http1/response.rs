@@ -2,7 +2,10 @@
 //!
 //! Owns: turning the bytes an origin sends into a [`ResponseHead`] with only the
 //! fields chartcache uses, and deciding how the body is framed ([`BodyFraming`]).
-//! Does not own: I/O, body decoding (see [`super::chunked`]), status mapping.
+//! Does not own: I/O, body decoding (see [`super::chunked`]), status mapping,
+//! the meaning of any header beyond framing and validators: a caller that needs
+//! another header names it ([`parse_response_keeping`]) and reads it from
+//! [`ResponseHead::kept`] itself (an origin reads its vendor headers there).
 //!
 //! Invariants (each one is a unit test below):
 //! - a head larger than [`MAX_HEAD_BYTES`] or with more than [`MAX_HEADERS`]
@@ -13,9 +16,12 @@
 //! - `Content-Length` must be 1+ ASCII digits fitting `u64`; duplicates must agree;
 //! - `Content-Length` together with `Transfer-Encoding` is an error (smuggling);
 //!   the only transfer coding accepted is a lone `chunked`;
-//! - the headers that are kept (`ETag`, `Last-Modified`, `Content-Type`,
-//!   `x-amz-*` hints) must be visible ASCII and unambiguous (differing duplicates
-//!   are an error), because they are stored and re-served.
+//! - the headers that are kept (`ETag`, `Last-Modified`, `Content-Type`, and
+//!   the ones the caller names) must be visible ASCII and unambiguous (differing
+//!   duplicates are an error), because they are stored, re-served or logged;
+//!   headers nobody asked for are dropped unread;
+//! - [`KeptHeaders`] holds at most one value per name the caller asked for, so
+//!   it is bounded by that list (and its bytes by [`MAX_HEAD_BYTES`]).
 
 /// Upper bound on the response head (status line + headers + final CRLF).
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -76,12 +82,48 @@ pub struct ResponseHead {
     /// The connection must not be reused (`Connection: close`, or HTTP/1.0
     /// without `keep-alive`).
     pub connection_close: bool,
-    /// `x-amz-error-code` (S3 sends it on some error responses without a body).
-    pub amz_error_code: Option<String>,
-    /// `x-amz-request-id`, for logs.
-    pub amz_request_id: Option<String>,
-    /// `x-amz-bucket-region` (hint on a wrong-region redirect/403).
-    pub amz_bucket_region: Option<String>,
+    /// The other headers the caller asked for ([`parse_response_keeping`]).
+    pub kept: KeptHeaders,
+}
+
+/// Header values kept by name for the caller, checked like the typed fields:
+/// visible ASCII (plus space/tab), trimmed, differing duplicates rejected. At
+/// most one entry per requested name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptHeaders {
+    /// `(name as the caller spelled it, value)`, in order of first appearance.
+    entries: Vec<(&'static str, String)>,
+}
+
+impl KeptHeaders {
+    /// The value of `name` (ASCII case-insensitive), if the response carried it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Record one occurrence of the requested header `name`.
+    fn insert(&mut self, name: &'static str, value: &[u8]) -> Result<(), ResponseError> {
+        let value = visible_ascii(name, value)?;
+        match self.entries.iter().find(|(n, _)| *n == name) {
+            Some((_, prev)) if prev != value => Err(ResponseError::DuplicateHeader(name)),
+            Some(_) => Ok(()),
+            None => {
+                self.entries.push((name, value.to_owned()));
+                Ok(())
+            }
+        }
+    }
 }
 
 impl ResponseHead {
@@ -100,11 +142,23 @@ impl ResponseHead {
     }
 }
 
-/// Parse a response head from the start of `buf`.
+/// Parse a response head from the start of `buf`, keeping no headers beyond
+/// the typed fields of [`ResponseHead`].
 ///
 /// `Ok(None)`: incomplete, read more (the caller keeps the bytes). `Ok(Some((head,
 /// n)))`: the head is the first `n` bytes; the body starts at `buf[n..]`.
 pub fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, ResponseError> {
+    parse_response_keeping(buf, &[])
+}
+
+/// [`parse_response`], also keeping the headers named in `keep` (matched ASCII
+/// case-insensitively) in [`ResponseHead::kept`], under the same rules as the
+/// typed fields. Names the parser interprets itself (framing, `Connection`,
+/// validators, `Content-Type`) are never stored there.
+pub fn parse_response_keeping(
+    buf: &[u8],
+    keep_names: &[&'static str],
+) -> Result<Option<(ResponseHead, usize)>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -175,12 +229,8 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, Respo
             keep(&mut head.last_modified, "Last-Modified", value)?;
         } else if name.eq_ignore_ascii_case("content-type") {
             keep(&mut head.content_type, "Content-Type", value)?;
-        } else if name.eq_ignore_ascii_case("x-amz-error-code") {
-            keep(&mut head.amz_error_code, "x-amz-error-code", value)?;
-        } else if name.eq_ignore_ascii_case("x-amz-request-id") {
-            keep(&mut head.amz_request_id, "x-amz-request-id", value)?;
-        } else if name.eq_ignore_ascii_case("x-amz-bucket-region") {
-            keep(&mut head.amz_bucket_region, "x-amz-bucket-region", value)?;
+        } else if let Some(&kept) = keep_names.iter().find(|k| name.eq_ignore_ascii_case(k)) {
+            head.kept.insert(kept, value)?;
         }
     }
 
@@ -232,8 +282,8 @@ fn parse_content_length(s: &[u8]) -> Result<u64, ResponseError> {
     })
 }
 
-/// Store a kept header: visible ASCII (plus space/tab) only; duplicates must agree.
-fn keep(slot: &mut Option<String>, name: &'static str, value: &[u8]) -> Result<(), ResponseError> {
+/// The trimmed value of a kept header, if it is visible ASCII (plus space/tab).
+fn visible_ascii<'a>(name: &'static str, value: &'a [u8]) -> Result<&'a str, ResponseError> {
     let value = trim(value);
     if !value
         .iter()
@@ -242,7 +292,12 @@ fn keep(slot: &mut Option<String>, name: &'static str, value: &[u8]) -> Result<(
         return Err(ResponseError::BadHeaderValue(name));
     }
     // Checked above: ASCII only, so this cannot fail.
-    let value = std::str::from_utf8(value).map_err(|_| ResponseError::BadHeaderValue(name))?;
+    std::str::from_utf8(value).map_err(|_| ResponseError::BadHeaderValue(name))
+}
+
+/// Store a typed kept header: visible ASCII (plus space/tab) only; duplicates must agree.
+fn keep(slot: &mut Option<String>, name: &'static str, value: &[u8]) -> Result<(), ResponseError> {
+    let value = visible_ascii(name, value)?;
     match slot {
         Some(prev) if prev != value => Err(ResponseError::DuplicateHeader(name)),
         Some(_) => Ok(()),
@@ -262,9 +317,11 @@ mod tests {
     }
 
     #[test]
-    fn parses_s3_style_head() {
-        let raw = b"HTTP/1.1 200 OK\r\nx-amz-request-id: ABC123\r\nETag: \"9a0364b9e99bb480dd25e1f0284c8555\"\r\nLast-Modified: Fri, 24 May 2013 00:00:00 GMT\r\nContent-Type: application/gzip\r\nContent-Length: 12\r\nServer: AmazonS3\r\n\r\nhello world!";
-        let (head, n) = parse_ok(raw);
+    fn parses_full_head() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-Request-Id: ABC123\r\nETag: \"9a0364b9e99bb480dd25e1f0284c8555\"\r\nLast-Modified: Fri, 24 May 2013 00:00:00 GMT\r\nContent-Type: application/gzip\r\nContent-Length: 12\r\nServer: upstream\r\n\r\nhello world!";
+        let (head, n) = parse_response_keeping(raw, &["x-request-id"])
+            .unwrap()
+            .expect("complete head");
         assert_eq!(&raw[n..], b"hello world!");
         assert_eq!(head.status, 200);
         assert_eq!(head.version_minor, 1);
@@ -278,7 +335,9 @@ mod tests {
         );
         assert_eq!(head.content_type.as_deref(), Some("application/gzip"));
         assert_eq!(head.content_length, Some(12));
-        assert_eq!(head.amz_request_id.as_deref(), Some("ABC123"));
+        assert_eq!(head.kept.get("X-Request-ID"), Some("ABC123"));
+        assert_eq!(head.kept.len(), 1, "Server was not asked for");
+        assert!(parse_ok(raw).0.kept.is_empty(), "nothing kept unless asked");
         assert!(!head.chunked);
         assert!(!head.connection_close);
         assert_eq!(head.framing(false), BodyFraming::Length(12));
@@ -446,13 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn amz_hints_and_kept_header_rules() {
-        let raw = b"HTTP/1.1 403 Forbidden\r\nx-amz-error-code: AccessDenied\r\nx-amz-bucket-region: eu-west-1\r\nContent-Length: 0\r\n\r\n";
-        let head = parse_ok(raw).0;
-        assert_eq!(head.status, 403);
-        assert_eq!(head.amz_error_code.as_deref(), Some("AccessDenied"));
-        assert_eq!(head.amz_bucket_region.as_deref(), Some("eu-west-1"));
-
+    fn kept_header_rules() {
         let dup_etag = b"HTTP/1.1 200 OK\r\nETag: \"a\"\r\nETag: \"b\"\r\n\r\n";
         assert_eq!(
             parse_response(dup_etag),
@@ -466,5 +519,87 @@ mod tests {
         // Non-ASCII in a header we drop is fine.
         let dropped = b"HTTP/1.1 200 OK\r\nX-Other: caf\xc3\xa9\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(parse_ok(dropped).0.status, 200);
+    }
+
+    const KEEP: &[&str] = &["x-hint", "x-id"];
+
+    fn parse_keeping(raw: &[u8]) -> Result<ResponseHead, ResponseError> {
+        parse_response_keeping(raw, KEEP).map(|r| r.expect("complete head").0)
+    }
+
+    #[test]
+    fn named_headers_are_kept_case_insensitively_and_trimmed() {
+        let raw = b"HTTP/1.1 403 Forbidden\r\nX-HINT:  a b\t\r\nX-Other: o\r\nx-id: 7\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_keeping(raw).unwrap();
+        assert_eq!(head.status, 403);
+        assert_eq!(head.kept.get("x-hint"), Some("a b"));
+        assert_eq!(head.kept.get("X-Id"), Some("7"));
+        assert_eq!(head.kept.get("x-other"), None);
+        assert_eq!(head.kept.len(), 2);
+        // Absent names are simply absent.
+        let none = parse_keeping(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(none.kept.is_empty());
+        // Names the parser interprets stay in the typed fields.
+        let typed = parse_response_keeping(
+            b"HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\n\r\n",
+            &["etag"],
+        )
+        .unwrap()
+        .expect("complete head")
+        .0;
+        assert_eq!(typed.etag.as_deref(), Some("\"e\""));
+        assert!(typed.kept.is_empty());
+    }
+
+    #[test]
+    fn kept_headers_reject_differing_duplicates_and_non_ascii() {
+        let same = b"HTTP/1.1 200 OK\r\nx-id: 7\r\nX-Id: 7 \r\nContent-Length: 0\r\n\r\n";
+        let head = parse_keeping(same).unwrap();
+        assert_eq!(head.kept.get("x-id"), Some("7"));
+        assert_eq!(head.kept.len(), 1, "agreeing duplicates are stored once");
+        let cases: [(&[u8], ResponseError); 2] = [
+            (
+                b"HTTP/1.1 200 OK\r\nx-id: 7\r\nX-Id: 8\r\nContent-Length: 0\r\n\r\n",
+                ResponseError::DuplicateHeader("x-id"),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nX-Hint: caf\xc3\xa9\r\nContent-Length: 0\r\n\r\n",
+                ResponseError::BadHeaderValue("x-hint"),
+            ),
+        ];
+        for (raw, want) in cases {
+            let got = parse_keeping(raw);
+            assert_eq!(got, Err(want), "{}", String::from_utf8_lossy(raw));
+        }
+        // The same bytes in a header nobody asked for are dropped unread.
+        let dropped = b"HTTP/1.1 200 OK\r\nX-Other: caf\xc3\xa9\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_keeping(dropped).unwrap().kept.is_empty());
+    }
+
+    #[test]
+    fn kept_headers_stay_bounded_by_the_head_caps() {
+        // Repeating a kept header up to the line cap stores one entry.
+        let mut raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+        for _ in 1..MAX_HEADERS {
+            raw.extend_from_slice(b"x-id: 7\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        assert_eq!(parse_keeping(&raw).unwrap().kept.len(), 1);
+        // One more line is over the cap, kept or not.
+        let mut over = raw[..raw.len() - 2].to_vec();
+        over.extend_from_slice(b"x-id: 7\r\n\r\n");
+        assert_eq!(parse_keeping(&over), Err(ResponseError::TooManyHeaders));
+        // A kept header does not lift the byte cap.
+        let mut big = b"HTTP/1.1 200 OK\r\nx-hint: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
+        assert_eq!(
+            parse_response_keeping(&big, KEEP),
+            Err(ResponseError::HeadTooLarge)
+        );
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            parse_response_keeping(&big, KEEP),
+            Err(ResponseError::HeadTooLarge)
+        );
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! Owns: connecting (plain TCP or rustls TLS) to one `host:port`, a per-worker
 //! keep-alive pool, DNS caching, timeouts, sending a GET/HEAD, parsing the head
-//! (with [`crate::http1::response`]) and streaming the body ([`ClientBody`]).
-//! Does not own: signing, status mapping (the origins do that).
+//! (with [`crate::http1::response`], keeping the extra headers the origin named
+//! with [`HttpClient::keeping_headers`]) and streaming the body ([`ClientBody`]).
+//! Does not own: signing (the caller passes ready headers), status mapping
+//! ([`super::response`]), the meaning of any header beyond framing, validators
+//! and `Content-Type` (the origin that asked to keep it reads it).
 //!
 //! Invariants:
 //! - the pool is `Rc<RefCell<…>>`: never shared across threads; capped at
@@ -37,7 +40,7 @@ use rustls::pki_types::ServerName;
 
 use super::{BodyStream, Error, LocalBoxFuture, Method, OriginConfig, TlsRoots};
 use crate::http1::chunked::{ChunkedDecoder, ChunkedError};
-use crate::http1::response::{parse_response, BodyFraming, ResponseError, ResponseHead};
+use crate::http1::response::{parse_response_keeping, BodyFraming, ResponseError, ResponseHead};
 
 /// Size of one socket read.
 pub const READ_CHUNK: usize = 32 * 1024;
@@ -140,6 +143,8 @@ pub struct ClientResponse {
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Rc<Inner>,
+    /// Response headers kept in [`ResponseHead::kept`] besides the typed ones.
+    keep_headers: &'static [&'static str],
 }
 
 struct Inner {
@@ -247,10 +252,20 @@ impl HttpClient {
                 dns: RefCell::new(DnsCache::default()),
                 stats: Cell::new(ClientStats::default()),
             }),
+            keep_headers: &[],
         })
     }
 
-    /// The `Host` value every request carries (and that S3 requests are signed with).
+    /// Also keep the response headers named in `names` (checked like the typed
+    /// ones; see [`parse_response_keeping`]) in every [`ResponseHead::kept`].
+    pub fn keeping_headers(self, names: &'static [&'static str]) -> Self {
+        Self {
+            keep_headers: names,
+            ..self
+        }
+    }
+
+    /// The `Host` value every request carries (and the one a signing origin signs).
     pub fn authority(&self) -> &str {
         &self.inner.authority
     }
@@ -350,7 +365,7 @@ impl HttpClient {
             if let Err(e) = conn.write_all(request).await {
                 return Err(ExchangeError::Stale(Error::Io(e)));
             }
-            read_head(&mut conn).await
+            read_head(&mut conn, self.keep_headers).await
         };
         let head = match monoio::time::timeout(timeout, send_and_read_head).await {
             Err(_) => return Err(ExchangeError::Fatal(Error::Timeout)),
@@ -523,11 +538,14 @@ async fn resolve_off_thread(
 }
 
 /// Read until a complete head is buffered; leave body bytes in `conn.buf`.
-async fn read_head(conn: &mut Conn) -> Result<ResponseHead, ExchangeError> {
+async fn read_head(
+    conn: &mut Conn,
+    keep_headers: &[&'static str],
+) -> Result<ResponseHead, ExchangeError> {
     let mut got_any = !conn.buf.is_empty();
     loop {
         if !conn.buf.is_empty() {
-            match parse_response(&conn.buf) {
+            match parse_response_keeping(&conn.buf, keep_headers) {
                 Ok(Some((head, n))) => {
                     let _ = conn.buf.split_to(n);
                     return Ok(head);
@@ -751,86 +769,9 @@ fn build_tls_config(roots: TlsRoots) -> Result<Arc<rustls::ClientConfig>, String
     Ok(Arc::new(config))
 }
 
-/// Map an upstream response to an origin response, the same way for every
-/// HTTP origin: 200/206/304 pass; 404 becomes `Ok` with status 404 and an empty
-/// body (the error document is drained, capped, so the connection can be
-/// reused); anything else is [`Error::Status`], with the S3 `<Code>` from the
-/// (capped) XML error body when `s3_error_codes` is set.
-pub async fn map_response(
-    resp: ClientResponse,
-    s3_error_codes: bool,
-) -> Result<super::OriginResponse, Error> {
-    use super::{EmptyBody, OriginResponse, ResponseMeta};
-    let ClientResponse { head, mut body } = resp;
-    let meta = ResponseMeta {
-        status: head.status,
-        etag: head.etag.clone(),
-        last_modified: head.last_modified.clone(),
-        content_type: head.content_type.clone(),
-        content_length: head.content_length,
-    };
-    match head.status {
-        200 | 206 | 304 => Ok(OriginResponse {
-            meta,
-            body: Box::new(body),
-        }),
-        404 => {
-            // Drained only so the connection can be reused; failures just close it.
-            let _ = body.read_to_end_capped(MAX_ERROR_BODY).await;
-            Ok(OriginResponse {
-                meta: ResponseMeta {
-                    content_length: None,
-                    content_type: None,
-                    ..meta
-                },
-                body: Box::new(EmptyBody),
-            })
-        }
-        status => {
-            let doc = body.read_to_end_capped(MAX_ERROR_BODY).await.ok();
-            let code = if s3_error_codes {
-                doc.as_deref()
-                    .and_then(s3_error_code)
-                    .or_else(|| head.amz_error_code.clone())
-            } else {
-                None
-            };
-            if let Some(region) = &head.amz_bucket_region {
-                tracing::warn!(status, bucket_region = %region, "upstream error names the bucket's region");
-            }
-            Err(Error::Status { status, code })
-        }
-    }
-}
-
-/// Error documents larger than this are not read (the connection is closed).
-pub const MAX_ERROR_BODY: usize = 16 * 1024;
-
-/// The `<Code>` of an S3 XML error document, if it is a plausible code.
-pub fn s3_error_code(doc: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(doc).ok()?;
-    let start = text.find("<Code>")? + "<Code>".len();
-    let len = text[start..].find("</Code>")?;
-    let code = text[start..start + len].trim();
-    (!code.is_empty()
-        && code.len() <= 64
-        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
-    .then(|| code.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn s3_error_code_parsing() {
-        let doc = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>x</Message></Error>";
-        assert_eq!(s3_error_code(doc).as_deref(), Some("SignatureDoesNotMatch"));
-        assert_eq!(s3_error_code(b"<Error><Code></Code></Error>"), None);
-        assert_eq!(s3_error_code(b"<Error><Code>a<b></Code></Error>"), None);
-        assert_eq!(s3_error_code(b"<Error><Code>NoEnd"), None);
-        assert_eq!(s3_error_code(b"\xff\xfe"), None);
-    }
 
     #[test]
     fn authority_omits_default_ports() {

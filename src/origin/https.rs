@@ -1,14 +1,20 @@
 //! The plain HTTP(S) origin: `GET base_path + key` on another server (for
 //! example a regional chartcache, for tiering).
 //!
-//! Owns: building the request path and mapping statuses (as S3, without XML
-//! error codes). Does not own: connections ([`super::client`]).
+//! Owns: building the request path and the plain request headers.
+//! Does not own: connections ([`super::client`]), status mapping
+//! ([`super::response`], the same rules as S3; errors carry no code).
 //!
 //! Invariants: `base_path` is used as it appears in the upstream URL (already
 //! in URL-encoded form); the key is encoded once with the S3 rules; only
-//! `Host`, `User-Agent` and the conditional headers are sent.
+//! `Host`, `User-Agent` and the conditional headers are sent. The upstream may
+//! itself be S3 (a public bucket), so S3's response hints are kept and checked
+//! and its region hint is logged ([`super::s3::error_response::hints_only`]),
+//! as for the S3 origin; its error codes are not read.
 
-use super::client::{map_response, ClientSettings, Endpoint, HttpClient};
+use super::client::{ClientSettings, Endpoint, HttpClient};
+use super::response;
+use super::s3::error_response::{hints_only, KEPT_HEADERS};
 use super::sigv4::encode_key_path;
 use super::{Error, LocalBoxFuture, Origin, OriginConfig, OriginRequest, OriginResponse, Upstream};
 
@@ -41,7 +47,8 @@ impl HttpsOrigin {
             port: *port,
         };
         Ok(Self {
-            client: HttpClient::new(endpoint, ClientSettings::from(cfg))?,
+            client: HttpClient::new(endpoint, ClientSettings::from(cfg))?
+                .keeping_headers(KEPT_HEADERS),
             base_path: base_path.trim_end_matches('/').to_owned(),
         })
     }
@@ -69,8 +76,7 @@ impl HttpsOrigin {
         if let Some(v) = req.if_modified_since {
             headers.push(("if-modified-since", v));
         }
-        let resp = self.client.send(req.method, &path, &headers).await?;
-        map_response(resp, false).await
+        response::fetch(&self.client, req.method, &path, &headers, hints_only).await
     }
 }
 
@@ -89,28 +95,15 @@ impl Origin for HttpsOrigin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::TlsRoots;
-    use std::time::Duration;
+    use crate::origin::test_config;
 
     fn cfg(base_path: &str) -> OriginConfig {
-        OriginConfig {
-            upstream: Upstream::Https {
-                tls: true,
-                host: "charts.example.com".into(),
-                port: 443,
-                base_path: base_path.into(),
-            },
-            s3_endpoint: None,
-            region: "us-east-1".into(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            dns_refresh: Duration::from_secs(60),
-            tls_roots: TlsRoots::Webpki,
-            max_idle_connections: 2,
-            retries: 2,
-            retry_deadline: Duration::from_secs(8),
-            max_upstream_concurrency: 64,
-        }
+        test_config(Upstream::Https {
+            tls: true,
+            host: "charts.example.com".into(),
+            port: 443,
+            base_path: base_path.into(),
+        })
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! - [`https`]: a plain HTTP(S) server (e.g. a regional chartcache for tiering).
 //! - [`file`](mod@file): a local directory (the bundled `examples/` repo, no AWS needed).
 //!
+//! The two HTTP origins share [`client`] (connections, pool, TLS, DNS, head
+//! parsing) and [`response`] (status → [`OriginResponse`] / [`Error`]), and
+//! those two know nothing of S3: what S3 says beyond HTTP (`x-amz-*` headers,
+//! XML error codes) is read in [`s3`] (the HTTP(S) origin borrows its hints,
+//! since that upstream may be S3 too); signing is [`sigv4`].
+//!
 //! [`build`] wraps each in [`retry::Retrying`] (bounded retries with backoff, a
 //! total deadline, a per-worker cap on concurrent upstream requests).
 //! Credentials for S3 come from [`credentials`] (`start_chain`: the AWS default
@@ -24,6 +30,7 @@ pub mod credentials;
 pub mod error;
 pub mod file;
 pub mod https;
+pub mod response;
 pub mod retry;
 pub mod s3;
 pub mod sigv4;
@@ -215,5 +222,25 @@ pub fn build_unwrapped(
         }
         Upstream::Https { .. } => Ok(Rc::new(https::HttpsOrigin::new(cfg)?)),
         Upstream::File { dir } => Ok(Rc::new(file::FileOrigin::new(dir.clone()))),
+    }
+}
+
+/// An [`OriginConfig`] for unit tests: `upstream`, region `us-east-1`, no
+/// `--s3-endpoint`, 1 s timeouts and the default retry policy.
+#[cfg(test)]
+pub(crate) fn test_config(upstream: Upstream) -> OriginConfig {
+    use std::time::Duration;
+    OriginConfig {
+        upstream,
+        s3_endpoint: None,
+        region: "us-east-1".into(),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        dns_refresh: Duration::from_secs(60),
+        tls_roots: TlsRoots::Webpki,
+        max_idle_connections: 2,
+        retries: retry::DEFAULT_RETRIES,
+        retry_deadline: retry::DEFAULT_DEADLINE,
+        max_upstream_concurrency: retry::DEFAULT_MAX_CONCURRENCY,
     }
 }

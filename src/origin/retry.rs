@@ -6,7 +6,7 @@
 //! small single-threaded async semaphore ([`Slots`]).
 //! Does not own: connection-level recovery (a stale pooled keep-alive
 //! connection is retried once inside [`super::client`], below this layer and
-//! not counted here), status mapping (the origins).
+//! not counted here), status mapping ([`super::response`] and the origins).
 //!
 //! # Architecture
 //! 1. A fetch first takes a slot from the worker's [`Slots`] (at most

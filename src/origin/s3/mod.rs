@@ -2,9 +2,11 @@
 //!
 //! Owns: addressing (virtual-hosted `BUCKET.s3.REGION.amazonaws.com` over TLS
 //! for AWS; path style `/BUCKET/PREFIX/KEY` against `--s3-endpoint`), object-key
-//! construction and status mapping with S3 error codes.
-//! Does not own: signing details ([`super::sigv4`]), connections
-//! ([`super::client`]), credential refresh ([`super::credentials`]).
+//! construction, and everything S3 says in a response beyond HTTP: the
+//! `x-amz-*` headers and XML error codes ([`error_response`]).
+//! Does not own: signing details ([`super::sigv4`]), connections and head
+//! parsing ([`super::client`]), the status rules shared with the HTTP(S)
+//! origin ([`super::response`]), credential refresh ([`super::credentials`]).
 //!
 //! Invariants: the object key is `prefix + key` (`prefix` empty → the key
 //! without its leading `/`), URI-encoded once; the request carries only the
@@ -12,11 +14,14 @@
 //! credentials are read per request from the shared cell, so a refresh applies
 //! to the next request on every worker.
 
+pub mod error_response;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::client::{map_response, ClientSettings, Endpoint, HttpClient};
+use super::client::{ClientSettings, Endpoint, HttpClient};
 use super::credentials::CredentialsCell;
+use super::response;
 use super::sigv4::{encode_key_path, sign_request, RequestToSign};
 use super::{Error, LocalBoxFuture, Origin, OriginConfig, OriginRequest, OriginResponse};
 
@@ -54,7 +59,8 @@ impl S3Origin {
             ),
         };
         Ok(Self {
-            client: HttpClient::new(endpoint, ClientSettings::from(cfg))?,
+            client: HttpClient::new(endpoint, ClientSettings::from(cfg))?
+                .keeping_headers(error_response::KEPT_HEADERS),
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
             region: cfg.region.clone(),
@@ -106,8 +112,14 @@ impl S3Origin {
         // The client writes `Host` itself, from the same authority that was signed.
         let headers: Vec<(&str, String)> =
             signed.into_iter().filter(|(n, _)| *n != "host").collect();
-        let resp = self.client.send(req.method, &path, &headers).await?;
-        map_response(resp, true).await
+        response::fetch(
+            &self.client,
+            req.method,
+            &path,
+            &headers,
+            error_response::error_code,
+        )
+        .await
     }
 }
 
@@ -128,26 +140,17 @@ impl Origin for S3Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::{TlsRoots, Upstream};
+    use crate::origin::{test_config, Upstream};
     use aws_credential_types::Credentials;
-    use std::time::Duration;
 
     fn cfg(endpoint: Option<&str>) -> OriginConfig {
         OriginConfig {
-            upstream: Upstream::S3 {
-                bucket: "charts".into(),
-                prefix: String::new(),
-            },
             s3_endpoint: endpoint.map(str::to_owned),
             region: "eu-west-1".into(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            dns_refresh: Duration::from_secs(60),
-            tls_roots: TlsRoots::Webpki,
-            max_idle_connections: 2,
-            retries: 2,
-            retry_deadline: Duration::from_secs(8),
-            max_upstream_concurrency: 64,
+            ..test_config(Upstream::S3 {
+                bucket: "charts".into(),
+                prefix: String::new(),
+            })
         }
     }
 

@@ -1,0 +1,81 @@
+//! Upstream HTTP response → [`OriginResponse`], the same way for every HTTP origin.
+//!
+//! Owns: the status rules shared by the S3 and HTTP(S) origins ([`map_response`])
+//! and the cap on error documents ([`MAX_ERROR_BODY`]).
+//! Does not own: connections and head parsing ([`super::client`]); what an
+//! error response says beyond its status — each origin passes an [`ErrorCode`]
+//! hook (the S3 ones, reading the XML `<Code>` and `x-amz-*` headers, are in
+//! [`super::s3::error_response`]).
+//!
+//! Invariants:
+//! - 200, 206 and 304 pass with their head fields and streaming body;
+//! - 404 becomes `Ok` with status 404, no length or type and an empty body; the
+//!   error document is drained (capped) only so the connection can be reused;
+//! - every other status is [`Error::Status`]; its document is read up to
+//!   [`MAX_ERROR_BODY`] (a larger one is not read and closes the connection)
+//!   and handed to the hook, which alone decides the `code`.
+
+use super::client::{ClientResponse, HttpClient};
+use super::{EmptyBody, Error, Method, OriginResponse, ResponseMeta};
+use crate::http1::response::ResponseHead;
+
+/// Error documents larger than this are not read (the connection is closed).
+pub const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// What an origin makes of an error response: its error code, from the head and
+/// the error document (`None` when it was larger than [`MAX_ERROR_BODY`] or
+/// could not be read). Called once, only for statuses that become
+/// [`Error::Status`].
+pub type ErrorCode = fn(&ResponseHead, Option<&[u8]>) -> Option<String>;
+
+/// Send `method path` with `headers` on `client` and map the answer with
+/// [`map_response`]: the whole exchange of one HTTP origin fetch.
+pub async fn fetch(
+    client: &HttpClient,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    error_code: ErrorCode,
+) -> Result<OriginResponse, Error> {
+    let resp = client.send(method, path, headers).await?;
+    map_response(resp, error_code).await
+}
+
+/// Map an upstream response to an origin response (the rules are in the module
+/// doc); `error_code` names the code of an [`Error::Status`].
+pub async fn map_response(
+    resp: ClientResponse,
+    error_code: ErrorCode,
+) -> Result<OriginResponse, Error> {
+    let ClientResponse { head, mut body } = resp;
+    let meta = ResponseMeta {
+        status: head.status,
+        etag: head.etag.clone(),
+        last_modified: head.last_modified.clone(),
+        content_type: head.content_type.clone(),
+        content_length: head.content_length,
+    };
+    match head.status {
+        200 | 206 | 304 => Ok(OriginResponse {
+            meta,
+            body: Box::new(body),
+        }),
+        404 => {
+            // Drained only so the connection can be reused; failures just close it.
+            let _ = body.read_to_end_capped(MAX_ERROR_BODY).await;
+            Ok(OriginResponse {
+                meta: ResponseMeta {
+                    content_length: None,
+                    content_type: None,
+                    ..meta
+                },
+                body: Box::new(EmptyBody),
+            })
+        }
+        status => {
+            let doc = body.read_to_end_capped(MAX_ERROR_BODY).await.ok();
+            let code = error_code(&head, doc.as_deref());
+            Err(Error::Status { status, code })
+        }
+    }
+}
