@@ -27,8 +27,9 @@ ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
-# The whole context (see .dockerignore): Cargo.toml may name bench, test and
-# loadtest targets, and cargo reads every declared target when it loads the manifest.
+# The whole context (see .dockerignore): Cargo.toml names bench, test and example
+# targets and the workspace member loadtest/ (its Cargo.toml and sources), and cargo
+# reads every declared target of every member when it loads the workspace.
 COPY . .
 # Cache mounts keep the crate registry and target/ across builds (BuildKit);
 # the binary is copied out of the mounted target/ so the next stage can see it.

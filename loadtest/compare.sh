@@ -75,10 +75,13 @@ fi
 cargo_flags=(); [ "$PROFILE" = release ] && cargo_flags=(--release)
 BIN="$REPO/target/$PROFILE"
 log "building chartcache-loadtest and the S3 server ($PROFILE)"
-cargo build -q "${cargo_flags[@]}" --bin chartcache-loadtest --example s3_server
+# Two workspace packages: the load generator (loadtest/Cargo.toml) and the root package, whose
+# example the S3 server is. Both build into the workspace's target/.
+cargo build -q "${cargo_flags[@]}" -p chartcache-loadtest -p chartcache \
+  --bin chartcache-loadtest --example s3_server
 CHARTCACHE_BUILT=0
 if has chartcache || has chartcache-fresh1s || has chartcache-sendfile || has chartcache-copy; then
-  if cargo build -q "${cargo_flags[@]}" --bin chartcache 2>"$REPO/target/compare-build.log"; then CHARTCACHE_BUILT=1
+  if cargo build -q "${cargo_flags[@]}" -p chartcache --bin chartcache 2>"$REPO/target/compare-build.log"; then CHARTCACHE_BUILT=1
   else
     tail -n 20 "$REPO/target/compare-build.log" >&2
     echo "note: chartcache does not build here (above); skipping it" >&2

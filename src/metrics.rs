@@ -234,7 +234,7 @@ impl Collector for Metrics {
         {
             let m = enc.encode_descriptor(
                 UPSTREAM_LATENCY,
-                "Upstream response-head latency",
+                "Time from sending an upstream request to its response head (or its failure)",
                 None,
                 MetricType::Histogram,
             )?;
@@ -264,7 +264,7 @@ impl Collector for Metrics {
             }),
             (
                 UPSTREAM_ERRORS,
-                "Upstream transport errors (connect, timeout, protocol, truncation)",
+                "Upstream requests that failed without an HTTP status (connect, timeout, i/o, protocol, credentials, signing)",
                 |w| &w.upstream_errors,
             ),
             (
@@ -274,30 +274,32 @@ impl Collector for Metrics {
             ),
             (
                 CORRUPT_DROPPED,
-                "Cache records that failed verification and were dropped",
+                "Cached records that failed verification when read for a request, dropped and refetched",
                 |w| &w.corrupt_dropped,
             ),
             (
                 FILLS_ABORTED,
-                "Cache fills abandoned (upstream truncated or failed mid-body)",
+                "Cache fills of a known length abandoned (upstream body short or failed, or commit failed)",
                 |w| &w.fills_aborted,
             ),
             (
                 FILL_SKIPPED,
-                "Cacheable responses not stored (too large, disk full, unknown length)",
+                "Cacheable responses of a known length the store refused (larger than a segment, no space, key or meta too long)",
                 |w| &w.fill_skipped,
             ),
-            (CACHE_EVICTIONS, "Cache segments evicted", |w| {
-                &w.cache_evictions
-            }),
+            (
+                CACHE_EVICTIONS,
+                "Cached objects dropped by eviction (hot objects copied forward are not counted)",
+                |w| &w.cache_evictions,
+            ),
             (
                 CONNECTIONS_REJECTED,
-                "Client connections refused at the per-worker limit",
+                "Client connections closed at accept because the worker was at its connection limit",
                 |w| &w.connections_rejected,
             ),
             (
                 BAD_REQUESTS,
-                "Malformed client requests answered with 4xx and closed",
+                "Malformed client requests (head or path), answered with 400/414/431/505 (HTTP/0.9: nothing) and closed",
                 |w| &w.bad_requests,
             ),
         ];
@@ -307,10 +309,14 @@ impl Collector for Metrics {
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
         let gauges: [Described; 3] = [
-            (CACHE_BYTES, "Bytes on disk used by the cache", |w| {
-                &w.cache_bytes
+            (
+                CACHE_BYTES,
+                "Bytes on disk used by the cache (segment files at full size, checkpoints)",
+                |w| &w.cache_bytes,
+            ),
+            (CACHE_OBJECTS, "Objects in the cache index", |w| {
+                &w.cache_objects
             }),
-            (CACHE_OBJECTS, "Objects in the cache", |w| &w.cache_objects),
             (CONNECTIONS_OPEN, "Open client connections", |w| {
                 &w.connections_open
             }),

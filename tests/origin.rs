@@ -1,9 +1,9 @@
 //! Origins against real servers: s3s-fs (real SigV4 verification), scripted raw
-//! HTTP servers for faults, and a temp directory for the file origin.
+//! HTTP servers for faults, and a temp directory for the file origin. (TLS, which
+//! needs the openssl CLI for its test PKI: `tests/origin_tls.rs`.)
 
 mod common;
 
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,27 +14,13 @@ use chartcache::origin::file::FileOrigin;
 use chartcache::origin::https::HttpsOrigin;
 use chartcache::origin::s3::S3Origin;
 use chartcache::origin::{
-    self, BodyStream, Error, Method, Origin, OriginConfig, OriginRequest, TlsRoots, Upstream,
+    self, Error, Method, Origin, OriginConfig, OriginRequest, TlsRoots, Upstream,
 };
-use common::{refused_endpoint, spawn_raw_http, spawn_s3, spawn_silent_http};
+use common::{read_all, refused_endpoint, run, spawn_raw_http, spawn_s3, spawn_silent_http};
 
 const AK: &str = "AKIAIOSFODNN7EXAMPLE";
 const SK: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 const BUCKET: &str = "charts";
-
-/// Run a test body on a monoio runtime (io_uring, epoll fallback), bounded so a
-/// bug cannot hang the suite.
-fn run<F: Future<Output = ()>>(f: F) {
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        monoio::time::timeout(Duration::from_secs(30), f)
-            .await
-            .expect("test timed out");
-    });
-}
 
 fn s3_config(endpoint: &str, prefix: &str) -> OriginConfig {
     OriginConfig {
@@ -83,14 +69,6 @@ fn creds(ak: &str, sk: &str) -> Arc<CredentialsCell> {
     Arc::new(CredentialsCell::new(Credentials::new(
         ak, sk, None, None, "test",
     )))
-}
-
-async fn read_all(body: &mut dyn BodyStream) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next_chunk().await? {
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// Deterministic, non-repeating-looking content of `len` bytes.
@@ -805,257 +783,6 @@ fn file_origin_shrinking_file_is_truncated() {
         let err = read_all(r.body.as_mut()).await.unwrap_err();
         assert!(matches!(err, Error::Truncated { .. }), "{err:?}");
     });
-}
-
-// ------------------------------------------------------------------------ TLS
-
-/// CA + leaf for 127.0.0.1 made with the openssl CLI; `None` if it is missing.
-fn make_test_pki(dir: &std::path::Path) -> Option<()> {
-    let sh = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    };
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .ok()?;
-    sh(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "ca.key.sec1",
-    ])?;
-    sh(&[
-        "pkcs8",
-        "-topk8",
-        "-nocrypt",
-        "-in",
-        "ca.key.sec1",
-        "-out",
-        "ca.key",
-    ])?;
-    sh(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-sha256",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=chartcache test CA",
-        "-out",
-        "ca.pem",
-    ])?;
-    sh(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "leaf.key.sec1",
-    ])?;
-    sh(&[
-        "pkcs8",
-        "-topk8",
-        "-nocrypt",
-        "-in",
-        "leaf.key.sec1",
-        "-out",
-        "leaf.key",
-    ])?;
-    sh(&[
-        "req",
-        "-new",
-        "-key",
-        "leaf.key",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-out",
-        "leaf.csr",
-    ])?;
-    sh(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-sha256",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "leaf.pem",
-    ])?;
-    Some(())
-}
-
-/// The test leaf certificate (from `make_test_pki`) as a rustls server config.
-fn test_tls_server_config(dir: &std::path::Path) -> rustls::ServerConfig {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let leaf = CertificateDer::from_pem_file(dir.join("leaf.pem")).unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf], key)
-        .unwrap()
-}
-
-/// A monoio TLS server on its own thread: accepts one TCP connection and hands
-/// it, with the acceptor for `cfg`, to `handle`. Returns its address and thread.
-fn spawn_tls_server<F, Fut>(
-    cfg: rustls::ServerConfig,
-    handle: F,
-) -> (std::net::SocketAddr, std::thread::JoinHandle<()>)
-where
-    F: FnOnce(monoio::net::TcpStream, monoio_rustls::TlsAcceptor) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            let (tcp, _) = listener.accept().await.unwrap();
-            handle(tcp, monoio_rustls::TlsAcceptor::from(Arc::new(cfg))).await;
-        });
-    });
-    (addr_rx.recv().unwrap(), server)
-}
-
-#[test]
-fn tls_get_with_keep_alive_over_monoio_rustls() {
-    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
-    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-
-    let dir = tempfile::tempdir().unwrap();
-    if make_test_pki(dir.path()).is_none() {
-        eprintln!("openssl CLI unavailable: skipping the TLS test");
-        return;
-    }
-    let provider = || Arc::new(rustls::crypto::ring::default_provider());
-    let server_cfg = test_tls_server_config(dir.path());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(dir.path().join("ca.pem")).unwrap())
-        .unwrap();
-    let client_cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-
-    // A monoio TLS server answering two requests on one connection.
-    let (addr, server) = spawn_tls_server(server_cfg, |tcp, acceptor| async move {
-        let mut tls = acceptor.accept(tcp).await.unwrap();
-        for body in ["first over tls", "second"] {
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let (r, buf) = tls.read(vec![0u8; 1]).await;
-                assert_eq!(r.unwrap(), 1);
-                head.push(buf[0]);
-            }
-            assert!(head.starts_with(b"GET /x HTTP/1.1\r\nhost: 127.0.0.1:"));
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let (r, _) = tls.write_all(reply.into_bytes()).await;
-            r.unwrap();
-        }
-    });
-
-    let client = HttpClient::with_tls_config(
-        Endpoint {
-            tls: true,
-            host: "127.0.0.1".into(),
-            port: addr.port(),
-        },
-        ClientSettings {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            dns_refresh: Duration::from_secs(60),
-            max_idle: 2,
-            tls_roots: TlsRoots::Webpki,
-        },
-        Arc::new(client_cfg),
-    )
-    .unwrap();
-    run(async {
-        for expected in [&b"first over tls"[..], b"second"] {
-            let mut resp = client.send(Method::Get, "/x", &[]).await.unwrap();
-            assert_eq!(resp.head.status, 200);
-            assert_eq!(read_all(&mut resp.body).await.unwrap(), expected);
-        }
-    });
-    let stats = client.stats();
-    assert_eq!((stats.connects, stats.reuses), (1, 1));
-    server.join().unwrap();
-}
-
-#[test]
-fn tls_untrusted_certificate_is_connect_error() {
-    // The default (webpki) roots do not trust the test CA: handshake fails.
-    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
-
-    let dir = tempfile::tempdir().unwrap();
-    if make_test_pki(dir.path()).is_none() {
-        eprintln!("openssl CLI unavailable: skipping the TLS test");
-        return;
-    }
-    let (addr, server) = spawn_tls_server(
-        test_tls_server_config(dir.path()),
-        |tcp, acceptor| async move { assert!(acceptor.accept(tcp).await.is_err()) },
-    );
-    let client = HttpClient::new(
-        Endpoint {
-            tls: true,
-            host: "127.0.0.1".into(),
-            port: addr.port(),
-        },
-        ClientSettings {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            dns_refresh: Duration::from_secs(60),
-            max_idle: 2,
-            tls_roots: TlsRoots::Webpki,
-        },
-    )
-    .unwrap();
-    run(async {
-        let err = client.send(Method::Get, "/x", &[]).await.err().unwrap();
-        assert!(
-            matches!(&err, Error::Connect(m) if m.contains("TLS")),
-            "{err:?}"
-        );
-    });
-    server.join().unwrap();
 }
 
 // ------------------------------------------------- retries, deadline (Retrying)

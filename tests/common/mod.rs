@@ -5,12 +5,14 @@
 //! connections, so tests can assert "exactly one upstream GET" and keep-alive
 //! reuse; emulates S3's `If-None-Match` → 304, which s3s-fs lacks), and
 //! [`spawn_raw_http`] / [`spawn_silent_http`] (truncated bodies, bad headers,
-//! servers that never answer).
+//! servers that never answer); [`run`] / [`read_all`] for tests on a monoio
+//! runtime; `harness` for test targets that need an external tool.
 //!
 //! Invariants: every server binds 127.0.0.1:0, runs on its own thread, and stops
 //! when dropped (or on [`S3Server::stop`], for outage tests).
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -308,4 +310,29 @@ pub fn refused_endpoint() -> String {
     let addr = l.local_addr().unwrap();
     drop(l);
     format!("http://{addr}")
+}
+
+/// Run a test body on a monoio runtime (io_uring, epoll fallback), bounded so a
+/// bug cannot hang the suite.
+pub fn run<F: std::future::Future<Output = ()>>(f: F) {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        monoio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .expect("test timed out");
+    });
+}
+
+/// An origin response body, read to its end.
+pub async fn read_all(
+    body: &mut dyn chartcache::origin::BodyStream,
+) -> Result<Vec<u8>, chartcache::origin::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next_chunk().await? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

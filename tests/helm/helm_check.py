@@ -3,6 +3,7 @@
 
 Usage:
     python3 tests/helm/helm_check.py REPO_URL CHART [EXPECTED_VERSION] [--timeout SECS]
+    python3 tests/helm/helm_check.py --probe    # only: is the client usable? (exit 0 or 3)
 
 What it does, in a fresh temporary Helm home (HELM_CONFIG_HOME, HELM_CACHE_HOME,
 HELM_DATA_HOME, HELM_REPOSITORY_CONFIG, HELM_REPOSITORY_CACHE all under one
@@ -20,7 +21,8 @@ Output and exit codes (a contract the Rust integration tests rely on):
     2  bad usage (argparse)
     3  helm_sdkpy (or cffi, or its native library) is not available, so the
        caller can tell "not installed" from "failed"; install it with
-       .ci/install-helm.sh
+       .ci/install-helm.sh. With --probe: 0 or 3 only, the reason for 3 on
+       stderr, nothing contacted (the tests decide run/ignore with it).
 
 Client: PyPI's helm-sdkpy (Helm v4 compiled as a shared library, driven via
 cffi), not the helm binary. Its `Pull` crashes in 0.1.32, so `Show` is used.
@@ -155,7 +157,17 @@ def parent_main(args):
         shutil.rmtree(home, ignore_errors=True)
 
 
+def probe_main():
+    reason = helm_available()
+    if reason is not None:
+        print(reason, file=sys.stderr)
+        return EXIT_NOT_INSTALLED
+    return EXIT_OK
+
+
 def main():
+    if sys.argv[1:] == ["--probe"]:
+        return probe_main()
     parser = argparse.ArgumentParser(description="Fetch a chart through a Helm repository with a real Helm v4 client.")
     parser.add_argument("repo_url", metavar="REPO_URL", help="e.g. http://127.0.0.1:8080")
     parser.add_argument("chart", metavar="CHART", help="chart name, e.g. hello")
