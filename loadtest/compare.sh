@@ -3,7 +3,7 @@
 #
 #   loadtest/compare.sh [-n CHARTS] [-r ROUNDS] [-d SECONDS] [-w WARMUP] [-c CONNECTIONS]
 #                       [-t THREADS] [--rate R] [--read-buffer SIZE] [--servers LIST]
-#                       [--workloads LIST] [--wrk] [--profile P] [--keep]
+#                       [--workloads LIST] [--wrk] [--profile P] [--keep] [--baseline BIN]
 #
 # 1. generates N random-content chart .tgz (1.8-400 KB, mean ~105 KB) + index.yaml in a temp dir,
 # 2. starts two S3 servers (examples/s3_server.rs) on that dir: one requiring SigV4 (for
@@ -13,6 +13,8 @@
 #    static and `chartcache-loadtest floor` (a bare in-memory responder: the practical ceiling)
 #    on 127.0.0.1 (`--servers` may add chartcache-sendfile: chartcache with
 #    `--driver epoll --sendfile-threshold 0`),
+#    `--baseline BIN` adds the row chartcache-baseline: another chartcache binary (say, one built
+#    from an earlier commit) started exactly like the chartcache row, for before/after in one run,
 # 4. warms each server with one pass over every path,
 # 5. runs each workload against each server, alternating servers, R rounds of D seconds, with
 #    chartcache-loadtest (server CPU from /proc, peak RSS, upstream requests from the S3 stats),
@@ -26,7 +28,7 @@ set -euo pipefail
 CHARTS=200 ROUNDS=3 DURATION=6 WARMUP=2 CONNECTIONS=64 THREADS=1
 SERVERS="chartcache,chartcache-fresh1s,chartcache-copy,nginx-cache,varnish,nginx-static,floor"
 WORKLOADS="charts,ci-mix"
-WITH_WRK=0 KEEP=0 PROFILE=release RATE= READ_BUFFER=
+WITH_WRK=0 KEEP=0 PROFILE=release RATE= READ_BUFFER= BASELINE_BIN=
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +45,7 @@ while [ $# -gt 0 ]; do
     --wrk) WITH_WRK=1; shift ;;
     --profile) PROFILE=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --baseline) BASELINE_BIN=$(realpath "$2"); SERVERS="$SERVERS,chartcache-baseline"; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
   esac
@@ -122,7 +125,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
-read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN FLOOR_PORT CCS_PORT CCS_ADMIN CCC_PORT CCC_ADMIN <<<"$(free_ports 14)"
+read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN FLOOR_PORT CCS_PORT CCS_ADMIN CCC_PORT CCC_ADMIN CCB_PORT CCB_ADMIN <<<"$(free_ports 16)"
 
 # Waits until URL answers 200 or the process PID dies (10 s at most).
 wait_ready() {
@@ -172,11 +175,12 @@ register() {
   fi
 }
 
-# One chartcache instance against the signed S3 server: start_chartcache NAME PORT ADMIN [FLAG…]
+# One chartcache instance against the signed S3 server (the binary: $CC_BIN, default this
+# checkout's): start_chartcache NAME PORT ADMIN [FLAG…]
 start_chartcache() {
   local name=$1 port=$2 admin=$3; shift 3
   mkdir -p "$TMP/$name"
-  AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$BIN/chartcache" \
+  AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "${CC_BIN:-$BIN/chartcache}" \
     --upstream s3://charts --s3-endpoint "http://127.0.0.1:$S3S_PORT" --region us-east-1 \
     --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" --cache-dir "$TMP/$name/cache" \
     --workers 2 "$@" >"$TMP/$name.log" 2>&1 &
@@ -210,6 +214,11 @@ EOF
 
 if has chartcache && [ "$CHARTCACHE_BUILT" = 1 ]; then
   start_chartcache chartcache "$CC_PORT" "$CC_ADMIN"
+fi
+
+# Another chartcache binary (--baseline), started exactly like the chartcache row.
+if has chartcache-baseline && [ -n "$BASELINE_BIN" ]; then
+  CC_BIN=$BASELINE_BIN start_chartcache chartcache-baseline "$CCB_PORT" "$CCB_ADMIN"
 fi
 
 # The same chartcache on the epoll driver with every cached body sent by sendfile(2)
