@@ -105,8 +105,8 @@ impl Server {
 /// chain — env, profile, web identity/IRSA, ECS/EKS Pod Identity, IMDSv2 —
 /// refreshed in the background), unused otherwise.
 pub fn credentials_for(cfg: &Config) -> Result<Option<Arc<CredentialsCell>>, Error> {
-    match cfg.origin.upstream {
-        Upstream::S3 { .. } => crate::origin::credentials::start_chain(&cfg.origin.region)
+    match cfg.repo.origin.upstream {
+        Upstream::S3 { .. } => crate::origin::credentials::start_chain(&cfg.repo.origin.region)
             .map(Some)
             .map_err(|e| Error::Credentials(e.to_string())),
         _ => Ok(None),
@@ -118,7 +118,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     let cfg = Arc::new(cfg);
     let n = cfg.workers;
     // Fail fast on an origin that cannot be built (e.g. S3 without credentials).
-    if let Upstream::S3 { .. } = cfg.origin.upstream {
+    if let Upstream::S3 { .. } = cfg.repo.origin.upstream {
         if creds.is_none() {
             return Err(Error::Credentials(
                 "none found. Fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials)".into(),
@@ -150,14 +150,18 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         worker: 0,
         message: format!("cannot start the access-log thread: {e}"),
     })?;
-    let helm = Arc::new(crate::helm::HelmRepo::new(match &cfg.origin.upstream {
-        Upstream::S3 { bucket, prefix } if cfg.rewrite_s3_urls => Some(if prefix.is_empty() {
-            format!("s3://{bucket}/")
-        } else {
-            format!("s3://{bucket}/{prefix}/")
-        }),
-        _ => None,
-    }));
+    let helm = Arc::new(crate::helm::HelmRepo::new(
+        match &cfg.repo.origin.upstream {
+            Upstream::S3 { bucket, prefix } if cfg.repo.rewrite_s3_urls => {
+                Some(if prefix.is_empty() {
+                    format!("s3://{bucket}/")
+                } else {
+                    format!("s3://{bucket}/{prefix}/")
+                })
+            }
+            _ => None,
+        },
+    ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -237,7 +241,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         admin = %admin_addr,
         workers = n,
         driver = ?driver,
-        upstream = %describe(&cfg.origin.upstream),
+        upstream = %describe(&cfg.repo.origin.upstream),
         cache_dir = %cfg.cache.dir.display(),
         cache_size = cfg.cache.size,
         "chartcache listening"
@@ -399,7 +403,7 @@ pub(crate) fn uring_runtime() -> std::io::Result<(UringRuntime, SocketMode)> {
 }
 
 async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
-    let origin = match origin::build(&ctx.cfg.origin, ctx.creds.clone()) {
+    let origin = match origin::build(&ctx.cfg.repo.origin, ctx.creds.clone()) {
         Ok(o) => o,
         Err(e) => {
             let _ = ctx.startup.send(Err(Error::Origin(e.to_string())));
@@ -508,7 +512,7 @@ async fn job_loop(w: WorkerRef, mut jobs: mpsc::UnboundedReceiver<ShardJob>) {
                         shards: &w.shards,
                         metrics: &w.metrics,
                         helm: &w.helm,
-                        verify_digests: w.cfg.verify_digests,
+                        verify_digests: w.cfg.repo.verify_digests,
                     };
                     filler.fill(inflight, etag, ttl_secs).await;
                 });

@@ -38,7 +38,7 @@ fn helm_through_chartcache(s3_urls: bool) {
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli("s3://helm-charts/stable", &tmp.path().join("cache"));
-    cli.s3_endpoint = Some(s3.endpoint.clone());
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
     let p = Proxy::start_in(cli, Some(tmp));
     let url = format!("http://{}", p.addr);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/helm_check.py");

@@ -140,7 +140,7 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
             respond_simple(conn, &mut x, 400, &format!("bad request path: {e}")).await
         }
         (Ok(key), _) => {
-            let rule = w.cfg.policy.decide(key);
+            let rule = w.cfg.repo.policy.decide(key);
             match rule.action {
                 Action::Bypass => {
                     bypass(w, conn, req, key, rule, &mut x, CacheResult::Bypass).await
@@ -239,7 +239,9 @@ async fn cached(
         }
     };
     let mut rx = inflight.subscribe();
-    let wait = w.cfg.origin.connect_timeout + w.cfg.origin.request_timeout + Duration::from_secs(1);
+    let wait = w.cfg.repo.origin.connect_timeout
+        + w.cfg.repo.origin.request_timeout
+        + Duration::from_secs(1);
     loop {
         let current = rx.borrow_and_update().clone();
         let state = match current {
@@ -349,7 +351,7 @@ async fn stream_fill(
     x: &mut Exchange,
 ) -> std::io::Result<()> {
     let meta = &view.meta;
-    let wait = w.cfg.origin.request_timeout + Duration::from_secs(1);
+    let wait = w.cfg.repo.origin.request_timeout + Duration::from_secs(1);
     let head_only = if not_modified(
         req.if_none_match.as_deref(),
         req.if_modified_since.as_deref(),
