@@ -16,7 +16,9 @@
 //! 2. **Layers**: [`Cli`] flattens the sections into the flags (clap reads the
 //!    environment for each flag); the file holds the same sections' keys side by side at
 //!    its top level. `or` merges two layers field by field and `or_defaults`
-//!    fills what none set, so layering is written once, not per field.
+//!    fills what none set, so layering is written once, not per field. A file key
+//!    that no section knows is refused, every one named with the nearest known key.
+//!    A `--no-x` switch sits beside its file spelling `x = false` as two fields.
 //! 3. **Validation**: one `validate` per section turns its raw strings into typed
 //!    values (through one parser per kind: [`parse_size`], [`parse_duration`],
 //!    [`parse_upstream`], addresses, choices) and returns *every* problem, each
@@ -84,9 +86,19 @@ impl Layer for bool {
     }
 }
 
+/// A section: a layer that knows its defaults.
+trait Section: Layer {
+    /// Fills what no layer set with the built-in default (evaluated only then).
+    fn or_defaults(self) -> Self;
+}
+
+/// flag > env (clap has already put both into `cli`) > file > default.
+fn layered<S: Section>(cli: S, file: S) -> S {
+    cli.or(file).or_defaults()
+}
+
 /// Declares one section: the struct (clap flags + serde keys from the same fields),
-/// `Layer::or` field by field, and `or_defaults` from each field's `= default`
-/// (evaluated only when no layer set the field).
+/// `Layer::or` field by field, and `Section::or_defaults` from each field's `= default`.
 macro_rules! section {
     (
         $(#[$meta:meta])*
@@ -109,18 +121,12 @@ macro_rules! section {
             }
         }
 
-        impl $name {
-            /// Fills what no layer set with the built-in default.
+        impl Section for $name {
             fn or_defaults(self) -> Self {
                 Self { $( $field: self.$field $(.or_else(|| $default))?, )* }
             }
         }
     };
-}
-
-/// flag > env (clap has already put both into `cli`) > file > default.
-fn layered<S: Layer>(cli: S, file: S, defaults: impl FnOnce(S) -> S) -> S {
-    defaults(cli.or(file))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -544,30 +550,12 @@ fn parse_file(text: &str) -> Result<FileConfig, String> {
 
 fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
     let mut problems = Vec::new();
-    let server = ok(
-        layered(cli.server, file.server, ServerArgs::or_defaults).validate(),
-        &mut problems,
-    );
-    let admin = ok(
-        layered(cli.admin, file.admin, AdminArgs::or_defaults).validate(),
-        &mut problems,
-    );
-    let repo = ok(
-        layered(cli.repo, file.repo, RepoArgs::or_defaults).validate(),
-        &mut problems,
-    );
-    let cache = ok(
-        layered(cli.cache, file.cache, CacheArgs::or_defaults).validate(),
-        &mut problems,
-    );
-    let runtime = ok(
-        layered(cli.runtime, file.runtime, RuntimeArgs::or_defaults).validate(),
-        &mut problems,
-    );
-    let log = ok(
-        layered(cli.log, file.log, LogArgs::or_defaults).validate(),
-        &mut problems,
-    );
+    let server = ok(layered(cli.server, file.server).validate(), &mut problems);
+    let admin = ok(layered(cli.admin, file.admin).validate(), &mut problems);
+    let repo = ok(layered(cli.repo, file.repo).validate(), &mut problems);
+    let cache = ok(layered(cli.cache, file.cache).validate(), &mut problems);
+    let runtime = ok(layered(cli.runtime, file.runtime).validate(), &mut problems);
+    let log = ok(layered(cli.log, file.log).validate(), &mut problems);
     let (
         Some(server),
         Some(admin),
@@ -1208,155 +1196,64 @@ mod tests {
     }
 
     /// flag > env > file > default, for a sample of settings from every section, through
-    /// the real clap parser (the only test here that touches the environment).
+    /// the real clap parser (the only test here that touches the environment). A layer
+    /// is shown to win when the result equals the file alone saying that layer's value.
     #[test]
     fn layering_is_flag_env_file_default_in_every_section() {
-        /// (key, env, how the value shows, [default, file, env, flag] as shown,
-        /// [file, env, flag] as set); the flag is `--` + the key with `-`.
-        type Case = (
-            &'static str,
-            &'static str,
-            fn(&Config) -> String,
-            [&'static str; 4],
-            [&'static str; 3],
-        );
-        let cases: &[Case] = &[
-            (
-                "listen",
-                "CHARTCACHE_LISTEN",
-                |c| c.server.listen.to_string(),
-                ["0.0.0.0:8080", "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
-                ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
-            ),
-            (
-                "idle_timeout",
-                "CHARTCACHE_IDLE_TIMEOUT",
-                |c| format!("{:?}", c.server.idle_timeout),
-                ["60s", "1s", "2s", "3s"],
-                ["1s", "2s", "3s"],
-            ),
-            (
-                "admin",
-                "CHARTCACHE_ADMIN",
-                |c| c.admin.listen.to_string(),
-                [
-                    "127.0.0.1:8081",
-                    "127.0.0.1:4",
-                    "127.0.0.1:5",
-                    "127.0.0.1:6",
-                ],
-                ["127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:6"],
-            ),
-            (
-                "cache_size",
-                "CHARTCACHE_CACHE_SIZE",
-                |c| c.cache.size.to_string(),
-                ["2147483648", "8388608", "16777216", "33554432"],
-                ["8MiB", "16MiB", "32MiB"],
-            ),
-            (
-                "negative_ttl",
-                "CHARTCACHE_NEGATIVE_TTL",
-                |c| format!("{:?}", c.cache.negative_ttl),
-                ["5s", "1s", "2s", "3s"],
-                ["1s", "2s", "3s"],
-            ),
-            (
-                "driver",
-                "CHARTCACHE_DRIVER",
-                |c| format!("{:?}", c.driver),
-                ["Auto", "IoUring", "Epoll", "Auto"],
-                ["io_uring", "epoll", "auto"],
-            ),
-            (
-                "log_format",
-                "CHARTCACHE_LOG_FORMAT",
-                |c| format!("{:?}", c.log_format),
-                ["Json", "Text", "Json", "Text"],
-                ["text", "json", "text"],
-            ),
-            (
-                "upstream_timeout",
-                "CHARTCACHE_UPSTREAM_TIMEOUT",
-                |c| format!("{:?}", c.repo.origin.request_timeout),
-                ["10s", "1s", "2s", "3s"],
-                ["1s", "2s", "3s"],
-            ),
-            (
-                "retries",
-                "CHARTCACHE_RETRIES",
-                |c| c.repo.origin.retries.to_string(),
-                ["2", "3", "4", "5"],
-                ["3", "4", "5"],
-            ),
-        ];
-        let load_with = |args: &[String], env: Option<(&str, &str)>, toml: &str| {
+        let load = |args: &[&str], env: Option<(&str, &str)>, toml: &str| {
             if let Some((k, v)) = env {
                 std::env::set_var(k, v);
             }
-            let cli = Cli::try_parse_from(
-                ["chartcache", "--upstream", "s3://bucket-a"]
-                    .into_iter()
-                    .map(String::from)
-                    .chain(args.iter().cloned()),
-            );
+            let base = ["chartcache", "--upstream", "s3://bucket-a"];
+            let cli = Cli::try_parse_from(base.iter().chain(args));
             if let Some((k, _)) = env {
                 std::env::remove_var(k);
             }
-            build(cli.unwrap(), file(toml)).unwrap()
+            format!("{:?}", build(cli.unwrap(), file(toml)).unwrap())
         };
-        for (key, env, show, want, [in_file, in_env, in_flag]) in cases {
-            let flag = vec![format!("--{}", key.replace('_', "-")), in_flag.to_string()];
-            let toml = format!("{key} = {}", toml_value(in_file));
-            assert_eq!(show(&load_with(&[], None, "")), want[0], "{key}: default");
-            assert_eq!(show(&load_with(&[], None, &toml)), want[1], "{key}: file");
+        let default = load(&[], None, "");
+        // (TOML key, [file, env, flag] values); the flag is --key-with-dashes and the
+        // variable CHARTCACHE_KEY (README's table is checked against both below).
+        let cases = [
+            ("listen", ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
+            ("idle_timeout", ["1s", "2s", "3s"]),
+            ("sendfile_threshold", ["2MiB", "off", "1MiB"]),
+            ("admin", ["127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:6"]),
+            ("cache_size", ["8MiB", "16MiB", "32MiB"]),
+            ("negative_ttl", ["1s", "2s", "3s"]),
+            ("workers", ["7", "8", "9"]),
+            ("driver", ["io_uring", "epoll", "auto"]),
+            ("log_format", ["text", "json", "text"]),
+            ("upstream_timeout", ["1s", "2s", "3s"]),
+            ("retries", ["3", "4", "5"]),
+            ("region", ["xx-test-1", "xx-test-2", "xx-test-3"]),
+        ];
+        for (key, [in_file, in_env, in_flag]) in cases {
+            let env = &format!("CHARTCACHE_{}", key.to_uppercase());
+            let toml = |v: &str| format!("{key} = {}", toml_value(v));
+            let flag = format!("--{}", key.replace('_', "-"));
+            let file_alone = load(&[], None, &toml(in_file));
+            assert_ne!(file_alone, default, "{key}: the file is not read");
+            let env_over_file = load(&[], Some((env, in_env)), &toml(in_file));
+            assert_eq!(env_over_file, load(&[], None, &toml(in_env)), "{key}: env");
+            let flag_over_env = load(&[&flag, in_flag], Some((env, in_env)), &toml(in_file));
             assert_eq!(
-                show(&load_with(&[], Some((env, in_env)), &toml)),
-                want[2],
-                "{key}: env over file"
-            );
-            assert_eq!(
-                show(&load_with(&flag, Some((env, in_env)), &toml)),
-                want[3],
-                "{key}: flag over env"
+                flag_over_env,
+                load(&[], None, &toml(in_flag)),
+                "{key}: flag"
             );
         }
 
         // The switches: `--no-x` / CHARTCACHE_NO_X=true beat the file's `x = true`.
-        for (flag, env, key, on) in [
-            (
-                "--no-access-log",
-                "CHARTCACHE_NO_ACCESS_LOG",
-                "access_log",
-                (|c| c.access_log) as fn(&Config) -> bool,
-            ),
-            (
-                "--no-rewrite-s3-urls",
-                "CHARTCACHE_NO_REWRITE_S3_URLS",
-                "rewrite_s3_urls",
-                |c| c.repo.rewrite_s3_urls,
-            ),
-            (
-                "--no-verify-digests",
-                "CHARTCACHE_NO_VERIFY_DIGESTS",
-                "verify_digests",
-                |c| c.repo.verify_digests,
-            ),
-        ] {
-            assert!(on(&load_with(&[], None, "")), "{key}: default on");
-            assert!(
-                !on(&load_with(&[], None, &format!("{key} = false"))),
-                "{key}: file"
-            );
-            let file_on = format!("{key} = true");
-            assert!(
-                !on(&load_with(&[], Some((env, "true")), &file_on)),
-                "{key}: env over file"
-            );
-            assert!(
-                !on(&load_with(&[flag.to_string()], None, &file_on)),
-                "{key}: flag over file"
-            );
+        for key in ["access_log", "rewrite_s3_urls", "verify_digests"] {
+            let env = &format!("CHARTCACHE_NO_{}", key.to_uppercase());
+            let off = load(&[], None, &format!("{key} = false"));
+            let on = format!("{key} = true");
+            assert_ne!(off, default, "{key}: the file is not read");
+            assert_eq!(load(&[], None, &on), default, "{key}: on by default");
+            assert_eq!(load(&[], Some((env, "true")), &on), off, "{key}: env");
+            let flag = format!("--no-{}", key.replace('_', "-"));
+            assert_eq!(load(&[&flag], None, &on), off, "{key}: flag");
         }
     }
 
