@@ -1,26 +1,50 @@
 //! Configuration: command-line flags, `CHARTCACHE_*` environment variables and a
-//! TOML file, merged in that order of precedence (flag > env > file > default),
+//! TOML file, layered in that order of precedence (flag > env > file > default),
 //! then validated into one [`Config`].
 //!
-//! Validation reports *every* problem at once, each naming the field and the fix,
-//! so an operator fixes a bad DaemonSet in one round trip. Nothing here touches
-//! the network; the cache directory is checked by the cache layer at open.
+//! Owns the settings, their layering and their validation; not what the settings
+//! do (that is each consumer's business). Nothing here touches the network; the
+//! cache directory is checked by the cache layer at open.
+//!
+//! # Layout
+//! 1. **Sections** ([`ServerArgs`], [`AdminArgs`], [`RuntimeArgs`], [`LogArgs`],
+//!    [`CacheArgs`], [`RepoArgs`]): each setting is declared once, in its section,
+//!    by the `section!` macro — its doc comment is the `--help` text, `#[arg]`
+//!    gives the flag and its `CHARTCACHE_*` variable, the field name is the TOML
+//!    key, and `= default` is the built-in value. Every field is an `Option` (or a
+//!    `--no-*` switch) so one layer can be told apart from the next.
+//! 2. **Layers**: [`Cli`] flattens the sections into the flags (clap reads the
+//!    environment for each flag); the file holds the same sections' keys side by side at
+//!    its top level. `or` merges two layers field by field and `or_defaults`
+//!    fills what none set, so layering is written once, not per field. A file key
+//!    that no section knows is refused, every one named with the nearest known key.
+//!    A `--no-x` switch sits beside its file spelling `x = false` as two fields.
+//! 3. **Validation**: one `validate` per section turns its raw strings into typed
+//!    values (through one parser per kind: [`parse_size`], [`parse_duration`],
+//!    [`parse_upstream`], addresses, choices) and returns *every* problem, each
+//!    `field: what is wrong and the fix`, so an operator fixes a bad DaemonSet in
+//!    one round trip.
+//!
+//! [`RepoArgs`] holds everything that belongs to one served repository (upstream,
+//! S3 endpoint and region, origin timeouts and retries, route rules, index
+//! rewriting, digest checks) and validates into one [`RepoConfig`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Default `--sendfile-threshold`: the body size from which the cache page-aligns record
-/// bodies (`cache::format::ALIGN_BODIES_FROM`); `sendfile(2)` of page-aligned data measured
-/// ~25 % less server CPU per response than writev from the mmap (README, Performance).
-pub const DEFAULT_SENDFILE_THRESHOLD: u64 = crate::cache::format::ALIGN_BODIES_FROM;
-
 use clap::Parser;
 use serde::Deserialize;
 
 use crate::http1::request::Limits;
+use crate::origin::retry::{DEFAULT_DEADLINE, DEFAULT_MAX_CONCURRENCY, DEFAULT_RETRIES};
 use crate::origin::{OriginConfig, TlsRoots, Upstream};
 use crate::policy::{Action, Matcher, Policy, Rule};
+
+/// Default `--sendfile-threshold`: the body size from which the cache page-aligns record
+/// bodies (`cache::format::ALIGN_BODIES_FROM`); `sendfile(2)` of page-aligned data measured
+/// ~25 % less server CPU per response than writev from the mmap (README, Performance).
+pub const DEFAULT_SENDFILE_THRESHOLD: u64 = crate::cache::format::ALIGN_BODIES_FROM;
 
 /// Configuration errors: each string names the field and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +63,237 @@ pub enum Error {
 /// Where the bundled example repository lives, in the order tried when no
 /// `--upstream` is given.
 const EXAMPLE_REPOS: &[&str] = &["examples/repo", "/usr/share/chartcache/examples/repo"];
+
+// ---------------------------------------------------------------------------------------------
+// Layering, written once.
+// ---------------------------------------------------------------------------------------------
+
+/// One layer of settings over a lower one: the higher layer's value wins where it has one.
+trait Layer {
+    fn or(self, lower: Self) -> Self;
+}
+
+impl<T> Layer for Option<T> {
+    fn or(self, lower: Self) -> Self {
+        Option::or(self, lower)
+    }
+}
+
+/// A `--no-*` switch: set by any layer that sets it.
+impl Layer for bool {
+    fn or(self, lower: Self) -> Self {
+        self || lower
+    }
+}
+
+/// A section: a layer that knows its defaults.
+trait Section: Layer {
+    /// Fills what no layer set with the built-in default (evaluated only then).
+    fn or_defaults(self) -> Self;
+}
+
+/// flag > env (clap has already put both into `cli`) > file > default.
+fn layered<S: Section>(cli: S, file: S) -> S {
+    cli.or(file).or_defaults()
+}
+
+/// Declares one section: the struct (clap flags + serde keys from the same fields),
+/// `Layer::or` field by field, and `Section::or_defaults` from each field's `= default`.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                $field:ident: $ty:ty $(= $default:expr)?,
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl Layer for $name {
+            fn or(self, lower: Self) -> Self {
+                Self { $( $field: Layer::or(self.$field, lower.$field), )* }
+            }
+        }
+
+        impl Section for $name {
+            fn or_defaults(self) -> Self {
+                Self { $( $field: self.$field $(.or_else(|| $default))?, )* }
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sections: every setting, once.
+// ---------------------------------------------------------------------------------------------
+
+section! {
+    /// The client-facing listener.
+    pub struct ServerArgs {
+        /// Address the proxy listens on [default: 0.0.0.0:8080].
+        #[arg(long, env = "CHARTCACHE_LISTEN", value_name = "ADDR")]
+        listen: Option<String> = Some("0.0.0.0:8080".into()),
+
+        /// Time allowed to receive a request head [default: 10s].
+        #[arg(long, env = "CHARTCACHE_HEADER_TIMEOUT", value_name = "DURATION")]
+        header_timeout: Option<String> = Some("10s".into()),
+
+        /// Idle keep-alive timeout [default: 60s].
+        #[arg(long, env = "CHARTCACHE_IDLE_TIMEOUT", value_name = "DURATION")]
+        idle_timeout: Option<String> = Some("60s".into()),
+
+        /// Maximum client connections per worker [default: 10000].
+        #[arg(long, env = "CHARTCACHE_MAX_CONNECTIONS", value_name = "N")]
+        max_connections: Option<usize> = Some(10_000),
+
+        /// Cached bodies of at least SIZE go out with sendfile(2), smaller ones with one writev
+        /// from the cache's mmap: a size like 256KiB, 0 (always) or off (never) [default: 16KiB,
+        /// where the cache starts page-aligning bodies]. off suits clients on the same cores
+        /// that read in small pieces (README, Performance).
+        #[arg(long, env = "CHARTCACHE_SENDFILE_THRESHOLD", value_name = "SIZE")]
+        sendfile_threshold: Option<String> = Some(DEFAULT_SENDFILE_THRESHOLD.to_string()),
+    }
+}
+
+section! {
+    /// The admin listener.
+    pub struct AdminArgs {
+        /// Admin listener for /healthz, /readyz, /metrics and purge [default: 127.0.0.1:8081].
+        #[arg(long, env = "CHARTCACHE_ADMIN", value_name = "ADDR")]
+        admin: Option<String> = Some("127.0.0.1:8081".into()),
+
+        /// Bearer token required by purge requests (required when --admin is not loopback).
+        #[arg(
+            long,
+            env = "CHARTCACHE_ADMIN_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        admin_token: Option<String>,
+    }
+}
+
+section! {
+    /// Threads and the io driver.
+    pub struct RuntimeArgs {
+        /// Worker threads, one per core, each owning one cache shard [default: number of cores].
+        #[arg(long, env = "CHARTCACHE_WORKERS", value_name = "N")]
+        workers: Option<usize> = Some(cores()),
+
+        /// I/O driver: auto (io_uring, falling back to epoll), io_uring, or epoll [default: auto].
+        #[arg(long, env = "CHARTCACHE_DRIVER", value_name = "DRIVER")]
+        driver: Option<String> = Some("auto".into()),
+    }
+}
+
+section! {
+    /// Diagnostics and the access log.
+    pub struct LogArgs {
+        /// Log format for diagnostics and the access log: json or text [default: json].
+        #[arg(long, env = "CHARTCACHE_LOG_FORMAT", value_name = "FORMAT")]
+        log_format: Option<String> = Some("json".into()),
+
+        /// Disable the per-request access log on stdout.
+        #[arg(long, env = "CHARTCACHE_NO_ACCESS_LOG")]
+        #[serde(skip)]
+        no_access_log: bool,
+        /// The file's spelling of `--no-access-log`: `access_log = false`.
+        #[arg(skip)]
+        access_log: Option<bool> = Some(true),
+    }
+}
+
+section! {
+    /// The on-disk cache.
+    pub struct CacheArgs {
+        /// Cache directory [default: /var/cache/chartcache if writable, else ./.chartcache].
+        #[arg(long, env = "CHARTCACHE_CACHE_DIR", value_name = "DIR")]
+        cache_dir: Option<PathBuf> = Some(default_cache_dir()),
+
+        /// Maximum cache size on disk, e.g. 2GiB, 512MiB [default: 2GiB].
+        #[arg(long, env = "CHARTCACHE_CACHE_SIZE", value_name = "SIZE")]
+        cache_size: Option<String> = Some("2GiB".into()),
+
+        /// How old a cached copy may be and still be served as STALE while upstream fails [default: 7d].
+        #[arg(long, env = "CHARTCACHE_MAX_STALE", value_name = "DURATION")]
+        max_stale: Option<String> = Some("7d".into()),
+
+        /// How long an upstream 404 is remembered (0 disables; never for revalidated paths) [default: 5s].
+        #[arg(long, env = "CHARTCACHE_NEGATIVE_TTL", value_name = "DURATION")]
+        negative_ttl: Option<String> = Some("5s".into()),
+    }
+}
+
+section! {
+    /// One served repository: where its objects come from, how they are fetched, which
+    /// paths are cached, and what is done to its index. Today there is one, served at `/`.
+    pub struct RepoArgs {
+        /// Where objects come from: s3://BUCKET[/PREFIX], https://HOST[/PATH], http://HOST[/PATH]
+        /// or file:///DIR [default: the bundled examples/repo].
+        #[arg(long, env = "CHARTCACHE_UPSTREAM", value_name = "URL")]
+        upstream: Option<String> = bundled_examples(),
+
+        /// S3-compatible endpoint (MinIO, Ceph, LocalStack...), e.g. http://127.0.0.1:9000.
+        /// Uses path-style addressing. Default: AWS, virtual-hosted style.
+        #[arg(long, env = "CHARTCACHE_S3_ENDPOINT", value_name = "URL")]
+        s3_endpoint: Option<String>,
+
+        /// AWS region of the bucket [default: $AWS_REGION, $AWS_DEFAULT_REGION, or us-east-1].
+        #[arg(long, env = "CHARTCACHE_REGION", value_name = "REGION")]
+        region: Option<String> = Some(aws_env_region()),
+
+        /// Upstream connect timeout [default: 5s].
+        #[arg(long, env = "CHARTCACHE_CONNECT_TIMEOUT", value_name = "DURATION")]
+        connect_timeout: Option<String> = Some("5s".into()),
+
+        /// Upstream response deadline (head, and each body read) [default: 10s].
+        #[arg(long, env = "CHARTCACHE_UPSTREAM_TIMEOUT", value_name = "DURATION")]
+        upstream_timeout: Option<String> = Some("10s".into()),
+
+        /// Retries of a failed upstream GET (connect errors, timeouts, 5xx, SlowDown) [default: 2].
+        #[arg(long, env = "CHARTCACHE_RETRIES", value_name = "N")]
+        retries: Option<u32> = Some(DEFAULT_RETRIES),
+
+        /// Total time one upstream fetch may take, retries and backoff included [default: 8s].
+        #[arg(long, env = "CHARTCACHE_RETRY_DEADLINE", value_name = "DURATION")]
+        retry_deadline: Option<String> = Some(format!("{}ms", DEFAULT_DEADLINE.as_millis())),
+
+        /// Concurrent upstream requests per worker [default: 64].
+        #[arg(long, env = "CHARTCACHE_MAX_UPSTREAM_CONCURRENCY", value_name = "N")]
+        max_upstream_concurrency: Option<usize> = Some(DEFAULT_MAX_CONCURRENCY),
+
+        /// TLS trust roots for https upstreams: webpki (bundled) or native (system store) [default: webpki].
+        #[arg(long, env = "CHARTCACHE_TLS_ROOTS", value_name = "ROOTS")]
+        tls_roots: Option<String> = Some("webpki".into()),
+
+        /// Serve index.yaml as upstream wrote it: do not rewrite helm-s3's
+        /// s3://BUCKET/PREFIX/ chart URLs to repository-relative ones.
+        #[arg(long, env = "CHARTCACHE_NO_REWRITE_S3_URLS")]
+        #[serde(skip)]
+        no_rewrite_s3_urls: bool,
+        /// The file's spelling of `--no-rewrite-s3-urls`: `rewrite_s3_urls = false`.
+        #[arg(skip)]
+        rewrite_s3_urls: Option<bool> = Some(true),
+
+        /// Do not check chart bytes against the sha256 digests in index.yaml.
+        #[arg(long, env = "CHARTCACHE_NO_VERIFY_DIGESTS")]
+        #[serde(skip)]
+        no_verify_digests: bool,
+        /// The file's spelling of `--no-verify-digests`: `verify_digests = false`.
+        #[arg(skip)]
+        verify_digests: Option<bool> = Some(true),
+
+        /// Route rules, file only (`[[rules]]`); none: [`Policy::envoy_default`].
+        #[arg(skip)]
+        rules: Option<Vec<RuleConfig>>,
+    }
+}
 
 /// Command-line flags. Every flag can also be set by the environment variable
 /// shown in `--help` and by the same key (with `_` instead of `-`) in the TOML
@@ -65,156 +320,50 @@ pub struct Cli {
     #[arg(long, env = "CHARTCACHE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address the proxy listens on [default: 0.0.0.0:8080].
-    #[arg(long, env = "CHARTCACHE_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
-
-    /// Admin listener for /healthz, /readyz, /metrics and purge [default: 127.0.0.1:8081].
-    #[arg(long, env = "CHARTCACHE_ADMIN", value_name = "ADDR")]
-    pub admin: Option<String>,
-
-    /// Bearer token required by purge requests (required when --admin is not loopback).
-    #[arg(
-        long,
-        env = "CHARTCACHE_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-
-    /// Where objects come from: s3://BUCKET[/PREFIX], https://HOST[/PATH], http://HOST[/PATH]
-    /// or file:///DIR [default: the bundled examples/repo].
-    #[arg(long, env = "CHARTCACHE_UPSTREAM", value_name = "URL")]
-    pub upstream: Option<String>,
-
-    /// S3-compatible endpoint (MinIO, Ceph, LocalStack...), e.g. http://127.0.0.1:9000.
-    /// Uses path-style addressing. Default: AWS, virtual-hosted style.
-    #[arg(long, env = "CHARTCACHE_S3_ENDPOINT", value_name = "URL")]
-    pub s3_endpoint: Option<String>,
-
-    /// AWS region of the bucket [default: $AWS_REGION, $AWS_DEFAULT_REGION, or us-east-1].
-    #[arg(long, env = "CHARTCACHE_REGION", value_name = "REGION")]
-    pub region: Option<String>,
-
-    /// Cache directory [default: /var/cache/chartcache if writable, else ./.chartcache].
-    #[arg(long, env = "CHARTCACHE_CACHE_DIR", value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-
-    /// Maximum cache size on disk, e.g. 2GiB, 512MiB [default: 2GiB].
-    #[arg(long, env = "CHARTCACHE_CACHE_SIZE", value_name = "SIZE")]
-    pub cache_size: Option<String>,
-
-    /// Worker threads, one per core, each owning one cache shard [default: number of cores].
-    #[arg(long, env = "CHARTCACHE_WORKERS", value_name = "N")]
-    pub workers: Option<usize>,
-
-    /// I/O driver: auto (io_uring, falling back to epoll), io_uring, or epoll [default: auto].
-    #[arg(long, env = "CHARTCACHE_DRIVER", value_name = "DRIVER")]
-    pub driver: Option<String>,
-
-    /// Log format for diagnostics and the access log: json or text [default: json].
-    #[arg(long, env = "CHARTCACHE_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<String>,
-
-    /// Disable the per-request access log on stdout.
-    #[arg(long, env = "CHARTCACHE_NO_ACCESS_LOG")]
-    pub no_access_log: bool,
-
-    /// Time allowed to receive a request head [default: 10s].
-    #[arg(long, env = "CHARTCACHE_HEADER_TIMEOUT", value_name = "DURATION")]
-    pub header_timeout: Option<String>,
-
-    /// Idle keep-alive timeout [default: 60s].
-    #[arg(long, env = "CHARTCACHE_IDLE_TIMEOUT", value_name = "DURATION")]
-    pub idle_timeout: Option<String>,
-
-    /// How old a cached copy may be and still be served as STALE while upstream fails [default: 7d].
-    #[arg(long, env = "CHARTCACHE_MAX_STALE", value_name = "DURATION")]
-    pub max_stale: Option<String>,
-
-    /// How long an upstream 404 is remembered (0 disables; never for revalidated paths) [default: 5s].
-    #[arg(long, env = "CHARTCACHE_NEGATIVE_TTL", value_name = "DURATION")]
-    pub negative_ttl: Option<String>,
-
-    /// Maximum client connections per worker [default: 10000].
-    #[arg(long, env = "CHARTCACHE_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<usize>,
-
-    /// Upstream connect timeout [default: 5s].
-    #[arg(long, env = "CHARTCACHE_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-
-    /// Upstream response deadline (head, and each body read) [default: 10s].
-    #[arg(long, env = "CHARTCACHE_UPSTREAM_TIMEOUT", value_name = "DURATION")]
-    pub upstream_timeout: Option<String>,
-
-    /// Retries of a failed upstream GET (connect errors, timeouts, 5xx, SlowDown) [default: 2].
-    #[arg(long, env = "CHARTCACHE_RETRIES", value_name = "N")]
-    pub retries: Option<u32>,
-
-    /// Total time one upstream fetch may take, retries and backoff included [default: 8s].
-    #[arg(long, env = "CHARTCACHE_RETRY_DEADLINE", value_name = "DURATION")]
-    pub retry_deadline: Option<String>,
-
-    /// Concurrent upstream requests per worker [default: 64].
-    #[arg(long, env = "CHARTCACHE_MAX_UPSTREAM_CONCURRENCY", value_name = "N")]
-    pub max_upstream_concurrency: Option<usize>,
-
-    /// TLS trust roots for https upstreams: webpki (bundled) or native (system store) [default: webpki].
-    #[arg(long, env = "CHARTCACHE_TLS_ROOTS", value_name = "ROOTS")]
-    pub tls_roots: Option<String>,
-
-    /// Serve index.yaml as upstream wrote it: do not rewrite helm-s3's
-    /// s3://BUCKET/PREFIX/ chart URLs to repository-relative ones.
-    #[arg(long, env = "CHARTCACHE_NO_REWRITE_S3_URLS")]
-    pub no_rewrite_s3_urls: bool,
-
-    /// Do not check chart bytes against the sha256 digests in index.yaml.
-    #[arg(long, env = "CHARTCACHE_NO_VERIFY_DIGESTS")]
-    pub no_verify_digests: bool,
-    /// Cached bodies of at least SIZE go out with sendfile(2), smaller ones with one writev
-    /// from the cache's mmap: a size like 256KiB, 0 (always) or off (never) [default: 16KiB,
-    /// where the cache starts page-aligning bodies]. off suits clients on the same cores
-    /// that read in small pieces (README, Performance).
-    #[arg(long, env = "CHARTCACHE_SENDFILE_THRESHOLD", value_name = "SIZE")]
-    pub sendfile_threshold: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
 }
 
-/// The TOML file. Same keys as the flags (with `_`), plus `[[rules]]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The TOML file: the same sections as [`Cli`], their keys side by side at the top
+/// level (`listen`, `upstream`, `access_log`, `[[rules]]`…). Each section is read from
+/// the whole document on its own (so toml's errors keep pointing at the bad line,
+/// which `#[serde(flatten)]` would lose); the keys none of them knows are refused
+/// by [`parse_file`] (serde's `deny_unknown_fields` cannot see across sections).
+#[derive(Debug, Default)]
 struct FileConfig {
-    listen: Option<String>,
-    admin: Option<String>,
-    admin_token: Option<String>,
-    upstream: Option<String>,
-    s3_endpoint: Option<String>,
-    region: Option<String>,
-    cache_dir: Option<PathBuf>,
-    cache_size: Option<String>,
-    workers: Option<usize>,
-    driver: Option<String>,
-    log_format: Option<String>,
-    access_log: Option<bool>,
-    header_timeout: Option<String>,
-    idle_timeout: Option<String>,
-    max_connections: Option<usize>,
-    negative_ttl: Option<String>,
-    max_stale: Option<String>,
-    connect_timeout: Option<String>,
-    upstream_timeout: Option<String>,
-    tls_roots: Option<String>,
-    retries: Option<u32>,
-    retry_deadline: Option<String>,
-    max_upstream_concurrency: Option<usize>,
-    rewrite_s3_urls: Option<bool>,
-    verify_digests: Option<bool>,
-    sendfile_threshold: Option<String>,
-    rules: Option<Vec<RuleConfig>>,
+    server: ServerArgs,
+    admin: AdminArgs,
+    repo: RepoArgs,
+    cache: CacheArgs,
+    runtime: RuntimeArgs,
+    log: LogArgs,
+}
+
+/// Every TOML key some section accepts.
+fn known_keys() -> Vec<&'static str> {
+    [
+        keys_of::<ServerArgs>(),
+        keys_of::<AdminArgs>(),
+        keys_of::<RepoArgs>(),
+        keys_of::<CacheArgs>(),
+        keys_of::<RuntimeArgs>(),
+        keys_of::<LogArgs>(),
+    ]
+    .concat()
 }
 
 /// One `[[rules]]` entry.
@@ -242,6 +391,10 @@ pub struct MatchConfig {
     pub prefix: Option<String>,
     pub regex: Option<String>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+// ---------------------------------------------------------------------------------------------
 
 /// Which io driver the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,22 +454,28 @@ impl std::fmt::Debug for AdminConfig {
     }
 }
 
+/// One served repository (today the only one, at `/`).
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    pub origin: OriginConfig,
+    pub policy: Policy,
+    /// Rewrite helm-s3 `s3://` chart URLs in index.yaml to relative ones.
+    pub rewrite_s3_urls: bool,
+    /// Check filled charts against the index's sha256 digests.
+    pub verify_digests: bool,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
-    pub origin: OriginConfig,
+    pub repo: RepoConfig,
     pub cache: CacheConfig,
-    pub policy: Policy,
     pub workers: usize,
     pub driver: Driver,
     pub log_format: LogFormat,
     pub access_log: bool,
-    /// Rewrite helm-s3 `s3://` chart URLs in index.yaml to relative ones.
-    pub rewrite_s3_urls: bool,
-    /// Check filled charts against the index's sha256 digests.
-    pub verify_digests: bool,
 }
 
 impl Config {
@@ -337,9 +496,9 @@ pub fn load(cli: Cli) -> Result<Config, Error> {
                 path: path.clone(),
                 source,
             })?;
-            toml::from_str::<FileConfig>(&text).map_err(|e| Error::Parse {
+            parse_file(&text).map_err(|message| Error::Parse {
                 path: path.clone(),
-                message: e.to_string(),
+                message,
             })?
         }
         None => FileConfig::default(),
@@ -349,48 +508,246 @@ pub fn load(cli: Cli) -> Result<Config, Error> {
 
 /// Parses a TOML document on its own (used by tests and `--check-config`).
 pub fn from_toml(text: &str) -> Result<Config, Error> {
-    let file = toml::from_str::<FileConfig>(text).map_err(|e| Error::Parse {
+    let file = parse_file(text).map_err(|message| Error::Parse {
         path: PathBuf::from("<inline>"),
-        message: e.to_string(),
+        message,
     })?;
     build(Cli::default(), file)
 }
 
-fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
-    let mut errs = Vec::new();
+/// The TOML file's sections; every key that none of them knows is refused, all
+/// named at once, each with the nearest known key.
+fn parse_file(text: &str) -> Result<FileConfig, String> {
+    fn section<S: serde::de::DeserializeOwned>(text: &str) -> Result<S, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+    let top: toml::Table = section(text)?;
+    let known = known_keys();
+    let unknown: Vec<String> = top
+        .keys()
+        .filter(|key| !known.contains(&key.as_str()))
+        .map(|key| match closest(key, &known) {
+            Some(near) => format!("unknown key `{key}` (did you mean `{near}`?)"),
+            None => format!("unknown key `{key}`"),
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "{}; the keys are: {}",
+            unknown.join(", "),
+            known.join(", ")
+        ));
+    }
+    Ok(FileConfig {
+        server: section(text)?,
+        admin: section(text)?,
+        repo: section(text)?,
+        cache: section(text)?,
+        runtime: section(text)?,
+        log: section(text)?,
+    })
+}
 
-    let listen = cli
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| "0.0.0.0:8080".into());
-    let listen = parse_addr("listen", &listen, &mut errs);
-    let admin = cli
-        .admin
-        .or(file.admin)
-        .unwrap_or_else(|| "127.0.0.1:8081".into());
-    let admin = parse_addr("admin", &admin, &mut errs);
-    let admin_token = cli
-        .admin_token
-        .or(file.admin_token)
-        .filter(|t| !t.is_empty());
-    if let (Some(a), None) = (admin, &admin_token) {
-        if !a.ip().is_loopback() {
-            errs.push(format!(
-                "admin: {a} is not a loopback address, so purge needs a token: set --admin-token \
-                 (or CHARTCACHE_ADMIN_TOKEN), or bind the admin listener to 127.0.0.1"
-            ));
-        }
+fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
+    let mut problems = Vec::new();
+    let server = ok(layered(cli.server, file.server).validate(), &mut problems);
+    let admin = ok(layered(cli.admin, file.admin).validate(), &mut problems);
+    let repo = ok(layered(cli.repo, file.repo).validate(), &mut problems);
+    let cache = ok(layered(cli.cache, file.cache).validate(), &mut problems);
+    let runtime = ok(layered(cli.runtime, file.runtime).validate(), &mut problems);
+    let log = ok(layered(cli.log, file.log).validate(), &mut problems);
+    let (
+        Some(server),
+        Some(admin),
+        Some(repo),
+        Some(cache),
+        Some((workers, driver)),
+        Some((log_format, access_log)),
+    ) = (server, admin, repo, cache, runtime, log)
+    else {
+        return Err(Error::Invalid(problems));
+    };
+    Ok(Config {
+        server,
+        admin,
+        repo,
+        cache,
+        workers,
+        driver,
+        log_format,
+        access_log,
+    })
+}
+
+/// A section's value, or its problems added to `all`.
+fn ok<T>(section: Result<T, Vec<String>>, all: &mut Vec<String>) -> Option<T> {
+    section.map_err(|mut p| all.append(&mut p)).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation, one function per section.
+// ---------------------------------------------------------------------------------------------
+
+/// The problems found in one section, each `field: what is wrong and the fix`.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, problem: String) {
+        self.0.push(problem);
     }
 
-    let upstream_raw = cli.upstream.or(file.upstream);
-    let upstream = match upstream_raw {
-        Some(u) => parse_upstream(&u).map_err(|e| errs.push(e)).ok(),
-        None => match EXAMPLE_REPOS.iter().map(Path::new).find(|p| p.is_dir()) {
-            Some(dir) => Some(Upstream::File {
-                dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
-            }),
+    /// `value` through `parse`; a failure is recorded as `field: why`.
+    fn parse<V, T>(
+        &mut self,
+        field: &str,
+        value: Option<V>,
+        parse: impl FnOnce(V) -> Result<T, String>,
+    ) -> Option<T> {
+        let Some(value) = value else {
+            self.push(format!("{field}: not set"));
+            return None;
+        };
+        parse(value)
+            .map_err(|e| self.push(format!("{field}: {e}")))
+            .ok()
+    }
+
+    /// A count that must be at least 1.
+    fn at_least_one(&mut self, field: &str, value: Option<usize>) -> Option<usize> {
+        self.parse(field, value, |n| match n {
+            0 => Err("must be at least 1".into()),
+            n => Ok(n),
+        })
+    }
+
+    /// Every problem, or the section `build` makes of the values (each `Some` when
+    /// nothing was recorded).
+    fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, Vec<String>> {
+        if !self.0.is_empty() {
+            return Err(self.0);
+        }
+        build().ok_or_else(|| vec!["internal: a setting is missing after validation".into()])
+    }
+}
+
+impl ServerArgs {
+    fn validate(self) -> Result<ServerConfig, Vec<String>> {
+        let mut p = Problems::default();
+        let listen = p.parse("listen", self.listen, |s| parse_addr(&s));
+        let header_timeout = p.parse("header_timeout", self.header_timeout, |s| {
+            parse_duration(&s)
+        });
+        let idle_timeout = p.parse("idle_timeout", self.idle_timeout, |s| parse_duration(&s));
+        let max_connections = p.at_least_one("max_connections", self.max_connections);
+        let sendfile_threshold =
+            p.parse("sendfile_threshold", self.sendfile_threshold, |s| {
+                match s.trim() {
+                    off if off.eq_ignore_ascii_case("off") => Ok(None),
+                    size => parse_size(size)
+                        .map(Some)
+                        .map_err(|e| format!("{e}; or off (never) or 0 (always)")),
+                }
+            });
+        p.finish(|| {
+            Some(ServerConfig {
+                listen: listen?,
+                header_timeout: header_timeout?,
+                idle_timeout: idle_timeout?,
+                max_connections: max_connections?,
+                limits: Limits::default(),
+                sendfile_threshold: sendfile_threshold?,
+            })
+        })
+    }
+}
+
+impl AdminArgs {
+    fn validate(self) -> Result<AdminConfig, Vec<String>> {
+        let mut p = Problems::default();
+        let listen = p.parse("admin", self.admin, |s| parse_addr(&s));
+        let token = self.admin_token.filter(|t| !t.is_empty());
+        if let (Some(a), None) = (listen, &token) {
+            if !a.ip().is_loopback() {
+                p.push(format!(
+                    "admin: {a} is not a loopback address, so purge needs a token: set \
+                     --admin-token (or CHARTCACHE_ADMIN_TOKEN), or bind the admin listener to \
+                     127.0.0.1"
+                ));
+            }
+        }
+        p.finish(|| {
+            Some(AdminConfig {
+                listen: listen?,
+                token,
+            })
+        })
+    }
+}
+
+impl RuntimeArgs {
+    /// The number of workers and the driver.
+    fn validate(self) -> Result<(usize, Driver), Vec<String>> {
+        let mut p = Problems::default();
+        let workers = p.parse("workers", self.workers, |n| match n {
+            1..=256 => Ok(n),
+            _ => Err(format!(
+                "{n} is out of range; use 1..=256 (default: one per core, {} here)",
+                cores()
+            )),
+        });
+        let driver = p.parse("driver", self.driver, |s| match s.as_str() {
+            "auto" => Ok(Driver::Auto),
+            "io_uring" | "iouring" | "uring" => Ok(Driver::IoUring),
+            "epoll" | "legacy" => Ok(Driver::Epoll),
+            other => Err(format!("{other:?} is not one of auto, io_uring, epoll")),
+        });
+        p.finish(|| Some((workers?, driver?)))
+    }
+}
+
+impl LogArgs {
+    /// The log format and whether the access log is on.
+    fn validate(self) -> Result<(LogFormat, bool), Vec<String>> {
+        let mut p = Problems::default();
+        let format = p.parse("log_format", self.log_format, |s| match s.as_str() {
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            other => Err(format!("{other:?} is not one of json, text")),
+        });
+        let access_log = !self.no_access_log && self.access_log.unwrap_or(true);
+        p.finish(|| Some((format?, access_log)))
+    }
+}
+
+impl CacheArgs {
+    fn validate(self) -> Result<CacheConfig, Vec<String>> {
+        let mut p = Problems::default();
+        let dir = p.parse("cache_dir", self.cache_dir, Ok);
+        let size = p.parse("cache_size", self.cache_size, |s| match parse_size(&s)? {
+            n if n >= 4 << 20 => Ok(n),
+            _ => Err(format!("{s} is too small; use at least 4MiB")),
+        });
+        let negative_ttl = p.parse("negative_ttl", self.negative_ttl, |s| parse_duration(&s));
+        let max_stale = p.parse("max_stale", self.max_stale, |s| parse_duration(&s));
+        p.finish(|| {
+            Some(CacheConfig {
+                dir: dir?,
+                size: size?,
+                negative_ttl: negative_ttl?,
+                max_stale: max_stale?,
+            })
+        })
+    }
+}
+
+impl RepoArgs {
+    fn validate(self) -> Result<RepoConfig, Vec<String>> {
+        let mut p = Problems::default();
+        let upstream = match self.upstream {
+            Some(u) => parse_upstream(&u).map_err(|e| p.push(e)).ok(),
             None => {
-                errs.push(
+                p.push(
                     "upstream: not set, and the bundled examples/repo was not found in the \
                      current directory: pass --upstream s3://BUCKET[/PREFIX] (or \
                      CHARTCACHE_UPSTREAM), or run from the chartcache source checkout"
@@ -398,252 +755,114 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
                 );
                 None
             }
-        },
-    };
-
-    let s3_endpoint = cli.s3_endpoint.or(file.s3_endpoint);
-    if let Some(ep) = &s3_endpoint {
-        if let Err(e) = url::Url::parse(ep)
-            .map_err(|e| e.to_string())
-            .and_then(|u| match u.scheme() {
-                "http" | "https" if u.host_str().is_some() => Ok(()),
-                _ => Err("must be http://HOST[:PORT] or https://HOST[:PORT]".into()),
-            })
-        {
-            errs.push(format!(
-                "s3_endpoint: {ep:?} is not a valid URL ({e}), e.g. http://127.0.0.1:9000"
-            ));
-        }
-        if !matches!(upstream, Some(Upstream::S3 { .. }) | None) {
-            errs.push("s3_endpoint: only applies to an s3:// upstream; remove it or use --upstream s3://BUCKET".into());
-        }
-    }
-    let region = cli
-        .region
-        .or(file.region)
-        .or_else(|| std::env::var("AWS_REGION").ok())
-        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "us-east-1".into());
-    if !region
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        errs.push(format!(
-            "region: {region:?} is not an AWS region name such as eu-west-1"
-        ));
-    }
-
-    let cache_dir = cli
-        .cache_dir
-        .or(file.cache_dir)
-        .unwrap_or_else(default_cache_dir);
-    let cache_size = cli
-        .cache_size
-        .or(file.cache_size)
-        .unwrap_or_else(|| "2GiB".into());
-    let cache_size = match parse_size(&cache_size) {
-        Ok(s) if s >= 4 << 20 => Some(s),
-        Ok(_) => {
-            errs.push(format!(
-                "cache_size: {cache_size} is too small; use at least 4MiB"
-            ));
-            None
-        }
-        Err(e) => {
-            errs.push(format!("cache_size: {e}"));
-            None
-        }
-    };
-
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = cli.workers.or(file.workers).unwrap_or(cores);
-    if workers == 0 || workers > 256 {
-        errs.push(format!(
-            "workers: {workers} is out of range; use 1..=256 (default: one per core, {cores} here)"
-        ));
-    }
-
-    let driver = match cli.driver.or(file.driver).as_deref() {
-        None | Some("auto") => Driver::Auto,
-        Some("io_uring") | Some("iouring") | Some("uring") => Driver::IoUring,
-        Some("epoll") | Some("legacy") => Driver::Epoll,
-        Some(other) => {
-            errs.push(format!(
-                "driver: {other:?} is not one of auto, io_uring, epoll"
-            ));
-            Driver::Auto
-        }
-    };
-    let log_format = match cli.log_format.or(file.log_format).as_deref() {
-        None | Some("json") => LogFormat::Json,
-        Some("text") => LogFormat::Text,
-        Some(other) => {
-            errs.push(format!("log_format: {other:?} is not one of json, text"));
-            LogFormat::Json
-        }
-    };
-    let access_log = !cli.no_access_log && file.access_log.unwrap_or(true);
-    let rewrite_s3_urls = !cli.no_rewrite_s3_urls && file.rewrite_s3_urls.unwrap_or(true);
-    let verify_digests = !cli.no_verify_digests && file.verify_digests.unwrap_or(true);
-
-    let mut dur = |field: &str, v: Option<String>, default: Duration| -> Duration {
-        match v {
-            None => default,
-            Some(s) => match parse_duration(&s) {
-                Ok(d) => d,
-                Err(e) => {
-                    errs.push(format!("{field}: {e}"));
-                    default
-                }
-            },
-        }
-    };
-    let header_timeout = dur(
-        "header_timeout",
-        cli.header_timeout.or(file.header_timeout),
-        Duration::from_secs(10),
-    );
-    let idle_timeout = dur(
-        "idle_timeout",
-        cli.idle_timeout.or(file.idle_timeout),
-        Duration::from_secs(60),
-    );
-    let connect_timeout = dur(
-        "connect_timeout",
-        cli.connect_timeout.or(file.connect_timeout),
-        Duration::from_secs(5),
-    );
-    let upstream_timeout = dur(
-        "upstream_timeout",
-        cli.upstream_timeout.or(file.upstream_timeout),
-        Duration::from_secs(10),
-    );
-    let negative_ttl = dur(
-        "negative_ttl",
-        cli.negative_ttl.or(file.negative_ttl),
-        Duration::from_secs(5),
-    );
-    let max_stale = dur(
-        "max_stale",
-        cli.max_stale.or(file.max_stale),
-        Duration::from_secs(7 * 86_400),
-    );
-    let retry_deadline = dur(
-        "retry_deadline",
-        cli.retry_deadline.or(file.retry_deadline),
-        crate::origin::retry::DEFAULT_DEADLINE,
-    );
-    let max_connections = cli
-        .max_connections
-        .or(file.max_connections)
-        .unwrap_or(10_000);
-    let max_upstream_concurrency = cli
-        .max_upstream_concurrency
-        .or(file.max_upstream_concurrency)
-        .unwrap_or(crate::origin::retry::DEFAULT_MAX_CONCURRENCY);
-    if max_upstream_concurrency == 0 {
-        errs.push("max_upstream_concurrency: must be at least 1".into());
-    }
-    if max_connections == 0 {
-        errs.push("max_connections: must be at least 1".into());
-    }
-    let tls_roots = match cli.tls_roots.or(file.tls_roots).as_deref() {
-        None | Some("webpki") => TlsRoots::Webpki,
-        Some("native") => TlsRoots::Native,
-        Some(other) => {
-            errs.push(format!("tls_roots: {other:?} is not one of webpki, native"));
-            TlsRoots::Webpki
-        }
-    };
-
-    let sendfile_threshold = match cli
-        .sendfile_threshold
-        .or(file.sendfile_threshold)
-        .as_deref()
-        .map(str::trim)
-    {
-        None => Some(DEFAULT_SENDFILE_THRESHOLD),
-        Some(off) if off.eq_ignore_ascii_case("off") => None,
-        Some(size) => match parse_size(size) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                errs.push(format!(
-                    "sendfile_threshold: {e}; or off (never) or 0 (always)"
+        };
+        if let Some(ep) = &self.s3_endpoint {
+            if let Err(e) = url::Url::parse(ep)
+                .map_err(|e| e.to_string())
+                .and_then(|u| match u.scheme() {
+                    "http" | "https" if u.host_str().is_some() => Ok(()),
+                    _ => Err("must be http://HOST[:PORT] or https://HOST[:PORT]".into()),
+                })
+            {
+                p.push(format!(
+                    "s3_endpoint: {ep:?} is not a valid URL ({e}), e.g. http://127.0.0.1:9000"
                 ));
-                None
             }
-        },
-    };
-
-    let policy = match file.rules {
-        None => Policy::envoy_default(),
-        Some(rules) => {
-            let mut out = Vec::new();
-            for (i, r) in rules.iter().enumerate() {
-                match parse_rule(r) {
-                    Ok(rule) => out.push(rule),
-                    Err(e) => errs.push(format!("rules[{i}]: {e}")),
-                }
+            if !matches!(upstream, Some(Upstream::S3 { .. }) | None) {
+                p.push(
+                    "s3_endpoint: only applies to an s3:// upstream; remove it or use \
+                     --upstream s3://BUCKET"
+                        .into(),
+                );
             }
-            Policy::new(out)
         }
-    };
-
-    if !errs.is_empty() {
-        return Err(Error::Invalid(errs));
+        let region = p.parse("region", self.region, |r| {
+            if r.is_empty() {
+                Ok("us-east-1".to_string())
+            } else if r
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                Ok(r)
+            } else {
+                Err(format!("{r:?} is not an AWS region name such as eu-west-1"))
+            }
+        });
+        let connect_timeout = p.parse("connect_timeout", self.connect_timeout, |s| {
+            parse_duration(&s)
+        });
+        let request_timeout = p.parse("upstream_timeout", self.upstream_timeout, |s| {
+            parse_duration(&s)
+        });
+        let retries = p.parse("retries", self.retries, Ok);
+        let retry_deadline = p.parse("retry_deadline", self.retry_deadline, |s| {
+            parse_duration(&s)
+        });
+        let max_upstream_concurrency =
+            p.at_least_one("max_upstream_concurrency", self.max_upstream_concurrency);
+        let tls_roots = p.parse("tls_roots", self.tls_roots, |s| match s.as_str() {
+            "webpki" => Ok(TlsRoots::Webpki),
+            "native" => Ok(TlsRoots::Native),
+            other => Err(format!("{other:?} is not one of webpki, native")),
+        });
+        let policy = match self.rules {
+            None => Policy::envoy_default(),
+            Some(rules) => {
+                let mut out = Vec::new();
+                for (i, r) in rules.iter().enumerate() {
+                    match parse_rule(r) {
+                        Ok(rule) => out.push(rule),
+                        Err(e) => p.push(format!("rules[{i}]: {e}")),
+                    }
+                }
+                Policy::new(out)
+            }
+        };
+        let rewrite_s3_urls = !self.no_rewrite_s3_urls && self.rewrite_s3_urls.unwrap_or(true);
+        let verify_digests = !self.no_verify_digests && self.verify_digests.unwrap_or(true);
+        p.finish(|| {
+            Some(RepoConfig {
+                origin: OriginConfig {
+                    upstream: upstream?,
+                    s3_endpoint: self.s3_endpoint,
+                    region: region?,
+                    connect_timeout: connect_timeout?,
+                    request_timeout: request_timeout?,
+                    dns_refresh: Duration::from_secs(30),
+                    tls_roots: tls_roots?,
+                    max_idle_connections: 32,
+                    retries: retries?,
+                    retry_deadline: retry_deadline?,
+                    max_upstream_concurrency: max_upstream_concurrency?,
+                },
+                policy,
+                rewrite_s3_urls,
+                verify_digests,
+            })
+        })
     }
-    // Every `None` above pushed an error, so these are all present here.
-    let (Some(listen), Some(admin), Some(upstream), Some(size)) =
-        (listen, admin, upstream, cache_size)
-    else {
-        return Err(Error::Invalid(vec![
-            "internal: missing field after validation".into(),
-        ]));
-    };
-    Ok(Config {
-        server: ServerConfig {
-            listen,
-            header_timeout,
-            idle_timeout,
-            max_connections,
-            limits: Limits::default(),
-            sendfile_threshold,
-        },
-        admin: AdminConfig {
-            listen: admin,
-            token: admin_token,
-        },
-        origin: OriginConfig {
-            upstream,
-            s3_endpoint,
-            region,
-            connect_timeout,
-            request_timeout: upstream_timeout,
-            dns_refresh: Duration::from_secs(30),
-            tls_roots,
-            max_idle_connections: 32,
-            retries: cli
-                .retries
-                .or(file.retries)
-                .unwrap_or(crate::origin::retry::DEFAULT_RETRIES),
-            retry_deadline,
-            max_upstream_concurrency,
-        },
-        cache: CacheConfig {
-            dir: cache_dir,
-            size,
-            negative_ttl,
-            max_stale,
-        },
-        policy,
-        workers,
-        driver,
-        log_format,
-        access_log,
-        rewrite_s3_urls,
-        verify_digests,
-    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults that are not constants, and the parsers.
+// ---------------------------------------------------------------------------------------------
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `$AWS_REGION`, else `$AWS_DEFAULT_REGION`, else empty (which validation reads as us-east-1).
+fn aws_env_region() -> String {
+    std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .unwrap_or_default()
+}
+
+/// `file://` + the first of [`EXAMPLE_REPOS`] that exists.
+fn bundled_examples() -> Option<String> {
+    let dir = EXAMPLE_REPOS.iter().map(Path::new).find(|p| p.is_dir())?;
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    Some(format!("file://{}", dir.display()))
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -663,16 +882,12 @@ fn tempfile_probe(dir: &Path) -> bool {
     ok
 }
 
-fn parse_addr(field: &str, s: &str, errs: &mut Vec<String>) -> Option<SocketAddr> {
-    match s.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-        Some(a) => Some(a),
-        None => {
-            errs.push(format!(
-                "{field}: {s:?} is not an address; use HOST:PORT such as 0.0.0.0:8080"
-            ));
-            None
-        }
-    }
+/// `HOST:PORT` → the first address it resolves to.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("{s:?} is not an address; use HOST:PORT such as 0.0.0.0:8080"))
 }
 
 /// Parses `s3://BUCKET[/PREFIX]`, `https://HOST[:PORT][/PATH]`, `http://...`, `file:///DIR`.
@@ -841,15 +1056,79 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The TOML keys `T` accepts, as its derived `Deserialize` names them to
+/// `deserialize_struct` (`#[serde(skip)]` fields are not among them). A section must
+/// therefore not use `#[serde(flatten)]`, which would hide its keys from this probe
+/// (`every_unknown_key_is_named_with_a_suggestion` would fail).
+fn keys_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Self::Error::custom("only the field names were wanted"))
+        }
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut keys: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut keys));
+    keys
+}
+
+/// The known key nearest to `key` (by edit distance), if it is a plausible typo.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance between two short ASCII-ish strings.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(ca != *cb));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn cli() -> Cli {
-        Cli {
-            upstream: Some("s3://my-charts/stable".into()),
-            ..Cli::default()
-        }
+        let mut c = Cli::default();
+        c.repo.upstream = Some("s3://my-charts/stable".into());
+        c
+    }
+
+    fn file(text: &str) -> FileConfig {
+        parse_file(text).unwrap()
     }
 
     #[test]
@@ -859,46 +1138,141 @@ mod tests {
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8081");
         assert_eq!(c.cache.size, 2 << 30);
         assert_eq!(
-            c.origin.upstream,
+            c.repo.origin.upstream,
             Upstream::S3 {
                 bucket: "my-charts".into(),
                 prefix: "stable".into()
             }
         );
         assert!(matches!(
-            c.policy.decide("/index.yaml").action,
+            c.repo.policy.decide("/index.yaml").action,
             Action::Revalidate { .. }
         ));
         assert!(matches!(
-            c.policy.decide("/a-1.0.0-dev-3.tgz").action,
+            c.repo.policy.decide("/a-1.0.0-dev-3.tgz").action,
             Action::Bypass
         ));
         assert!(matches!(
-            c.policy.decide("/a-1.0.0.tgz").action,
+            c.repo.policy.decide("/a-1.0.0.tgz").action,
             Action::Cache { .. }
         ));
     }
 
     #[test]
+    fn defaults_of_every_section() {
+        let c = build(cli(), FileConfig::default()).unwrap();
+        assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.admin.token, None);
+        assert_eq!(c.cache.max_stale, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.cache.negative_ttl, Duration::from_secs(5));
+        assert_eq!(c.workers, cores());
+        assert_eq!(c.driver, Driver::Auto);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.access_log);
+        let o = &c.repo.origin;
+        assert_eq!(o.s3_endpoint, None);
+        assert_eq!(o.connect_timeout, Duration::from_secs(5));
+        assert_eq!(o.request_timeout, Duration::from_secs(10));
+        assert_eq!(o.retries, DEFAULT_RETRIES);
+        assert_eq!(o.retry_deadline, DEFAULT_DEADLINE);
+        assert_eq!(o.max_upstream_concurrency, DEFAULT_MAX_CONCURRENCY);
+        assert_eq!(o.tls_roots, TlsRoots::Webpki);
+        assert!(c.repo.rewrite_s3_urls && c.repo.verify_digests);
+    }
+
+    #[test]
     fn flags_win_over_file() {
-        let file: FileConfig =
-            toml::from_str("listen = \"127.0.0.1:9000\"\ncache_size = \"1GiB\"").unwrap();
         let mut c = cli();
-        c.listen = Some("127.0.0.1:9100".into());
-        let cfg = build(c, file).unwrap();
+        c.server.listen = Some("127.0.0.1:9100".into());
+        let cfg = build(
+            c,
+            file("listen = \"127.0.0.1:9000\"\ncache_size = \"1GiB\""),
+        )
+        .unwrap();
         assert_eq!(cfg.server.listen.port(), 9100);
         assert_eq!(cfg.cache.size, 1 << 30);
     }
 
+    /// flag > env > file > default, for a sample of settings from every section, through
+    /// the real clap parser (the only test here that touches the environment). A layer
+    /// is shown to win when the result equals the file alone saying that layer's value.
+    #[test]
+    fn layering_is_flag_env_file_default_in_every_section() {
+        let load = |args: &[&str], env: Option<(&str, &str)>, toml: &str| {
+            if let Some((k, v)) = env {
+                std::env::set_var(k, v);
+            }
+            let base = ["chartcache", "--upstream", "s3://bucket-a"];
+            let cli = Cli::try_parse_from(base.iter().chain(args));
+            if let Some((k, _)) = env {
+                std::env::remove_var(k);
+            }
+            format!("{:?}", build(cli.unwrap(), file(toml)).unwrap())
+        };
+        let default = load(&[], None, "");
+        // (TOML key, [file, env, flag] values); the flag is --key-with-dashes and the
+        // variable CHARTCACHE_KEY (README's table is checked against both below).
+        let cases = [
+            ("listen", ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
+            ("idle_timeout", ["1s", "2s", "3s"]),
+            ("sendfile_threshold", ["2MiB", "off", "1MiB"]),
+            ("admin", ["127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:6"]),
+            ("cache_size", ["8MiB", "16MiB", "32MiB"]),
+            ("negative_ttl", ["1s", "2s", "3s"]),
+            ("workers", ["7", "8", "9"]),
+            ("driver", ["io_uring", "epoll", "auto"]),
+            ("log_format", ["text", "json", "text"]),
+            ("upstream_timeout", ["1s", "2s", "3s"]),
+            ("retries", ["3", "4", "5"]),
+            ("region", ["xx-test-1", "xx-test-2", "xx-test-3"]),
+        ];
+        for (key, [in_file, in_env, in_flag]) in cases {
+            let env = &format!("CHARTCACHE_{}", key.to_uppercase());
+            let toml = |v: &str| format!("{key} = {}", toml_value(v));
+            let flag = format!("--{}", key.replace('_', "-"));
+            let file_alone = load(&[], None, &toml(in_file));
+            assert_ne!(file_alone, default, "{key}: the file is not read");
+            let env_over_file = load(&[], Some((env, in_env)), &toml(in_file));
+            assert_eq!(env_over_file, load(&[], None, &toml(in_env)), "{key}: env");
+            let flag_over_env = load(&[&flag, in_flag], Some((env, in_env)), &toml(in_file));
+            assert_eq!(
+                flag_over_env,
+                load(&[], None, &toml(in_flag)),
+                "{key}: flag"
+            );
+        }
+
+        // The switches: `--no-x` / CHARTCACHE_NO_X=true beat the file's `x = true`.
+        for key in ["access_log", "rewrite_s3_urls", "verify_digests"] {
+            let env = &format!("CHARTCACHE_NO_{}", key.to_uppercase());
+            let off = load(&[], None, &format!("{key} = false"));
+            let on = format!("{key} = true");
+            assert_ne!(off, default, "{key}: the file is not read");
+            assert_eq!(load(&[], None, &on), default, "{key}: on by default");
+            assert_eq!(load(&[], Some((env, "true")), &on), off, "{key}: env");
+            let flag = format!("--no-{}", key.replace('_', "-"));
+            assert_eq!(load(&[&flag], None, &on), off, "{key}: flag");
+        }
+    }
+
+    /// A value as TOML: numbers bare, everything else quoted.
+    fn toml_value(v: &str) -> String {
+        if v.bytes().all(|b| b.is_ascii_digit()) {
+            v.to_string()
+        } else {
+            format!("{v:?}")
+        }
+    }
+
     #[test]
     fn every_problem_is_reported_with_its_field() {
-        let c = Cli {
-            listen: Some("nope".into()),
-            upstream: Some("ftp://x".into()),
-            cache_size: Some("2 parsecs".into()),
-            workers: Some(0),
-            ..Cli::default()
-        };
+        let mut c = Cli::default();
+        c.server.listen = Some("nope".into());
+        c.repo.upstream = Some("ftp://x".into());
+        c.cache.cache_size = Some("2 parsecs".into());
+        c.runtime.workers = Some(0);
         let Err(Error::Invalid(errs)) = build(c, FileConfig::default()) else {
             panic!("expected invalid")
         };
@@ -908,12 +1282,142 @@ mod tests {
         }
     }
 
+    /// The fields each of `problems` names, in order.
+    fn fields(problems: Vec<String>) -> Vec<String> {
+        problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn each_section_reports_all_its_problems() {
+        let server = ServerArgs {
+            listen: Some("nope".into()),
+            header_timeout: Some("soon".into()),
+            idle_timeout: Some("later".into()),
+            max_connections: Some(0),
+            sendfile_threshold: Some("sometimes".into()),
+        };
+        assert_eq!(
+            fields(server.or_defaults().validate().unwrap_err()),
+            [
+                "listen",
+                "header_timeout",
+                "idle_timeout",
+                "max_connections",
+                "sendfile_threshold"
+            ]
+        );
+
+        let admin = AdminArgs {
+            admin: Some("0.0.0.0:8081".into()),
+            admin_token: Some(String::new()),
+        };
+        assert_eq!(
+            fields(admin.or_defaults().validate().unwrap_err()),
+            ["admin"]
+        );
+
+        let runtime = RuntimeArgs {
+            workers: Some(0),
+            driver: Some("kqueue".into()),
+        };
+        assert_eq!(
+            fields(runtime.or_defaults().validate().unwrap_err()),
+            ["workers", "driver"]
+        );
+
+        let log = LogArgs {
+            log_format: Some("xml".into()),
+            ..LogArgs::default()
+        };
+        assert_eq!(
+            fields(log.or_defaults().validate().unwrap_err()),
+            ["log_format"]
+        );
+
+        let cache = CacheArgs {
+            cache_dir: Some(PathBuf::from("/nonexistent/is/fine/here")),
+            cache_size: Some("1MiB".into()),
+            max_stale: Some("forever".into()),
+            negative_ttl: Some("-1s".into()),
+        };
+        assert_eq!(
+            fields(cache.or_defaults().validate().unwrap_err()),
+            ["cache_size", "negative_ttl", "max_stale"]
+        );
+
+        let RepoArgs { .. } = RepoArgs::default();
+        let mut repo = file(
+            "upstream = \"https://charts.example.com\"\n\
+             s3_endpoint = \"nope\"\n\
+             region = \"EU West\"\n\
+             connect_timeout = \"x\"\n\
+             upstream_timeout = \"y\"\n\
+             retry_deadline = \"z\"\n\
+             max_upstream_concurrency = 0\n\
+             tls_roots = \"os\"\n\
+             [[rules]]\n\
+             match = { prefix = \"/\" }\n\
+             action = \"keep\"\n",
+        )
+        .repo;
+        repo.retries = Some(1);
+        assert_eq!(
+            fields(repo.or_defaults().validate().unwrap_err()),
+            [
+                "s3_endpoint",
+                "s3_endpoint",
+                "region",
+                "connect_timeout",
+                "upstream_timeout",
+                "retry_deadline",
+                "max_upstream_concurrency",
+                "tls_roots",
+                "rules[0]"
+            ]
+        );
+    }
+
     #[test]
     fn unknown_toml_keys_are_refused() {
         assert!(matches!(
             from_toml("lisen = \"x\""),
             Err(Error::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn every_unknown_key_is_named_with_a_suggestion() {
+        let Err(Error::Parse { message, .. }) = from_toml(
+            "lisen = \"x\"\ncache_sise = \"1GiB\"\nno_access_log = true\nzzzzzz = 1\nworkers = 2",
+        ) else {
+            panic!("expected a parse error")
+        };
+        for want in [
+            "unknown key `lisen` (did you mean `listen`?)",
+            "unknown key `cache_sise` (did you mean `cache_size`?)",
+            // The flag's name is not a key: the file says `access_log = false`.
+            "unknown key `no_access_log` (did you mean `access_log`?)",
+            "unknown key `zzzzzz`;",
+        ] {
+            assert!(message.contains(want), "{want:?} not in {message}");
+        }
+        assert!(!message.contains("`workers` ("), "{message}");
+        // An unknown key inside a rule is still refused by the rule itself.
+        assert!(matches!(
+            from_toml("[[rules]]\nmatch = { prefix = \"/\" }\naction = \"cache\"\nttll = \"1h\""),
+            Err(Error::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn file_values_of_the_wrong_type_are_refused() {
+        let Err(Error::Parse { message, .. }) = from_toml("workers = \"two\"") else {
+            panic!("expected a parse error")
+        };
+        assert!(message.contains("invalid type"), "{message}");
     }
 
     #[test]
@@ -936,14 +1440,14 @@ headers = { "Cache-Control" = "max-age=3600" }
 "#,
         )
         .unwrap();
-        let r = cfg.policy.decide("/x-1.0.tgz");
+        let r = cfg.repo.policy.decide("/x-1.0.tgz");
         assert!(matches!(r.action, Action::Cache { ttl } if ttl == Duration::from_secs(3600)));
         assert_eq!(
             r.headers,
             vec![("Cache-Control".to_string(), "max-age=3600".to_string())]
         );
         assert!(matches!(
-            cfg.policy.decide("/index.yaml").action,
+            cfg.repo.policy.decide("/index.yaml").action,
             Action::Revalidate { fresh_for } if fresh_for == Duration::from_secs(5)
         ));
     }
@@ -995,7 +1499,7 @@ headers = { "Cache-Control" = "max-age=3600" }
     #[test]
     fn debug_output_redacts_the_admin_token() {
         let mut c = cli();
-        c.admin_token = Some("s3cret-value".into());
+        c.admin.admin_token = Some("s3cret-value".into());
         let cfg = build(c, FileConfig::default()).unwrap();
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("s3cret-value"), "{shown}");
@@ -1006,7 +1510,7 @@ headers = { "Cache-Control" = "max-age=3600" }
     fn sendfile_threshold_forms() {
         let with = |v: &str| {
             let mut c = cli();
-            c.sendfile_threshold = Some(v.into());
+            c.server.sendfile_threshold = Some(v.into());
             build(c, FileConfig::default())
         };
         let default = build(cli(), FileConfig::default()).unwrap();
@@ -1021,19 +1525,59 @@ headers = { "Cache-Control" = "max-age=3600" }
             panic!("expected invalid")
         };
         assert!(errs[0].starts_with("sendfile_threshold:"), "{errs:?}");
-        let file: FileConfig = toml::from_str("sendfile_threshold = \"1MiB\"").unwrap();
-        let cfg = build(cli(), file).unwrap();
+        let cfg = build(cli(), file("sendfile_threshold = \"1MiB\"")).unwrap();
         assert_eq!(cfg.server.sendfile_threshold, Some(1 << 20));
     }
 
     #[test]
     fn non_loopback_admin_needs_token() {
         let mut c = cli();
-        c.admin = Some("0.0.0.0:8081".into());
+        c.admin.admin = Some("0.0.0.0:8081".into());
         assert!(build(c, FileConfig::default()).is_err());
         let mut c = cli();
-        c.admin = Some("0.0.0.0:8081".into());
-        c.admin_token = Some("s3cret".into());
+        c.admin.admin = Some("0.0.0.0:8081".into());
+        c.admin.admin_token = Some("s3cret".into());
         assert!(build(c, FileConfig::default()).is_ok());
+    }
+
+    /// README's configuration table lists exactly the flags, their variables and the
+    /// TOML keys that exist.
+    #[test]
+    fn readme_table_matches_the_settings() {
+        let readme = include_str!("../README.md");
+        let mut rows = std::collections::BTreeMap::new();
+        for line in readme.lines().filter(|l| l.starts_with("| `--")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let flag = cells[0].trim_start_matches("| `--");
+            let flag = flag[..flag.find([' ', '`']).unwrap_or(flag.len())].to_string();
+            let env = cells[1].trim_matches('`').to_string();
+            let key = cells[2].trim_matches('`');
+            let key = key.split(' ').next().unwrap_or_default().to_string();
+            rows.insert(flag, (env, key));
+        }
+        let keys = known_keys();
+        let mut seen = Vec::new();
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "check-config" {
+                continue;
+            }
+            let Some((env, key)) = rows.get(long) else {
+                panic!("--{long} is missing from README's configuration table")
+            };
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(env.as_str()),
+                "--{long}"
+            );
+            assert!(key == "—" || keys.contains(&key.as_str()), "{key}");
+            seen.push(long.to_string());
+        }
+        for flag in rows.keys() {
+            assert!(
+                seen.contains(flag),
+                "README lists --{flag}, which does not exist"
+            );
+        }
     }
 }

@@ -41,6 +41,16 @@ impl HelmRepo {
             digests: Digests::default(),
         }
     }
+
+    /// The state for a configured repository: helm-s3 URLs into its own
+    /// bucket and prefix are rewritten unless that is turned off.
+    pub fn for_repo(repo: &crate::config::RepoConfig) -> HelmRepo {
+        HelmRepo::new(
+            repo.rewrite_s3_urls
+                .then(|| repo.origin.upstream.s3_url_base())
+                .flatten(),
+        )
+    }
 }
 
 /// Object key → sha256 digest, from the newest index seen.

@@ -112,8 +112,8 @@ impl Server {
 /// chain — env, profile, web identity/IRSA, ECS/EKS Pod Identity, IMDSv2 —
 /// refreshed in the background), unused otherwise.
 pub fn credentials_for(cfg: &Config) -> Result<Option<Arc<CredentialsCell>>, Error> {
-    match cfg.origin.upstream {
-        Upstream::S3 { .. } => crate::origin::credentials::start_chain(&cfg.origin.region)
+    match cfg.repo.origin.upstream {
+        Upstream::S3 { .. } => crate::origin::credentials::start_chain(&cfg.repo.origin.region)
             .map(Some)
             .map_err(Error::Credentials),
         _ => Ok(None),
@@ -125,14 +125,15 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     let cfg = Arc::new(cfg);
     let n = cfg.workers;
     // Fail fast on an origin that cannot be built (e.g. S3 without credentials).
-    if let Upstream::S3 { .. } = cfg.origin.upstream {
+    if let Upstream::S3 { .. } = cfg.repo.origin.upstream {
         if creds.is_none() {
             return Err(Error::NoCredentials);
         }
     }
 
     let driver = resolve_driver(cfg.driver);
-    let (cache, shard_parts, lock) = cache::open(&cfg.cache, n, cache::fill_patience(&cfg.origin))?;
+    let (cache, shard_parts, lock) =
+        cache::open(&cfg.cache, n, cache::fill_patience(&cfg.repo.origin))?;
     let listeners = bind_reuseport(cfg.server.listen, n, driver)?;
     let addr = listeners[0].local_addr().map_err(|source| Error::Bind {
         addr: cfg.server.listen,
@@ -156,14 +157,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
             what: "cannot start the access-log thread",
             source,
         })?;
-    let helm = Arc::new(crate::helm::HelmRepo::new(match &cfg.origin.upstream {
-        Upstream::S3 { bucket, prefix } if cfg.rewrite_s3_urls => Some(if prefix.is_empty() {
-            format!("s3://{bucket}/")
-        } else {
-            format!("s3://{bucket}/{prefix}/")
-        }),
-        _ => None,
-    }));
+    let helm = Arc::new(crate::helm::HelmRepo::for_repo(&cfg.repo));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -228,7 +222,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         admin = %admin_addr,
         workers = n,
         driver = ?driver,
-        upstream = %describe(&cfg.origin.upstream),
+        upstream = %cfg.repo.origin.upstream,
         cache_dir = %cfg.cache.dir.display(),
         cache_size = cfg.cache.size,
         "chartcache listening"
@@ -244,23 +238,6 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         log_writer,
         _lock: lock,
     })
-}
-
-fn describe(u: &Upstream) -> String {
-    match u {
-        Upstream::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
-        Upstream::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
-        Upstream::Https {
-            tls,
-            host,
-            port,
-            base_path,
-        } => format!(
-            "{}://{host}:{port}{base_path}",
-            if *tls { "https" } else { "http" }
-        ),
-        Upstream::File { dir } => format!("file://{}", dir.display()),
-    }
 }
 
 /// `Auto` becomes io_uring when the kernel and seccomp allow it.
@@ -390,7 +367,7 @@ pub(crate) fn uring_runtime() -> std::io::Result<(UringRuntime, SocketMode)> {
 }
 
 async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
-    let origin = match origin::build(&ctx.cfg.origin, ctx.creds.clone()) {
+    let origin = match origin::build(&ctx.cfg.repo.origin, ctx.creds.clone()) {
         Ok(o) => o,
         Err(e) => {
             let _ = ctx.startup.send(Err(Error::Origin(e)));
@@ -414,7 +391,7 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
             origin: origin.clone(),
             metrics: ctx.metrics.worker(ctx.id),
             helm: ctx.helm,
-            verify_digests: ctx.cfg.verify_digests,
+            verify_digests: ctx.cfg.repo.verify_digests,
         },
     );
     owner.spawn();

@@ -63,7 +63,7 @@ fn purge_requires_the_token_when_one_is_set() {
         &format!("file://{}", common::proxy::examples_repo().display()),
         &tmp.path().join("cache"),
     );
-    cli.admin_token = Some("s3cret-token".into());
+    cli.admin.admin_token = Some("s3cret-token".into());
     let p = Proxy::start(cli);
     p.get("/hello-0.1.0.tgz");
     assert_eq!(

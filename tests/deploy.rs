@@ -610,7 +610,7 @@ fn manifest_effective_config_is_valid() {
     let (eff, cfg) = effective_config(&docs, &help);
     assert!(
         matches!(
-            cfg.origin.upstream,
+            cfg.repo.origin.upstream,
             chartcache::origin::Upstream::S3 { .. }
         ),
         "{MANIFEST}: the DaemonSet should serve an s3:// upstream (set --upstream s3://BUCKET/PREFIX)"
@@ -618,7 +618,7 @@ fn manifest_effective_config_is_valid() {
     // The ConfigMap carries the route rules; they should be the documented defaults (the
     // seed Envoy routes), so `kubectl edit` of the ConfigMap is the one place to change them.
     assert_eq!(
-        format!("{:?}", cfg.policy),
+        format!("{:?}", cfg.repo.policy),
         format!("{:?}", chartcache::policy::Policy::envoy_default()),
         "{MANIFEST}: the ConfigMap's [[rules]] differ from the documented default routes; update \
          the ConfigMap (or the docs if the defaults changed)"
@@ -977,7 +977,10 @@ fn envoy_equivalent_toml_is_valid() {
     let text = read(ENVOY_TOML);
     let cfg = load(&text, ENVOY_TOML);
     assert!(
-        matches!(cfg.origin.upstream, chartcache::origin::Upstream::S3 { .. }),
+        matches!(
+            cfg.repo.origin.upstream,
+            chartcache::origin::Upstream::S3 { .. }
+        ),
         "{ENVOY_TOML}: the Envoy config it replaces signs for S3; upstream should be s3://"
     );
     assert_eq!(
@@ -991,7 +994,7 @@ fn envoy_equivalent_toml_is_valid() {
         "{ENVOY_TOML}: the seed Envoy cache is 2GiB"
     );
     assert_eq!(
-        format!("{:?}", cfg.policy),
+        format!("{:?}", cfg.repo.policy),
         format!("{:?}", chartcache::policy::Policy::envoy_default()),
         "{ENVOY_TOML}: its [[rules]] differ from the documented default (seed Envoy) routes"
     );

@@ -14,7 +14,7 @@ const BUCKET: &str = "charts";
 fn s3_proxy(s3: &common::S3Server) -> Proxy {
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli("s3://charts", &tmp.path().join("cache"));
-    cli.s3_endpoint = Some(s3.endpoint.clone());
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
     Proxy::start_in(cli, Some(tmp))
 }
 
@@ -200,8 +200,8 @@ fn disk_use_stays_under_the_cache_size() {
     let s3 = spawn_s3(AK, SK);
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli("s3://charts", &tmp.path().join("cache"));
-    cli.s3_endpoint = Some(s3.endpoint.clone());
-    cli.cache_size = Some("8MiB".into());
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    cli.cache.cache_size = Some("8MiB".into());
     let limit = 8u64 << 20;
     let p = Proxy::start_in(cli, Some(tmp));
     for i in 0..60 {

@@ -182,7 +182,7 @@ fn slow_header_is_cut_off_by_the_header_timeout() {
         &format!("file://{}", common::proxy::examples_repo().display()),
         &tmp.path().join("cache"),
     );
-    cli.header_timeout = Some("500ms".into());
+    cli.server.header_timeout = Some("500ms".into());
     let p = Proxy::start(cli);
     let mut s = TcpStream::connect(p.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

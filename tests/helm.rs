@@ -88,7 +88,7 @@ fn helm_through_chartcache(s3_urls: bool) -> Result<(), Failed> {
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli("s3://helm-charts/stable", &tmp.path().join("cache"));
-    cli.s3_endpoint = Some(s3.endpoint.clone());
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
     let p = Proxy::start_in(cli, Some(tmp));
     let url = format!("http://{}", p.addr);
     let py = python();

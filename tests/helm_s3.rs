@@ -22,8 +22,8 @@ fn index_for(url: &str, digest: &str) -> String {
 fn proxy(s3: &common::S3Server, upstream: &str, rewrite: bool) -> Proxy {
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli(upstream, &tmp.path().join("cache"));
-    cli.s3_endpoint = Some(s3.endpoint.clone());
-    cli.no_rewrite_s3_urls = !rewrite;
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    cli.repo.no_rewrite_s3_urls = !rewrite;
     Proxy::start_in(cli, Some(tmp))
 }
 

@@ -20,7 +20,7 @@ fn chart_bytes(seed: u8, len: usize) -> Vec<u8> {
 fn s3_proxy(s3: &common::S3Server, upstream: &str) -> Proxy {
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli(upstream, &tmp.path().join("cache"));
-    cli.s3_endpoint = Some(s3.endpoint.clone());
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
     Proxy::start_in(cli, Some(tmp))
 }
 

@@ -22,9 +22,9 @@ fn proxy(upstream: &Path, driver: Option<&str>, threshold: &str) -> Proxy {
         &format!("file://{}", upstream.display()),
         &tmp.path().join("cache"),
     );
-    cli.cache_size = Some("256MiB".into());
-    cli.sendfile_threshold = Some(threshold.into());
-    cli.driver = driver.map(str::to_string);
+    cli.cache.cache_size = Some("256MiB".into());
+    cli.server.sendfile_threshold = Some(threshold.into());
+    cli.runtime.driver = driver.map(str::to_string);
     Proxy::start_in(cli, Some(tmp))
 }
 

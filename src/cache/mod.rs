@@ -292,9 +292,10 @@ mod tests {
     use super::*;
 
     fn origin(connect: u64, request: u64, deadline: u64) -> OriginConfig {
-        let mut o = crate::config::from_toml("upstream = \"s3://bucket-a\"")
-            .expect("valid config")
-            .origin;
+        let mut o = crate::origin::test_config(crate::origin::Upstream::S3 {
+            bucket: "bucket-a".into(),
+            prefix: String::new(),
+        });
         o.connect_timeout = Duration::from_secs(connect);
         o.request_timeout = Duration::from_secs(request);
         o.retry_deadline = Duration::from_secs(deadline);

@@ -148,6 +148,39 @@ pub enum Upstream {
     File { dir: std::path::PathBuf },
 }
 
+impl Upstream {
+    /// The `s3://BUCKET/PREFIX/` (or `s3://BUCKET/`) that helm-s3 writes in
+    /// front of chart names in an index published to this upstream.
+    pub fn s3_url_base(&self) -> Option<String> {
+        match self {
+            Upstream::S3 { bucket, prefix } if prefix.is_empty() => Some(format!("s3://{bucket}/")),
+            Upstream::S3 { bucket, prefix } => Some(format!("s3://{bucket}/{prefix}/")),
+            _ => None,
+        }
+    }
+}
+
+/// As written in `--upstream` (for logs).
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Upstream::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Upstream::Https {
+                tls,
+                host,
+                port,
+                base_path,
+            } => write!(
+                f,
+                "{}://{host}:{port}{base_path}",
+                if *tls { "https" } else { "http" }
+            ),
+            Upstream::File { dir } => write!(f, "file://{}", dir.display()),
+        }
+    }
+}
+
 /// Trust roots for TLS upstreams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsRoots {
@@ -242,5 +275,34 @@ pub(crate) fn test_config(upstream: Upstream) -> OriginConfig {
         retries: retry::DEFAULT_RETRIES,
         retry_deadline: retry::DEFAULT_DEADLINE,
         max_upstream_concurrency: retry::DEFAULT_MAX_CONCURRENCY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_show_as_configured_and_know_their_helm_s3_base() {
+        let s3 = |prefix: &str| Upstream::S3 {
+            bucket: "charts".into(),
+            prefix: prefix.into(),
+        };
+        assert_eq!(s3("").to_string(), "s3://charts");
+        assert_eq!(s3("stable").to_string(), "s3://charts/stable");
+        assert_eq!(s3("").s3_url_base().as_deref(), Some("s3://charts/"));
+        assert_eq!(s3("a/b").s3_url_base().as_deref(), Some("s3://charts/a/b/"));
+        let https = Upstream::Https {
+            tls: true,
+            host: "charts.example.org".into(),
+            port: 443,
+            base_path: "/mirror".into(),
+        };
+        assert_eq!(https.to_string(), "https://charts.example.org:443/mirror");
+        assert_eq!(https.s3_url_base(), None);
+        let file = Upstream::File {
+            dir: "/srv/repo".into(),
+        };
+        assert_eq!(file.to_string(), "file:///srv/repo");
     }
 }

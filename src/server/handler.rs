@@ -97,7 +97,7 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
                 .await
         }
         (Ok(key), _) => {
-            let rule = w.cfg.policy.decide(key);
+            let rule = w.cfg.repo.policy.decide(key);
             x.overrides = &rule.headers;
             match rule.action {
                 Action::Bypass => x.bypass(CacheResult::Bypass).await,

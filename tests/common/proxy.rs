@@ -24,18 +24,17 @@ pub fn examples_repo() -> PathBuf {
 
 /// A CLI for tests: loopback, port 0, quiet, 2 workers.
 pub fn test_cli(upstream: &str, cache_dir: &Path) -> Cli {
-    Cli {
-        upstream: Some(upstream.to_string()),
-        listen: Some("127.0.0.1:0".into()),
-        admin: Some("127.0.0.1:0".into()),
-        cache_dir: Some(cache_dir.to_path_buf()),
-        cache_size: Some("64MiB".into()),
-        workers: Some(2),
-        no_access_log: true,
-        upstream_timeout: Some("3s".into()),
-        connect_timeout: Some("1s".into()),
-        ..Cli::default()
-    }
+    let mut cli = Cli::default();
+    cli.repo.upstream = Some(upstream.to_string());
+    cli.server.listen = Some("127.0.0.1:0".into());
+    cli.admin.admin = Some("127.0.0.1:0".into());
+    cli.cache.cache_dir = Some(cache_dir.to_path_buf());
+    cli.cache.cache_size = Some("64MiB".into());
+    cli.runtime.workers = Some(2);
+    cli.log.no_access_log = true;
+    cli.repo.upstream_timeout = Some("3s".into());
+    cli.repo.connect_timeout = Some("1s".into());
+    cli
 }
 
 /// An in-process chartcache with its own temp cache dir.
@@ -54,15 +53,15 @@ impl Proxy {
     }
 
     pub fn start_in(mut cli: Cli, tmp: Option<tempfile::TempDir>) -> Proxy {
-        let tmp = match (tmp, &cli.cache_dir) {
+        let tmp = match (tmp, &cli.cache.cache_dir) {
             (Some(t), _) => Some(t),
             (None, Some(_)) => None,
             (None, None) => Some(tempfile::tempdir().unwrap()),
         };
-        if cli.cache_dir.is_none() {
-            cli.cache_dir = Some(tmp.as_ref().unwrap().path().join("cache"));
+        if cli.cache.cache_dir.is_none() {
+            cli.cache.cache_dir = Some(tmp.as_ref().unwrap().path().join("cache"));
         }
-        let cache_dir = cli.cache_dir.clone().unwrap();
+        let cache_dir = cli.cache.cache_dir.clone().unwrap();
         let cfg = config::load(cli).expect("valid test config");
         let creds = Some(Arc::new(CredentialsCell::new(
             aws_credential_types::Credentials::new(AK, SK, None, None, "chartcache-tests"),
