@@ -42,11 +42,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often each shard writes its index checkpoint while running.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
-/// Startup and runtime errors; each says what to fix.
+/// Startup and runtime errors; each says what to fix. A variant with a source
+/// does not repeat it in its own text: the binary prints the whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Cache(#[from] cache::shard::Error),
+    Cache(#[from] cache::OpenError),
     #[error("cannot listen on {addr} ({what}): {source}. Fix: pick a free port with --{flag}, or stop the process using it")]
     Bind {
         addr: SocketAddr,
@@ -54,13 +55,13 @@ pub enum Error {
         flag: &'static str,
         source: std::io::Error,
     },
-    #[error("AWS credentials: {0}")]
+    #[error("AWS credentials")]
     Credentials(#[source] origin::Error),
     #[error("AWS credentials: none found. Fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials)")]
     NoCredentials,
-    #[error("upstream: {0}")]
+    #[error("upstream")]
     Origin(#[source] origin::Error),
-    #[error("worker {worker} failed to start: {what}: {source}")]
+    #[error("worker {worker} failed to start: {what}")]
     Worker {
         worker: usize,
         what: &'static str,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// I/O failed; errors made by [`Error::io_at`] name the file (an
-    /// [`AtPath`] inside, whose source is the original error).
+    /// [`AtPath`] inside, which keeps the original error).
     #[error("cache i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("object of {0} bytes does not fit in a segment")]
@@ -28,14 +28,15 @@ pub enum Error {
     MagicMismatch,
 }
 
-/// What was being done to which file when an I/O error happened.
+/// What was being done to which file when an I/O error happened. Its text
+/// already ends in the original error's, so that error is kept (`error`) but
+/// not reported again as a source.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {}: {source}", path.display())]
+#[error("{what} {}: {error}", path.display())]
 pub struct AtPath {
     pub what: &'static str,
     pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 impl Error {
@@ -47,7 +48,7 @@ impl Error {
             AtPath {
                 what,
                 path: path.to_path_buf(),
-                source,
+                error: source,
             },
         ))
     }
@@ -74,7 +75,16 @@ mod tests {
             shown.starts_with("cache i/o: open segment /var/cache/x.seg: "),
             "{shown}"
         );
-        let source = std::error::Error::source(&e).expect("source kept");
-        assert!(source.to_string().contains("ermission denied"), "{source}");
+        let Error::Io(io) = &e else {
+            panic!("an i/o error: {e:?}")
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        let at = io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<AtPath>())
+            .expect("the file is attached");
+        assert_eq!(at.error.raw_os_error(), Some(libc::EACCES));
+        // Said once: the text is not repeated by a source below it.
+        assert!(std::error::Error::source(io).is_none());
     }
 }
