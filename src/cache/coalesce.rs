@@ -12,14 +12,19 @@
 //!
 //! Invariants:
 //! - `Done` is published only after the record was committed (whole body, exact
-//!   length). A fill that fails mid-body publishes `Failed { mid_body: true }`,
-//!   and waiters must close their connection (never a silently short 200).
+//!   length). A fill that fails mid-body publishes `Failed` after `Streaming`,
+//!   and waiters that were streaming it must close their connection (never a
+//!   silently short 200).
 //! - A request joins only a fill that has not reached its final state; a
 //!   finished fill still in the table is replaced by a new one. So a request
 //!   that starts after another one's response (a 304 from a revalidation, say)
 //!   never reuses that older answer — a republished `index.yaml` shows on the
 //!   very next request. The index entry is inserted before `Done` is
 //!   published, so nothing falls between the fill and the entry.
+//!
+//! The waiter's side is [`FillWait`]: the fill's [`Answer`], then the body's
+//! progress. Every wait is bounded by one patience (see
+//! [`super::fill_patience`]); silence for that long is a 504 `Failed`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -87,8 +92,8 @@ pub enum FillState {
     /// The whole body arrived but does not match the chart digest in the
     /// index: serve it once (as `BYPASS`), never store it.
     Unverified { view: BodyView },
-    /// Upstream failed. `mid_body`: bytes were already published.
-    Failed { error: FillError, mid_body: bool },
+    /// Upstream failed (before the head, or mid-body after `Streaming`).
+    Failed { error: FillError },
 }
 
 impl FillState {
@@ -167,10 +172,12 @@ impl InflightTable {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -186,18 +193,34 @@ pub struct FillGuard<'a> {
 impl Drop for FillGuard<'_> {
     fn drop(&mut self) {
         if !self.inflight.current().is_final() {
-            let mid_body = matches!(self.inflight.current(), FillState::Streaming { .. });
             self.inflight.publish(FillState::Failed {
                 error: FillError {
                     status: 502,
                     message: "fill abandoned".into(),
                     upstream_status: None,
                 },
-                mid_body,
             });
         }
         self.table.finish(&self.inflight);
     }
+}
+
+/// What a fill answered one waiting request (see [`FillWait::answer`]).
+pub enum Answer {
+    /// The body streams (or was committed): serve it from this view as it
+    /// becomes readable.
+    Body(BodyView),
+    /// Upstream confirmed the stored copy (304); serve this refreshed hit.
+    Revalidated(Hit),
+    /// A small, uncached answer held in memory (404, or an unstorable body).
+    Response { meta: ResponseMeta, body: Bytes },
+    /// A complete body that failed its digest check: serve it once, uncached.
+    Unverified(BodyView),
+    /// The answer could not be shared: fetch for yourself.
+    Passthrough,
+    /// Upstream failed before any body byte was published (a silent fill
+    /// counts: 504).
+    Failed(FillError),
 }
 
 /// One request's wait on a fill: the waiter side of coalescing.
@@ -220,23 +243,28 @@ impl FillWait {
         }
     }
 
-    /// Waits for the fill's answer; never `Pending` (no news within the
-    /// patience becomes a 504 `Failed`, to which stale-if-error applies).
-    pub async fn answer(&mut self) -> FillState {
+    /// Waits for the fill's answer. No news within the patience is a 504
+    /// `Failed`, to which stale-if-error applies.
+    pub async fn answer(&mut self) -> Answer {
         loop {
             let current = self.rx.borrow_and_update().clone();
-            if !matches!(current, FillState::Pending) {
-                return current;
+            match current {
+                FillState::Pending => {}
+                FillState::Streaming { view, .. } | FillState::Done { view } => {
+                    return Answer::Body(view)
+                }
+                FillState::NotModified(hit) => return Answer::Revalidated(hit),
+                FillState::Response { meta, body } => return Answer::Response { meta, body },
+                FillState::Unverified { view } => return Answer::Unverified(view),
+                FillState::Passthrough => return Answer::Passthrough,
+                FillState::Failed { error } => return Answer::Failed(error),
             }
             if !self.changed().await {
-                return FillState::Failed {
-                    error: FillError {
-                        status: 504,
-                        message: "timed out waiting for upstream".into(),
-                        upstream_status: None,
-                    },
-                    mid_body: false,
-                };
+                return Answer::Failed(FillError {
+                    status: 504,
+                    message: "timed out waiting for upstream".into(),
+                    upstream_status: None,
+                });
             }
         }
     }
@@ -342,13 +370,7 @@ mod tests {
             table: &t,
             inflight: a.clone(),
         });
-        assert!(matches!(
-            &*rx.borrow(),
-            FillState::Failed {
-                mid_body: false,
-                ..
-            }
-        ));
+        assert!(matches!(&*rx.borrow(), FillState::Failed { .. }));
         assert!(t.is_empty());
     }
 
@@ -403,13 +425,10 @@ mod tests {
             panic!()
         };
         let mut wait = FillWait::new(&f, None, Duration::from_millis(30));
-        let FillState::Failed { error, mid_body } = block_on(wait.answer()) else {
+        let Answer::Failed(error) = block_on(wait.answer()) else {
             panic!("a silent fill must fail the wait")
         };
-        assert_eq!(
-            (error.status, error.upstream_status, mid_body),
-            (504, None, false)
-        );
+        assert_eq!((error.status, error.upstream_status), (504, None));
     }
 
     #[test]
@@ -424,7 +443,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             publisher.publish(FillState::Passthrough);
         });
-        assert!(matches!(block_on(wait.answer()), FillState::Passthrough));
+        assert!(matches!(block_on(wait.answer()), Answer::Passthrough));
         h.join().unwrap();
     }
 
@@ -455,7 +474,6 @@ mod tests {
                 message: "reset".into(),
                 upstream_status: Some(200),
             },
-            mid_body: true,
         });
         assert_eq!(wait.readable(len), None, "a failed body is never completed");
     }

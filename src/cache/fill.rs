@@ -5,7 +5,8 @@
 //!
 //! Only complete bodies are committed: the body must end exactly at the
 //! declared `Content-Length`, otherwise the record is aborted (never indexed)
-//! and waiters see `Failed { mid_body: true }` and close their connections.
+//! and waiters that were streaming it see `Failed` and close their
+//! connections.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -82,7 +83,6 @@ impl Filler<'_> {
                 tracing::warn!(key = %key, error = %e, "upstream fetch failed");
                 inflight.publish(FillState::Failed {
                     error: FillError::from(&e),
-                    mid_body: false,
                 });
                 return;
             }
@@ -255,7 +255,6 @@ impl Filler<'_> {
                         message,
                         upstream_status: Some(200),
                     },
-                    mid_body: true,
                 });
             }
         }
@@ -363,7 +362,6 @@ async fn read_capped(
             Err(e) => {
                 inflight.publish(FillState::Failed {
                     error: FillError::from(&e),
-                    mid_body: false,
                 });
                 return None;
             }

@@ -344,8 +344,9 @@ pub fn encode_meta(meta: &ObjectMeta, out: &mut Vec<u8>) -> Result<(), FormatErr
     out.extend_from_slice(&meta.status.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&meta.stored_at.to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // reserved
-                                    // Each length is ≤ total ≤ u16::MAX (checked above).
+    // Reserved (was a TTL nothing read).
+    out.extend_from_slice(&[0; 4]);
+    // Each length is ≤ total ≤ u16::MAX (checked above).
     for part in [&e, &l, &c] {
         out.extend_from_slice(&(part.len() as u16).to_le_bytes());
     }

@@ -5,9 +5,12 @@
 //! 1. Callers (the request handler, the admin listener) speak only to
 //!    [`Cache`]: [`Cache::get_or_fill`] answers a request for a key with a
 //!    fresh verified copy, a remembered 404, or a [`FillWait`] on the key's one
-//!    fill in flight; [`Cache::purge`] removes a key or a prefix. Lookup,
-//!    verification, coalescing, the hand-off to the owner shard, the negative
-//!    cache and the wait deadline are its private business.
+//!    fill in flight (which yields the fill's [`Answer`], then the body's
+//!    progress); [`Cache::purge`] removes a key or a prefix. Lookup,
+//!    verification, joining or starting a fill, the hand-off to the owner
+//!    shard, the negative cache and the wait deadline are its business, not
+//!    theirs. The runtime only hands each worker its shard
+//!    ([`Cache::owner`]) and asks the owner for stats and checkpoints.
 //! 2. A fill runs on the key's owner worker ([`owner::ShardOwner`], the only
 //!    writer of its shard), which streams the upstream body into its segment
 //!    ([`fill::Filler`]) and publishes progress to every waiter on every
@@ -35,17 +38,17 @@
 //! - this file: the facade.
 
 pub mod checkpoint;
-pub mod coalesce;
+mod coalesce;
 pub mod error;
-pub mod evict;
-pub mod fill;
+mod evict;
+mod fill;
 pub mod format;
 pub mod index;
-pub mod negative;
-pub mod owner;
+mod negative;
+mod owner;
 pub mod recover;
 pub mod segment;
-pub mod shard;
+mod shard;
 pub mod store;
 
 use std::sync::Arc;
@@ -53,13 +56,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-pub use coalesce::{BodyView, FillError, FillState, FillWait};
+pub use coalesce::{Answer, BodyView, FillError, FillWait};
 pub use format::ObjectMeta;
 pub use owner::{FillContext, ShardOwner, ShardParts};
-pub use shard::DirLock;
+pub use shard::{DirLock, Error as OpenError};
 pub use store::{Hit, Segment, StoreStats};
 
-use coalesce::{InflightTable, Join};
+use coalesce::{FillState, InflightTable, Join};
 use negative::NegativeCache;
 use shard::{owner_of, ShardJob};
 use store::ShardReader;
@@ -70,10 +73,13 @@ use crate::origin::OriginConfig;
 
 /// How long a request waits for news from a fill before it counts as an
 /// upstream failure (504, and stale-if-error applies). One value for the
-/// response head and for each body step: the owner's fetch gives up within
-/// the retry deadline (all attempts) or the connect + request timeouts,
-/// whichever is longer; one second more lets the owner's own answer arrive
-/// first.
+/// response head and for each body step. The owner gives up by itself and
+/// says so: on the head within the retry deadline (every attempt and the slot
+/// wait count against it), on each body read within the request timeout. The
+/// waiter's patience outlasts both, and never falls below connect + request
+/// timeout (what the head wait was before the retry layer existed); one
+/// second more lets the owner's own answer arrive first. A waiter's own
+/// timeout therefore fires only when the owner itself is stuck.
 pub fn fill_patience(origin: &OriginConfig) -> Duration {
     origin
         .retry_deadline
@@ -116,7 +122,7 @@ pub enum PurgeTarget<'a> {
 pub enum PurgeError {
     #[error("shutting down")]
     ShuttingDown,
-    #[error("shard {shard} did not answer the purge within {timeout:?}")]
+    #[error("cache shard {shard} did not answer the purge within {timeout:?}")]
     NoAnswer { shard: usize, timeout: Duration },
 }
 
@@ -224,7 +230,6 @@ impl Cache {
                             message: "shutting down".into(),
                             upstream_status: None,
                         },
-                        mid_body: false,
                     });
                     self.inflight.finish(&f);
                 }
@@ -245,43 +250,32 @@ impl Cache {
     /// the owners' answers: call it from a plain thread, never a worker.
     /// Returns how many objects were removed.
     pub fn purge(&self, target: PurgeTarget<'_>, timeout: Duration) -> Result<usize, PurgeError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut asked = Vec::new();
-        match target {
-            PurgeTarget::Key(key) => {
-                self.negative.remove(key, false);
-                let shard = owner_of(key, self.senders.len());
-                let job = ShardJob::Purge {
-                    key: key.to_owned(),
-                    prefix: false,
-                    reply: tx,
-                };
-                if self.senders[shard].send(job).is_err() {
-                    return Err(PurgeError::ShuttingDown);
-                }
-                asked.push(shard);
-            }
-            PurgeTarget::Prefix(prefix) => {
-                self.negative.remove(prefix, true);
-                for (shard, s) in self.senders.iter().enumerate() {
-                    let job = ShardJob::Purge {
-                        key: prefix.to_owned(),
-                        prefix: true,
-                        reply: tx.clone(),
-                    };
-                    if s.send(job).is_ok() {
-                        asked.push(shard);
-                    }
-                }
-                drop(tx);
+        let (key, prefix, shards) = match target {
+            PurgeTarget::Key(key) => (key, false, vec![owner_of(key, self.senders.len())]),
+            PurgeTarget::Prefix(prefix) => (prefix, true, (0..self.senders.len()).collect()),
+        };
+        self.negative.remove(key, prefix);
+        let mut asked = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let (reply, answer) = std::sync::mpsc::channel();
+            let job = ShardJob::Purge {
+                key: key.to_owned(),
+                prefix,
+                reply,
+            };
+            match self.senders[shard].send(job) {
+                Ok(()) => asked.push((shard, answer)),
+                // A key's only owner is gone; a prefix purge skips a gone
+                // owner as before.
+                Err(_) if !prefix => return Err(PurgeError::ShuttingDown),
+                Err(_) => {}
             }
         }
         let mut removed = 0;
-        for shard in asked {
-            match rx.recv_timeout(timeout) {
-                Ok(n) => removed += n,
-                Err(_) => return Err(PurgeError::NoAnswer { shard, timeout }),
-            }
+        for (shard, answer) in asked {
+            removed += answer
+                .recv_timeout(timeout)
+                .map_err(|_| PurgeError::NoAnswer { shard, timeout })?;
         }
         Ok(removed)
     }

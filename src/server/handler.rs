@@ -28,9 +28,7 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use crate::access_log::Entry;
-use crate::cache::{
-    BodyView, FillError, FillState, FillWait, Hit, Lookup, ObjectMeta, Segment, Want,
-};
+use crate::cache::{Answer, BodyView, FillError, FillWait, Hit, Lookup, ObjectMeta, Segment, Want};
 use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
 use crate::http1::path::object_key;
 use crate::http1::render::{render, simple, ResponseHead};
@@ -217,30 +215,28 @@ impl<'a> Exchange<'a> {
             Lookup::Filling(fill) => fill,
         };
         match fill.answer().await {
-            // `answer` never returns Pending.
-            FillState::Pending => unreachable!("FillWait::answer returned Pending"),
-            FillState::Streaming { view, .. } | FillState::Done { view } => {
+            Answer::Body(view) => {
                 self.cache = CacheResult::Miss;
                 self.upstream_status = Some(200);
                 self.stream_fill(view, fill).await
             }
-            FillState::NotModified(hit) => {
+            Answer::Revalidated(hit) => {
                 self.upstream_status = Some(304);
                 self.cache = CacheResult::Revalidated;
                 self.serve_stored(&Stored::from(&hit)).await
             }
-            FillState::Response { meta, body } => {
+            Answer::Response { meta, body } => {
                 self.cache = CacheResult::Miss;
                 self.upstream_status = Some(meta.status);
                 self.serve_response(&meta, body).await
             }
-            FillState::Unverified { view } => {
+            Answer::Unverified(view) => {
                 self.cache = CacheResult::Bypass;
                 self.upstream_status = Some(200);
                 self.serve_stored(&Stored::from(&view)).await
             }
-            FillState::Passthrough => self.bypass(CacheResult::Miss).await,
-            FillState::Failed { error, .. } => {
+            Answer::Passthrough => self.bypass(CacheResult::Miss).await,
+            Answer::Failed(error) => {
                 self.upstream_status = error.upstream_status;
                 self.failed(&fill, &error).await
             }
