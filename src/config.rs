@@ -579,6 +579,12 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
     })
 }
 
+/// A setting turned off by its `--no-x` flag or by `x = false` in the file; on
+/// otherwise (`x` carries its `= Some(true)` default after layering).
+fn switch(no: bool, yes: Option<bool>) -> bool {
+    !no && yes != Some(false)
+}
+
 /// A section's value, or its problems added to `all`.
 fn ok<T>(section: Result<T, Vec<String>>, all: &mut Vec<String>) -> Option<T> {
     section.map_err(|mut p| all.append(&mut p)).ok()
@@ -715,7 +721,7 @@ impl LogArgs {
             "text" => Ok(LogFormat::Text),
             other => Err(format!("{other:?} is not one of json, text")),
         });
-        let access_log = !self.no_access_log && self.access_log.unwrap_or(true);
+        let access_log = switch(self.no_access_log, self.access_log);
         p.finish(|| Some((format?, access_log)))
     }
 }
@@ -818,8 +824,8 @@ impl RepoArgs {
                 Policy::new(out)
             }
         };
-        let rewrite_s3_urls = !self.no_rewrite_s3_urls && self.rewrite_s3_urls.unwrap_or(true);
-        let verify_digests = !self.no_verify_digests && self.verify_digests.unwrap_or(true);
+        let rewrite_s3_urls = switch(self.no_rewrite_s3_urls, self.rewrite_s3_urls);
+        let verify_digests = switch(self.no_verify_digests, self.verify_digests);
         p.finish(|| {
             Some(RepoConfig {
                 origin: OriginConfig {
