@@ -45,11 +45,14 @@ while [ $# -gt 0 ]; do
     --wrk) WITH_WRK=1; shift ;;
     --profile) PROFILE=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    --baseline) BASELINE_BIN=$(realpath "$2"); SERVERS="$SERVERS,chartcache-baseline"; shift 2 ;;
+    --baseline) BASELINE_BIN=$(realpath "$2"); shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
   esac
 done
+
+# After the loop, so a later --servers cannot drop it.
+if [ -n "$BASELINE_BIN" ]; then SERVERS="$SERVERS,chartcache-baseline"; fi
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
