@@ -284,6 +284,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::testutil;
 
     fn origin(connect: u64, request: u64, deadline: u64) -> OriginConfig {
         let mut o = crate::origin::test_config(crate::origin::Upstream::S3 {
@@ -302,5 +303,152 @@ mod tests {
         assert_eq!(fill_patience(&origin(5, 10, 8)), Duration::from_secs(16));
         // A longer retry deadline is waited for too.
         assert_eq!(fill_patience(&origin(5, 10, 30)), Duration::from_secs(31));
+    }
+
+    fn cache_in(dir: &std::path::Path, shards: usize) -> (Arc<Cache>, Vec<ShardParts>, DirLock) {
+        let cfg = CacheConfig {
+            dir: dir.to_path_buf(),
+            size: 8 << 20,
+            negative_ttl: Duration::from_secs(5),
+            max_stale: Duration::from_secs(60),
+        };
+        open(&cfg, shards, Duration::from_secs(1)).expect("cache opens")
+    }
+
+    #[test]
+    fn purge_names_the_shard_that_did_not_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        // The owners exist (their channels are open) but never run.
+        let (cache, _parts, _lock) = cache_in(dir.path(), 2);
+        let key = "/a-1.0.0.tgz";
+        let owner = owner_of(key, 2);
+        let t = Duration::from_millis(20);
+        match cache.purge(PurgeTarget::Key(key), t) {
+            Err(PurgeError::NoAnswer { shard, .. }) => assert_eq!(shard, owner),
+            other => panic!("expected NoAnswer, got {other:?}"),
+        }
+        assert!(matches!(
+            cache.purge(PurgeTarget::Prefix("/"), t),
+            Err(PurgeError::NoAnswer { shard: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn purge_after_the_owners_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, parts, _lock) = cache_in(dir.path(), 2);
+        drop(parts);
+        let t = Duration::from_millis(20);
+        assert!(matches!(
+            cache.purge(PurgeTarget::Key("/a-1.0.0.tgz"), t),
+            Err(PurgeError::ShuttingDown)
+        ));
+        // A prefix purge skips owners that are gone: nothing was removed.
+        assert_eq!(cache.purge(PurgeTarget::Prefix("/"), t).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_miss_starts_one_fill_on_the_owner_and_the_next_request_joins_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, mut parts, _lock) = cache_in(dir.path(), 2);
+        let metrics = crate::metrics::Metrics::new(1).worker(0);
+        let key = "/a-1.0.0.tgz";
+        let want = Want {
+            fresh_for: Duration::from_secs(60),
+            remember_not_found: true,
+        };
+        assert!(matches!(
+            cache.get_or_fill(key, want, &metrics),
+            Lookup::Filling(_)
+        ));
+        assert!(matches!(
+            cache.get_or_fill(key, want, &metrics),
+            Lookup::Filling(_)
+        ));
+        assert_eq!(
+            metrics
+                .coalesced_waiters
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let owner = &mut parts[owner_of(key, 2)];
+        let Ok(ShardJob::Fill {
+            inflight,
+            etag,
+            remember_not_found,
+        }) = owner.jobs.try_recv()
+        else {
+            panic!("the owner was sent the fill")
+        };
+        assert_eq!(
+            (inflight.key.as_str(), etag, remember_not_found),
+            (key, None, true)
+        );
+        assert!(owner.jobs.try_recv().is_err(), "one fill for both requests");
+        // Everything a repository serves is stored by the owner: a fresh copy is a hit.
+        testutil::put(&mut owner.store, key, b"chart bytes", "\"e1\"");
+        let stored_now = Want {
+            fresh_for: Duration::from_secs(100 * 365 * 86_400),
+            ..want
+        };
+        let Lookup::Fresh(hit) = cache.get_or_fill(key, stored_now, &metrics) else {
+            panic!("a fresh stored copy is served")
+        };
+        assert_eq!(hit.body(), b"chart bytes");
+        // The owner finishes that fill; a copy older than fresh_for is then
+        // revalidated with its ETag.
+        inflight.publish(FillState::Passthrough);
+        cache.inflight.finish(&inflight);
+        let Lookup::Filling(_) = cache.get_or_fill(key, want, &metrics) else {
+            panic!("a stale copy is revalidated")
+        };
+        let Ok(ShardJob::Fill { etag, .. }) = owner.jobs.try_recv() else {
+            panic!("revalidation goes to the owner")
+        };
+        assert_eq!(etag.as_deref(), Some("\"e1\""));
+    }
+
+    #[test]
+    fn remembered_404s_only_for_requests_that_may_use_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, _parts, _lock) = cache_in(dir.path(), 1);
+        let metrics = crate::metrics::Metrics::new(1).worker(0);
+        cache.negative.insert("/gone.tgz");
+        let want = |remember_not_found| Want {
+            fresh_for: Duration::ZERO,
+            remember_not_found,
+        };
+        assert!(matches!(
+            cache.get_or_fill("/gone.tgz", want(true), &metrics),
+            Lookup::NotFound
+        ));
+        assert!(matches!(
+            cache.get_or_fill("/gone.tgz", want(false), &metrics),
+            Lookup::Filling(_)
+        ));
+    }
+
+    #[test]
+    fn a_fill_without_an_owner_answers_503() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, parts, _lock) = cache_in(dir.path(), 1);
+        drop(parts);
+        let metrics = crate::metrics::Metrics::new(1).worker(0);
+        let want = Want {
+            fresh_for: Duration::ZERO,
+            remember_not_found: true,
+        };
+        let Lookup::Filling(mut wait) = cache.get_or_fill("/x.tgz", want, &metrics) else {
+            panic!("a miss waits on a fill")
+        };
+        let answer = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(wait.answer());
+        let Answer::Failed(error) = answer else {
+            panic!("no owner, no fill")
+        };
+        assert_eq!(error.status, 503);
     }
 }
