@@ -127,6 +127,14 @@ impl Inflight {
         });
     }
 
+    /// Tells every waiter the fill is alive without changing its state (bytes
+    /// are arriving but none are readable yet: a digest still to check, an
+    /// index still buffering, a write run not yet full), so their patience
+    /// restarts.
+    pub fn heartbeat(&self) {
+        self.tx.send_modify(|_| {});
+    }
+
     pub fn current(&self) -> FillState {
         self.tx.borrow().clone()
     }
@@ -503,5 +511,26 @@ mod tests {
         assert!(wait.stale_copy(&err(None), day).is_none());
         let none = FillWait::new(&f, None, Duration::from_secs(5));
         assert!(none.stale_copy(&err(None), forever).is_none());
+    }
+
+    #[test]
+    fn heartbeats_keep_a_waiter_waiting_past_its_patience() {
+        let t = InflightTable::default();
+        let Join::Leader(f) = t.join("/slow.tgz") else {
+            panic!()
+        };
+        let patience = Duration::from_millis(100);
+        let mut wait = FillWait::new(&f, None, patience);
+        let owner = f.clone();
+        let h = std::thread::spawn(move || {
+            // Alive for 5 patiences, saying so every fifth of one.
+            for _ in 0..25 {
+                std::thread::sleep(patience / 5);
+                owner.heartbeat();
+            }
+            owner.publish(FillState::Passthrough);
+        });
+        assert!(matches!(block_on(wait.answer()), Answer::Passthrough));
+        h.join().unwrap();
     }
 }

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -28,6 +28,12 @@ use crate::origin::{self, Origin, OriginRequest};
 /// later `sendfile` of the record cheaper (fewer folios to look up and pin);
 /// waiters on a streaming fill see progress one run at a time.
 const WRITE_RUN: usize = 256 * 1024;
+
+/// While bytes arrive, waiters hear from the fill at least this often (a
+/// partial write run is flushed, or a heartbeat sent), so a slow but healthy
+/// upstream never exhausts their patience (which is always longer than a
+/// second: see `super::fill_patience`).
+const NEWS_EVERY: Duration = Duration::from_millis(500);
 
 /// Bodies without a declared length are buffered up to this size before being
 /// stored; larger ones are passed through uncached.
@@ -188,6 +194,7 @@ impl Filler<'_> {
         }
         let mut written = 0u64;
         let mut run: Vec<u8> = Vec::with_capacity(WRITE_RUN.min(len as usize));
+        let mut last_news = Instant::now();
         let failure = loop {
             match body.next_chunk().await {
                 Ok(Some(chunk)) => {
@@ -199,15 +206,21 @@ impl Filler<'_> {
                         h.update(&chunk);
                     }
                     run.extend_from_slice(&chunk);
-                    if run.len() < WRITE_RUN && written < len {
+                    let news_due = last_news.elapsed() >= NEWS_EVERY;
+                    if run.len() < WRITE_RUN && written < len && !news_due {
                         continue;
                     }
+                    last_news = Instant::now();
                     if let Err(e) = self.store.borrow_mut().append(&mut rec, &run) {
                         break Some(format!("cache write failed: {e}"));
                     }
                     run.clear();
                     if hasher.is_none() {
                         inflight.progress(rec.written());
+                    } else {
+                        // Nothing is readable before the digest is checked;
+                        // the waiters only need to know bytes are arriving.
+                        inflight.heartbeat();
                     }
                 }
                 Ok(None) if written == len => break None,
@@ -349,6 +362,7 @@ async fn read_capped(
     cap: usize,
 ) -> Option<Bytes> {
     let mut buf = BytesMut::new();
+    let mut last_news = Instant::now();
     loop {
         match body.next_chunk().await {
             Ok(Some(chunk)) => {
@@ -357,6 +371,10 @@ async fn read_capped(
                     return None;
                 }
                 buf.extend_from_slice(&chunk);
+                if last_news.elapsed() >= NEWS_EVERY {
+                    last_news = Instant::now();
+                    inflight.heartbeat();
+                }
             }
             Ok(None) => return Some(buf.freeze()),
             Err(e) => {
