@@ -472,6 +472,7 @@ async fn housekeeping(w: WorkerRef) {
     let mut last_checkpoint = Instant::now();
     loop {
         w.access_log.flush();
+        w.owner.recheck_space();
         let stats = w.owner.stats();
         w.metrics
             .cache_bytes
@@ -482,6 +483,15 @@ async fn housekeeping(w: WorkerRef) {
         w.metrics
             .cache_evictions
             .store(stats.evictions, Ordering::Relaxed);
+        let m = &w.metrics;
+        m.cache_truncated_segments
+            .store(stats.truncated_segments, Ordering::Relaxed);
+        m.cache_truncated_dropped
+            .store(stats.truncated_dropped, Ordering::Relaxed);
+        m.cache_no_space_errors
+            .store(stats.no_space_errors, Ordering::Relaxed);
+        m.cache_disk_full
+            .store(u64::from(stats.disk_full), Ordering::Relaxed);
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
             if let Err(e) = w.owner.checkpoint() {

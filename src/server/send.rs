@@ -10,9 +10,16 @@
 //!   which is what makes this path cheap.
 //! - [`send_head_and_body`] (smaller bodies, or `--sendfile-threshold off`):
 //!   head and body slice in one io_uring `writev` from the segment's read-only
-//!   mmap. [`MmapSlice`] keeps the segment alive (an `Arc`) for as long as the
-//!   kernel may read it, even if the segment is evicted meanwhile (evicted
-//!   segments are unlinked, never rewritten in place).
+//!   mmap. [`MmapSlice`] holds a `SegmentPin` (and so the mapping) for as long
+//!   as the kernel may read it, so an evicted segment's blocks are not freed
+//!   (hole-punched) under the send (`cache::segment`). The `sendfile` path's
+//!   caller holds a pin across the call in the same way.
+//!
+//! A segment file that another process truncated must not kill the process:
+//! only the kernel reads the mapping here, and it reports a page past the
+//! file's end as `EFAULT` (no `SIGBUS`); `sendfile(2)` past the end returns 0,
+//! which is reported as `UnexpectedEof`. Both are errors like any other (the
+//! caller closes the connection and tells the cache, which drops what is gone).
 //!
 //! Invariants of the sendfile path:
 //! - `sendfile(2)` is only ever called on a **non-blocking** socket, so a slow
@@ -59,26 +66,24 @@ use monoio::buf::{IoBuf, IoVecBuf};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::cache::store::Segment;
+use crate::cache::store::{Segment, SegmentPin};
 
-/// A byte range of a segment mapping, owned for the duration of a write.
+/// A byte range of a segment mapping, owned (and its bytes pinned) for the
+/// duration of a write: monoio keeps the buffer until the kernel completes
+/// the op, even when the future is dropped, so the pin outlives every read.
 pub struct MmapSlice {
-    segment: Arc<Segment>,
+    pin: SegmentPin,
     start: usize,
     len: usize,
 }
 
 impl MmapSlice {
-    /// `start..start+len` of the segment, clamped to the mapping.
-    pub fn new(segment: Arc<Segment>, start: usize, len: usize) -> MmapSlice {
-        let total = segment.as_slice().len();
+    /// `start..start+len` of the pinned segment, clamped to the mapping.
+    pub fn new(pin: SegmentPin, start: usize, len: usize) -> MmapSlice {
+        let total = pin.segment().len() as usize;
         let start = start.min(total);
         let len = len.min(total - start);
-        MmapSlice {
-            segment,
-            start,
-            len,
-        }
+        MmapSlice { pin, start, len }
     }
 
     pub fn len(&self) -> usize {
@@ -90,12 +95,14 @@ impl MmapSlice {
     }
 }
 
-// SAFETY: the pointer is into a read-only memory mapping owned by `segment`,
-// which this value keeps alive; the mapping never moves or shrinks while
-// mapped, and `start + len` was clamped to its length in `new`.
+// SAFETY: the pointer is into a read-only memory mapping owned by the pinned
+// segment, which this value keeps alive (and its bytes unpunched); the mapping never moves while mapped, and
+// `start + len` was clamped to its length in `new`. Only the kernel reads
+// through it (a file that shrank under the mapping is EFAULT there, not SIGBUS).
 unsafe impl IoBuf for MmapSlice {
     fn read_ptr(&self) -> *const u8 {
-        self.segment.as_slice()[self.start..].as_ptr()
+        // `start <= len` of the mapping (clamped in `new`): in bounds or one past.
+        self.pin.segment().map_ptr().wrapping_add(self.start)
     }
 
     fn bytes_init(&self) -> usize {
@@ -174,7 +181,7 @@ pub async fn send_head_and_body(
         }
     }
     let body_done = n.saturating_sub(head_len);
-    let rest = MmapSlice::new(body.segment, body.start + body_done, body.len - body_done);
+    let rest = MmapSlice::new(body.pin, body.start + body_done, body.len - body_done);
     let (res, _) = stream.write_all(rest).await;
     (res.map(|_| ()), head)
 }
@@ -342,10 +349,10 @@ async fn head_and_file(
         })
         .await?;
         if n == 0 {
-            // Only at end of file, which the range check above rules out.
+            // End of file inside the segment: someone truncated it under us.
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "segment file ended before the body",
+                "segment file ended before the body (truncated?)",
             ));
         }
         sent += n;
@@ -510,7 +517,7 @@ mod tests {
             assert_eq!(buf, b"ping");
             let (res, _) = stream.write_all(vec![7u8; 1 << 20]).await;
             assert_eq!(res.unwrap(), 1 << 20);
-            let slice = MmapSlice::new(seg, OFFSET as usize, BODY);
+            let slice = MmapSlice::new(seg.pin().unwrap(), OFFSET as usize, BODY);
             let (res, head) = send_head_and_body(&mut stream, b"HEAD\r\n".to_vec(), slice).await;
             res.unwrap();
             assert_eq!(head, b"HEAD\r\n");
