@@ -156,10 +156,22 @@ fn size(i: u64) -> usize {
 /// right bytes, and the records before the cut stay HITs.
 #[test]
 fn truncated_segment_under_verified_records_is_dropped_once_and_refetched() {
+    truncated_under_verified_records(None);
+}
+
+/// The same with the epoll driver: `writev` as a plain syscall.
+#[test]
+fn truncated_segment_under_verified_records_epoll() {
+    truncated_under_verified_records(Some("epoll"));
+}
+
+fn truncated_under_verified_records(driver: Option<&str>) {
     let (up, objs) = upstream(24, size);
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    let p = Proxy::start(cli(up.path(), &cache));
+    let mut c = cli(up.path(), &cache);
+    c.runtime.driver = driver.map(str::to_string);
+    let p = Proxy::start(c);
     for o in &objs {
         assert_eq!(get_ok(&p, o).x_cache(), "MISS");
     }
@@ -201,7 +213,7 @@ fn truncated_segment_under_verified_records_is_dropped_once_and_refetched() {
     );
     assert_eq!(dropped, records as u64);
     eprintln!(
-        "truncated (verified): {records} of {} records cut in {files} segments, {broken} broken responses, all refetched, the rest HITs",
+        "truncated (verified, driver {driver:?}): {records} of {} records cut in {files} segments, {broken} broken responses, all refetched, the rest HITs",
         objs.len()
     );
 }

@@ -384,20 +384,12 @@ impl<'a> Exchange<'a> {
         let at = s.body_offset + start as usize;
         let sendfile = self.w.cfg.server.sendfile_threshold.is_some_and(|t| n >= t);
         let (res, head) = if sendfile {
-            send_head_and_file(
-                &mut self.conn.stream,
-                self.w.socket_mode,
-                head,
-                s.segment.clone(),
-                at as u64,
-                n as usize,
-            )
-            .await
+            let stream = &mut self.conn.stream;
+            send_head_and_file(stream, self.w.socket_mode, head, pin, at as u64, n as usize).await
         } else {
-            let body = MmapSlice::new(pin.clone(), at, n as usize);
+            let body = MmapSlice::new(pin, at, n as usize);
             send_head_and_body(&mut self.conn.stream, head, body).await
         };
-        drop(pin);
         self.conn.head_buf = head;
         match res {
             Ok(()) => {

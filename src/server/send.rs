@@ -60,7 +60,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoVecBuf};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
@@ -278,19 +277,19 @@ async fn until_progress(
     }
 }
 
-/// Writes `head`, then `len` bytes of `segment`'s file from `offset` with
-/// `sendfile(2)`: the body never enters user space. Returns the head buffer for
-/// reuse. On error the connection must be closed (part of the response may
-/// have been sent).
+/// Writes `head`, then `len` bytes of the pinned segment's file from `offset`
+/// with `sendfile(2)`: the body never enters user space. Returns the head
+/// buffer for reuse. On error the connection must be closed (part of the
+/// response may have been sent).
 pub async fn send_head_and_file(
     stream: &mut TcpStream,
     mode: SocketMode,
     head: Vec<u8>,
-    segment: Arc<Segment>,
+    pin: SegmentPin,
     offset: u64,
     len: usize,
 ) -> (io::Result<()>, Vec<u8>) {
-    let res = head_and_file(stream, mode, &head, &segment, offset, len).await;
+    let res = head_and_file(stream, mode, &head, pin.segment(), offset, len).await;
     (res, head)
 }
 
@@ -369,6 +368,7 @@ mod tests {
 
     use super::*;
     use crate::cache::segment::SegmentId;
+    use std::sync::Arc;
 
     fn nonblocking(fd: RawFd) -> bool {
         // SAFETY: plain syscall on an open descriptor.
@@ -425,7 +425,8 @@ mod tests {
         small_send_buffer(&stream);
         let before = nonblocking(stream.as_raw_fd());
         let head = b"HEAD\r\n".to_vec();
-        let (res, head) = send_head_and_file(&mut stream, mode, head, seg, start, len).await;
+        let (res, head) =
+            send_head_and_file(&mut stream, mode, head, seg.pin().unwrap(), start, len).await;
         res.unwrap();
         assert_eq!(head, b"HEAD\r\n", "head buffer handed back");
         let after = nonblocking(stream.as_raw_fd());
@@ -560,8 +561,15 @@ mod tests {
             .await;
             let len = seg.len();
             let mode = SocketMode::Epoll;
-            let (res, _) =
-                send_head_and_file(&mut stream, mode, b"X".to_vec(), seg, len - 10, 11).await;
+            let (res, _) = send_head_and_file(
+                &mut stream,
+                mode,
+                b"X".to_vec(),
+                seg.pin().unwrap(),
+                len - 10,
+                11,
+            )
+            .await;
             assert_eq!(res.unwrap_err().kind(), io::ErrorKind::InvalidInput);
             stream.shutdown().await.unwrap();
             drop(stream);
@@ -587,7 +595,8 @@ mod tests {
             .await;
             small_send_buffer(&stream);
             let mode = SocketMode::UringToggle;
-            let send = send_head_and_file(&mut stream, mode, b"H".to_vec(), seg, OFFSET, BODY);
+            let pin = seg.pin().unwrap();
+            let send = send_head_and_file(&mut stream, mode, b"H".to_vec(), pin, OFFSET, BODY);
             let timed_out = monoio::time::timeout(Duration::from_millis(200), send).await;
             assert!(timed_out.is_err(), "a non-reading client cannot take 1 MiB");
             assert!(!nonblocking(stream.as_raw_fd()), "guard restored the flags");
