@@ -494,8 +494,11 @@ async fn housekeeping(w: WorkerRef) {
             .store(u64::from(stats.disk_full), Ordering::Relaxed);
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
-            if let Err(e) = w.owner.checkpoint() {
-                tracing::warn!(worker = w.id, error = %e, "index checkpoint failed");
+            match w.owner.checkpoint() {
+                Ok(()) => {}
+                // A full device: the store logs that once a minute.
+                Err(crate::cache::error::Error::NoSpace) => {}
+                Err(e) => tracing::warn!(worker = w.id, error = %e, "index checkpoint failed"),
             }
         }
         monoio::time::sleep(Duration::from_millis(200)).await;

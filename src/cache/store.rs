@@ -35,13 +35,15 @@
 //! least one segment.
 //!
 //! # Disk full
-//! ENOSPC / EDQUOT creating (or writing) a segment pauses admission: nothing is evicted
-//! for it, everything indexed keeps being served, records that still fit in the
-//! active segment's preallocated space are still written, and new objects that need a
-//! new segment are refused ([`Error::NoSpace`]: the filler passes them through
-//! uncached) without touching the disk until [`NO_SPACE_RETRY`] has passed; then the
-//! next one tries again. Logged once per [`NO_SPACE_LOG_EVERY`], counted
-//! ([`StoreStats::no_space_errors`]) and shown while it lasts ([`StoreStats::disk_full`]).
+//! ENOSPC / EDQUOT creating (or writing) a segment, or writing a checkpoint, pauses
+//! admission: nothing is evicted for it, everything indexed keeps being served,
+//! records that still fit in the active segment's preallocated space are still
+//! written, and new objects that need a new segment are refused ([`Error::NoSpace`]:
+//! the filler passes them through uncached) without touching the disk until
+//! [`NO_SPACE_RETRY`] has passed and the next one tries again, or the device shows
+//! room for a segment ([`ShardStore::recheck_space`], periodic). Logged once per
+//! [`NO_SPACE_LOG_EVERY`], counted ([`StoreStats::no_space_errors`]) and shown while
+//! it lasts ([`StoreStats::disk_full`]).
 //!
 //! # A segment file that shrank
 //! When a read or a send finds a segment's file shorter than written (truncated by
@@ -688,7 +690,8 @@ impl ShardStore {
             next_segment_id: self.next_segment_id,
             ..CheckpointHeader::default()
         };
-        checkpoint::write(&self.dir, &mut self.ckpt, header, count, &buf)?;
+        let written = checkpoint::write(&self.dir, &mut self.ckpt, header, count, &buf);
+        self.noted(written)?;
         self.shrink_to_capacity()?;
         self.publish_sizes();
         Ok(())
