@@ -11,7 +11,7 @@
 //!    then builds its own origin (its own upstream connection pool), takes
 //!    ownership of its cache shard (whose job loop the cache runs), and runs
 //!    the accept loop and periodic housekeeping (access-log flush, stats,
-//!    checkpoints).
+//!    checkpoints, resuming a shard paused by a full disk once it has room).
 //! 4. The admin listener runs on its own plain thread (`admin`).
 //! 5. Shutdown fans out through a watch channel: workers stop accepting, idle
 //!    connections close, in-flight responses finish (bounded by a grace
