@@ -605,4 +605,63 @@ mod tests {
             client.join().unwrap();
         });
     }
+
+    /// Evicted mid-send: the pin the send holds keeps the bytes (no hole is
+    /// punched) until the kernel is done; then the blocks are given back. Both
+    /// paths, each under io_uring.
+    #[test]
+    fn an_evicted_segment_keeps_its_bytes_until_a_slow_send_is_done() {
+        for sendfile in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (seg, body) = segment(dir.path());
+            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap();
+            let out = rt.block_on(async {
+                let (go, wait) = std::sync::mpsc::channel::<()>();
+                let (mut stream, client) = accept_with(move |mut c| {
+                    let _ = wait.recv_timeout(Duration::from_secs(10));
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut out = Vec::new();
+                    c.read_to_end(&mut out).unwrap();
+                    out
+                })
+                .await;
+                small_send_buffer(&stream);
+                let mode = SocketMode::UringToggle;
+                let pin = seg.pin().unwrap();
+                let head = b"HEAD\r\n".to_vec();
+                let res = {
+                    let mut send: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> =
+                        if sendfile {
+                            Box::pin(send_head_and_file(
+                                &mut stream,
+                                mode,
+                                head,
+                                pin,
+                                OFFSET,
+                                BODY,
+                            ))
+                        } else {
+                            let slice = MmapSlice::new(pin, OFFSET as usize, BODY);
+                            Box::pin(send_head_and_body(&mut stream, head, slice))
+                        };
+                    let pending = monoio::time::timeout(Duration::from_millis(100), send.as_mut());
+                    assert!(pending.await.is_err(), "the client is not reading yet");
+                    seg.unlink().unwrap();
+                    seg.condemn();
+                    assert!(!seg.is_reclaimed(), "punched under a send in flight");
+                    go.send(()).unwrap();
+                    send.await.0
+                };
+                res.unwrap();
+                assert!(seg.is_reclaimed(), "the send's pin was the last");
+                stream.shutdown().await.unwrap();
+                drop(stream);
+                client.join().unwrap()
+            });
+            check(&out, &body);
+        }
+    }
 }
