@@ -8,7 +8,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while serving, 503 while shutting down |
-//! | `GET /readyz` | 200 once every worker has recovered its shard and serves |
+//! | `GET /readyz` | 200 once every worker has recovered its shard and serves (the text says when a full cache device degrades it) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `DELETE /cache/<path>` | 200 if the object was cached (now gone), 404 if not |
 //! | `DELETE /cache?prefix=<p>` | 200 with the number of objects removed |
@@ -153,7 +153,16 @@ fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> 
             } else if state.credentials.as_ref().is_some_and(|c| !c.is_fresh()) {
                 Reply::text(503, "AWS credentials are missing or expired and cannot be refreshed\n")
             } else {
-                Reply::text(200, "ready\n")
+                match state.cache.disk_full_shards() {
+                    0 => Reply::text(200, "ready\n"),
+                    full => Reply::text(
+                        200,
+                        format!(
+                            "ready (degraded: cache device full on {full} of {} shards: cached objects are served, new ones pass through uncached)\n",
+                            state.cache.shards()
+                        ),
+                    ),
+                }
             }
         }
         ("GET" | "HEAD", "/metrics") => Reply {

@@ -29,6 +29,10 @@ pub const CONNECTIONS_REJECTED: &str = "chartcache_connections_rejected";
 pub const BAD_REQUESTS: &str = "chartcache_bad_requests";
 pub const DIGEST_MISMATCH: &str = "chartcache_chart_digest_mismatches";
 pub const ACCESS_LOG_DROPPED: &str = "chartcache_access_log_dropped_lines";
+pub const CACHE_TRUNCATED_SEGMENTS: &str = "chartcache_cache_truncated_segments";
+pub const CACHE_TRUNCATED_DROPPED: &str = "chartcache_cache_truncated_records_dropped";
+pub const CACHE_NO_SPACE_ERRORS: &str = "chartcache_cache_no_space_errors";
+pub const CACHE_DISK_FULL: &str = "chartcache_cache_disk_full";
 
 /// How a response was produced (the `X-Cache` value, and a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +117,11 @@ pub struct WorkerMetrics {
     pub cache_bytes: AtomicU64,
     pub cache_objects: AtomicU64,
     pub cache_evictions: AtomicU64,
+    pub cache_truncated_segments: AtomicU64,
+    pub cache_truncated_dropped: AtomicU64,
+    pub cache_no_space_errors: AtomicU64,
+    /// 1 while the worker's shard refuses new objects because the device is full.
+    pub cache_disk_full: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -248,7 +257,7 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let counters: [Described; 11] = [
+        let counters: [Described; 14] = [
             (
                 ACCESS_LOG_DROPPED,
                 "Access-log lines dropped because stdout could not keep up",
@@ -302,17 +311,37 @@ impl Collector for Metrics {
                 "Malformed client requests (head or path), answered with 400/414/431/505 (HTTP/0.9: nothing) and closed",
                 |w| &w.bad_requests,
             ),
+            (
+                CACHE_TRUNCATED_SEGMENTS,
+                "Cache segment files found shorter than written (truncated by another process or a failing disk); their records past the cut were dropped",
+                |w| &w.cache_truncated_segments,
+            ),
+            (
+                CACHE_TRUNCATED_DROPPED,
+                "Cached records dropped (and refetched on demand) because their segment file was truncated",
+                |w| &w.cache_truncated_dropped,
+            ),
+            (
+                CACHE_NO_SPACE_ERRORS,
+                "ENOSPC/EDQUOT errors creating or writing cache segments (admission pauses, nothing is evicted for it)",
+                |w| &w.cache_no_space_errors,
+            ),
         ];
         for (name, help, get) in counters {
             let v = self.sum(|w| get(w).load(Relaxed));
             enc.encode_descriptor(name, help, None, MetricType::Counter)?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
-        let gauges: [Described; 3] = [
+        let gauges: [Described; 4] = [
             (
                 CACHE_BYTES,
-                "Bytes on disk used by the cache (segment files at full size, checkpoints)",
+                "Bytes on disk used by the cache (segment files at full size, checkpoints, evicted segments still being sent)",
                 |w| &w.cache_bytes,
+            ),
+            (
+                CACHE_DISK_FULL,
+                "Cache shards not admitting new objects because the cache device is full (they serve what is cached, pass the rest through)",
+                |w| &w.cache_disk_full,
             ),
             (CACHE_OBJECTS, "Objects in the cache index", |w| {
                 &w.cache_objects

@@ -11,7 +11,7 @@
 //!    then builds its own origin (its own upstream connection pool), takes
 //!    ownership of its cache shard (whose job loop the cache runs), and runs
 //!    the accept loop and periodic housekeeping (access-log flush, stats,
-//!    checkpoints).
+//!    checkpoints, resuming a shard paused by a full disk once it has room).
 //! 4. The admin listener runs on its own plain thread (`admin`).
 //! 5. Shutdown fans out through a watch channel: workers stop accepting, idle
 //!    connections close, in-flight responses finish (bounded by a grace
@@ -472,6 +472,7 @@ async fn housekeeping(w: WorkerRef) {
     let mut last_checkpoint = Instant::now();
     loop {
         w.access_log.flush();
+        w.owner.recheck_space();
         let stats = w.owner.stats();
         w.metrics
             .cache_bytes
@@ -482,10 +483,22 @@ async fn housekeeping(w: WorkerRef) {
         w.metrics
             .cache_evictions
             .store(stats.evictions, Ordering::Relaxed);
+        let m = &w.metrics;
+        m.cache_truncated_segments
+            .store(stats.truncated_segments, Ordering::Relaxed);
+        m.cache_truncated_dropped
+            .store(stats.truncated_dropped, Ordering::Relaxed);
+        m.cache_no_space_errors
+            .store(stats.no_space_errors, Ordering::Relaxed);
+        m.cache_disk_full
+            .store(u64::from(stats.disk_full), Ordering::Relaxed);
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
-            if let Err(e) = w.owner.checkpoint() {
-                tracing::warn!(worker = w.id, error = %e, "index checkpoint failed");
+            match w.owner.checkpoint() {
+                Ok(()) => {}
+                // A full device: the store logs that once a minute.
+                Err(crate::cache::error::Error::NoSpace) => {}
+                Err(e) => tracing::warn!(worker = w.id, error = %e, "index checkpoint failed"),
             }
         }
         monoio::time::sleep(Duration::from_millis(200)).await;

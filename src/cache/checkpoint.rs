@@ -161,7 +161,7 @@ pub fn write(
     buf.extend_from_slice(&header.encode());
     buf.extend_from_slice(entries);
     let no_space = |e: std::io::Error, what| {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
+        if super::error::is_no_space(&e) {
             Error::NoSpace
         } else {
             Error::io_at(&p, what, e)

@@ -8,7 +8,9 @@
 //! progress through a `tokio::sync::watch` channel (runtime-agnostic, wakes
 //! tasks on other monoio workers): first the response head, then how many body
 //! bytes have been appended to its segment. Waiters stream those bytes straight
-//! from the segment's read-only mmap, so a body is never buffered per waiter.
+//! from the segment's read-only mmap, so a body is never buffered per waiter; the
+//! published [`BodyView`] pins the segment, so its bytes stay until the last waiter
+//! is done, even if the segment is evicted meanwhile.
 //!
 //! Invariants:
 //! - `Done` is published only after the record was committed (whole body, exact
@@ -34,7 +36,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::format::{unix_now, ObjectMeta};
-use super::segment::Segment;
+use super::segment::{Segment, SegmentPin};
 use super::store::Hit;
 use crate::origin::{self, ResponseMeta};
 
@@ -42,6 +44,9 @@ use crate::origin::{self, ResponseMeta};
 #[derive(Clone)]
 pub struct BodyView {
     pub segment: Arc<Segment>,
+    /// Keeps the body's bytes for as long as anyone may still send them (the fill's
+    /// state, and every waiter's copy), even if the segment is evicted meanwhile.
+    pub pin: SegmentPin,
     pub body_offset: usize,
     pub body_len: u64,
     pub meta: Arc<ObjectMeta>,
@@ -420,6 +425,7 @@ mod tests {
     fn view_of(hit: &Hit) -> BodyView {
         BodyView {
             segment: hit.segment.clone(),
+            pin: hit.segment.pin().unwrap(),
             body_offset: hit.body_offset,
             body_len: hit.body_len as u64,
             meta: hit.meta.clone(),

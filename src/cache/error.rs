@@ -13,8 +13,20 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("object of {0} bytes does not fit in a segment")]
     TooLarge(u64),
+    /// ENOSPC / EDQUOT creating or writing a segment (admission pauses, see
+    /// [`super::store`]).
     #[error("no space left on the cache device")]
     NoSpace,
+    /// The segment file is shorter than what was written to it: another process, an
+    /// operator or a failing disk truncated it (see [`super::segment`]).
+    #[error("cache segment {} shrank under the cache (truncated by someone else?)", .0.display())]
+    Truncated(PathBuf),
+    /// Evicted segments still being sent to clients hold the space a new segment needs.
+    #[error("evicted cache segments still being read hold the space for a new one")]
+    SpaceHeld,
+    /// The record's segment was evicted before its bytes could be pinned.
+    #[error("cache record evicted meanwhile")]
+    Evicted,
     #[error("record length mismatch: declared {declared}, written {written}")]
     LengthMismatch { declared: u64, written: u64 },
     /// Key or meta longer than the record format allows (64 KiB each).

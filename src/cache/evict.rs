@@ -1,12 +1,21 @@
 //! Eviction: a log-structured FIFO over whole segments, with a second chance.
 //!
-//! When a new segment is needed and `bytes_on_disk + segment_size > capacity`, the
-//! oldest segment is evicted whole: its file is unlinked (readers holding its `Arc`
-//! keep the old bytes) and its index entries are dropped — except entries that were
-//! looked up since written (`hit` flag): those are copied, body CRC re-checked, to the
-//! head of the new segment, with their current meta and original sequence number, if
-//! they fit without crowding out the record that triggered the rotation. Their `hit`
-//! flag starts clear again, so an object must be hit once per lap to stay.
+//! When a new segment is needed and it would not fit the budget (see
+//! [`super::store`], Capacity: live segments + checkpoints + the new one within
+//! `capacity`, and evicted segments still pinned by readers within one segment more),
+//! the oldest segment is evicted whole: its file is unlinked and its index entries are
+//! dropped — except entries that were looked up since written (`hit` flag): those are
+//! copied, read back with `pread` and their body CRC re-checked, to the head of the new
+//! segment, with their current meta and original sequence number, if they fit without
+//! crowding out the record that triggered the rotation. Their `hit` flag starts clear
+//! again, so an object must be hit once per lap to stay.
+//!
+//! Once no index entry points into an evicted segment any more (after the copies), it
+//! is condemned ([`Segment::condemn`]): its blocks are freed at once, or when the last
+//! send or fill still reading it lets go of its pin; until then it counts as held
+//! space. Only as many segments are evicted as the budget needs: a full device
+//! (ENOSPC creating the new segment) evicts nothing more, it pauses admission (see
+//! [`super::store`], Disk full).
 //!
 //! Invariants: only the owner (`ShardStore`) runs this; an entry is only replaced or
 //! removed if the index still holds that very entry.
@@ -16,49 +25,65 @@ use std::sync::Arc;
 
 use super::error::Error;
 use super::format::HEADER_LEN;
-use super::index::{Entry, Location};
+use super::index::{crc_of, Entry, Location};
 use super::segment::{Segment, SegmentId};
-use super::store::{live_header, Active, ShardStore};
+use super::store::{dead_header, live_header, Active, ShardStore};
 
 impl ShardStore {
-    /// Seal the active segment, make room under the capacity, open a new segment and
-    /// copy rescued hot entries into it, leaving at least `reserve_for` bytes free.
+    /// Make room within the budget, open a new active segment and copy rescued hot
+    /// entries into it, leaving at least `reserve_for` bytes free. On an error (a full
+    /// device, say) the active segment, if any, stays.
     pub(super) fn rotate(&mut self, reserve_for: u64) -> Result<(), Error> {
-        self.active = None;
+        self.held.retain(|s| !s.is_reclaimed());
         let mut rescued = Vec::new();
-        while self.bytes_on_disk() + self.segment_size > self.capacity {
-            if !self.evict_oldest(Some(&mut rescued)) {
-                break;
+        let mut evicted = Vec::new();
+        while self.needs_room() {
+            match self.evict_oldest(Some(&mut rescued)) {
+                Some(seg) => evicted.push(seg),
+                None => break,
             }
         }
-        let seg = loop {
+        let created = if self.needs_room() {
+            // Nothing left to evict, and evicted segments still being read hold the space.
+            Err(Error::SpaceHeld)
+        } else {
             let id = SegmentId(self.next_segment_id);
             self.next_segment_id += 1;
-            match Segment::create(&self.dir, id, self.segment_size) {
-                Ok(s) => break Arc::new(s),
-                // The device is fuller than our budget says: give back a segment and retry.
-                Err(Error::NoSpace) if self.evict_oldest(Some(&mut rescued)) => continue,
-                Err(e) => {
-                    self.drop_rescued(rescued);
-                    self.publish_sizes();
-                    return Err(e);
-                }
+            Segment::create(&self.dir, id, self.segment_size).map(Arc::new)
+        };
+        let seg = match created {
+            Ok(seg) => seg,
+            Err(e) => {
+                // Not one more segment is evicted for a full device (store: Disk full).
+                self.drop_rescued(rescued);
+                self.condemn(evicted);
+                self.publish_sizes();
+                return Err(e);
             }
         };
         self.segment_bytes += seg.len();
         self.segments.insert(seg.id(), Arc::clone(&seg));
         self.active = Some(Active { seg, pos: 0 });
         self.reinsert(rescued, reserve_for);
+        self.condemn(evicted);
         self.publish_sizes();
         Ok(())
     }
 
-    /// Evict the oldest segment. Hot entries go to `rescue` (if given) and stay indexed
-    /// until reinserted or dropped; the rest are removed now. False if none is left.
-    pub(super) fn evict_oldest(&mut self, rescue: Option<&mut Vec<Arc<Entry>>>) -> bool {
-        let Some((id, seg)) = self.segments.pop_first() else {
-            return false;
-        };
+    /// Would a new segment break the budget (see the module doc)?
+    fn needs_room(&self) -> bool {
+        let live = self.live_bytes();
+        live + self.segment_size > self.capacity || live + self.held_bytes() > self.capacity
+    }
+
+    /// Evict the oldest segment (unlinked, not yet condemned: see [`Self::condemn`]).
+    /// Hot entries go to `rescue` (if given) and stay indexed until reinserted or
+    /// dropped; the rest are removed now. `None` if none is left.
+    pub(super) fn evict_oldest(
+        &mut self,
+        rescue: Option<&mut Vec<Arc<Entry>>>,
+    ) -> Option<Arc<Segment>> {
+        let (id, seg) = self.segments.pop_first()?;
         if let Err(e) = seg.unlink() {
             tracing::warn!(error = %e, "evicted cache segment not removed");
         }
@@ -80,7 +105,18 @@ impl ShardStore {
         self.reader.count_evicted(dropped);
         self.reader.count_segment_evicted();
         tracing::debug!(segment = %id, dropped, "cache segment evicted");
-        true
+        Some(seg)
+    }
+
+    /// Condemn evicted segments that no index entry points into any more: their blocks
+    /// are freed now, or (held) when the last pin on them goes.
+    fn condemn(&mut self, evicted: Vec<Arc<Segment>>) {
+        for seg in evicted {
+            seg.condemn();
+            if !seg.is_reclaimed() {
+                self.held.push(seg);
+            }
+        }
     }
 
     fn drop_rescued(&self, rescued: Vec<Arc<Entry>>) {
@@ -118,15 +154,6 @@ impl ShardStore {
                 self.drop_rescued(vec![e]);
                 continue;
             }
-            // In bounds: checked when the entry was built.
-            let start = e.body_offset() as usize;
-            let body = &e.segment.as_slice()[start..start + e.body_len as usize];
-            if crc32fast::hash(body) != e.body_crc {
-                if self.reader.index.remove_if_same(&e) {
-                    self.reader.count_corrupt(1);
-                }
-                continue;
-            }
             let Some((seg, off)) = self.try_reserve(total) else {
                 self.drop_rescued(vec![e]);
                 continue;
@@ -141,15 +168,32 @@ impl ShardStore {
             let mut head = live_header(&e.key, &meta, &loc).to_vec();
             head.extend_from_slice(e.key.as_bytes());
             head.extend_from_slice(&meta);
-            // Body first, header last: a crash in between leaves a zero header.
+            // Body first, read back with `pread` and its CRC re-checked on the way;
+            // header last: a crash in between leaves a zero header.
             let body_at = off + head.len() as u64;
-            let written = seg
-                .write_at(body_at, body)
-                .and_then(|()| seg.write_at(off, &head));
-            if let Err(err) = written {
-                tracing::warn!(error = %err, "second-chance copy failed");
-                self.drop_rescued(vec![e]);
-                continue;
+            let copied = crc_of(&e.segment, e.body_offset(), e.body_len, |at, chunk| {
+                seg.write_at(body_at + at, chunk)
+            });
+            let outcome = match copied {
+                Ok(crc) if crc == e.body_crc => seg.write_at(off, &head).map(|()| true),
+                Ok(_) => Ok(false),
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.kill_reservation(&seg, off, total);
+                    if self.reader.index.remove_if_same(&e) {
+                        self.reader.count_corrupt(1);
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "second-chance copy failed");
+                    self.kill_reservation(&seg, off, total);
+                    self.drop_rescued(vec![e]);
+                    continue;
+                }
             }
             self.dirty.insert(seg.id());
             let new = Entry::new(Arc::clone(&e.key), seg, loc, Arc::clone(&e.meta), true);
@@ -159,17 +203,34 @@ impl ShardStore {
         }
     }
 
+    /// A reservation that will not hold a record gets a dead header, so replay steps
+    /// over it; if even that fails, the segment is sealed (replay stops at a zero
+    /// header, so nothing may follow it).
+    fn kill_reservation(&mut self, seg: &Segment, off: u64, total: u64) {
+        self.dirty.insert(seg.id());
+        if seg.write_at(off, &dead_header(total)).is_err()
+            && self.active.as_ref().is_some_and(|a| a.seg.id() == seg.id())
+        {
+            self.active = None;
+        }
+    }
+
     /// Evict oldest segments (no second chance) while over capacity, keeping the active
     /// segment (used after open and after a checkpoint grew).
     pub(super) fn shrink_to_capacity(&mut self) -> Result<(), Error> {
+        self.held.retain(|s| !s.is_reclaimed());
         while self.bytes_on_disk() > self.capacity {
             let oldest_is_active = match (self.segments.first_key_value(), &self.active) {
                 (Some((id, _)), Some(a)) => *id == a.seg.id(),
                 (None, _) => true,
                 _ => false,
             };
-            if oldest_is_active || !self.evict_oldest(None) {
+            if oldest_is_active {
                 break;
+            }
+            match self.evict_oldest(None) {
+                Some(seg) => self.condemn(vec![seg]),
+                None => break,
             }
         }
         self.publish_sizes();
@@ -229,13 +290,19 @@ mod tests {
     }
 
     #[test]
-    fn cold_key_is_evicted_but_a_held_hit_keeps_its_bytes() {
+    fn cold_key_is_evicted_and_only_a_pinned_reader_keeps_its_bytes() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(dir.path(), CAP);
         let r = s.reader();
         put(&mut s, "/old", &body(1, 4000), "o");
+        put(&mut s, "/cold", &body(2, 4000), "c");
         let hit = r.lookup("/old").unwrap();
         assert!(hit.verify());
+        let cold = r.lookup("/cold").unwrap();
+        // A send of "/old" in flight pins its segment.
+        let pin = hit.segment.pin().unwrap();
+        let fd = std::fs::File::open(hit.segment.path()).unwrap();
         let path = hit.segment.path().to_path_buf();
         // Looked up once → one second chance; then it must go on the next lap.
         for i in 0..400u64 {
@@ -243,9 +310,31 @@ mod tests {
         }
         assert!(r.lookup("/old").is_none());
         assert!(!path.exists(), "evicted segment file unlinked");
-        assert_eq!(hit.body(), &body(1, 4000)[..]);
-        assert!(hit.verify());
         assert!(s.stats().reinserted >= 1);
+        // Pinned: the bytes stay (and count as held space) until the send is done.
+        let mut got = vec![0u8; 4000];
+        hit.segment
+            .read_at(hit.body_offset as u64, &mut got)
+            .unwrap();
+        assert_eq!(got, body(1, 4000));
+        assert!(fd.metadata().unwrap().blocks() * 512 >= SEG);
+        assert!(
+            hit.segment.pin().is_none(),
+            "no new reader of an evicted segment"
+        );
+        assert!(s.stats().bytes_on_disk <= CAP + SEG, "{:?}", s.stats());
+        drop(pin);
+        // The last pin gave the blocks back at once, with readers' Arcs still around.
+        assert!(
+            fd.metadata().unwrap().blocks() * 512 < SEG,
+            "{} bytes still allocated",
+            fd.metadata().unwrap().blocks() * 512
+        );
+        put(&mut s, "/g", &body(7, 4000), "g");
+        s.checkpoint().unwrap();
+        assert!(s.stats().bytes_on_disk <= CAP, "{:?}", s.stats());
+        // A stale, unpinned hit never yields the zeros as a body.
+        assert!(!cold.verify() || cold.read_body().is_err());
     }
 
     #[test]

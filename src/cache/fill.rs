@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::coalesce::{BodyView, FillError, FillGuard, FillState, Inflight, InflightTable};
+use super::error::Error;
 use super::format::{unix_now, ObjectMeta};
 use super::negative::NegativeCache;
 use super::store::ShardStore;
@@ -105,7 +106,9 @@ impl Filler<'_> {
                     Some(hit) => {
                         if key == helm::INDEX_KEY && self.helm.digests.is_empty() && hit.verify() {
                             // After a restart: learn the digests from the stored index.
-                            self.helm.digests.update_from_index(hit.body());
+                            if let Ok(index) = hit.read_body() {
+                                self.helm.digests.update_from_index(&index);
+                            }
                         }
                         inflight.publish(FillState::NotModified(hit));
                     }
@@ -167,13 +170,19 @@ impl Filler<'_> {
                 self.metrics
                     .fill_skipped
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(key, error = %e, "not caching: passing through");
+                if matches!(e, Error::NoSpace) {
+                    // The store says so once per interval, not once per object.
+                    tracing::debug!(key, error = %e, "not caching: passing through");
+                } else {
+                    tracing::warn!(key, error = %e, "not caching: passing through");
+                }
                 inflight.publish(FillState::Passthrough);
                 return;
             }
         };
         let view = BodyView {
             segment: rec.segment.clone(),
+            pin: rec.pin.clone(),
             body_offset: rec.body_offset,
             body_len: len,
             meta: Arc::new(object),
@@ -327,6 +336,7 @@ impl Filler<'_> {
                 .map(|rec| {
                     let view = BodyView {
                         segment: rec.segment.clone(),
+                        pin: rec.pin.clone(),
                         body_offset: rec.body_offset,
                         body_len: body.len() as u64,
                         meta: Arc::new(object.clone()),

@@ -10,14 +10,77 @@
 //!   ([`Entry::new`] refuses anything else), so reading a body never goes out of bounds.
 //! - The map is keyed by the FULL key; hash collisions only cost a comparison. Each
 //!   record also stores its key, and [`Entry::verify`] compares it.
+//! - Records are read back with `pread` ([`read_head`], [`Entry::verify`]), never
+//!   through the segment mapping (see [`super::segment`]: a shrunk file must not SIGBUS).
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::error::Error;
 use super::format::ObjectMeta;
-use super::format::{self, RecordKind, HEADER_LEN};
+use super::format::{self, FormatError, RecordHeader, RecordKind, HEADER_LEN};
 use super::segment::{Segment, SegmentId};
+
+/// Bodies are read back (to check their CRC, or to copy them) this much at a time.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// Why a record could not be read back.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The bytes are there but do not form a valid record.
+    Format(FormatError),
+    /// The bytes could not be read (the file shrank, or an I/O error).
+    Io(Error),
+}
+
+/// Reads the header, key and meta of the record at `offset` with `pread`, checks that
+/// every length lies inside the segment and verifies the header CRC. `buf` receives
+/// key ‖ meta (split at `header.key_len`). The body is not read.
+pub fn read_head(seg: &Segment, offset: u64, buf: &mut Vec<u8>) -> Result<RecordHeader, ReadError> {
+    let room = seg
+        .len()
+        .checked_sub(offset)
+        .filter(|&r| r >= HEADER_LEN as u64)
+        .ok_or(ReadError::Format(FormatError::Truncated))?;
+    let mut head = [0u8; HEADER_LEN];
+    seg.read_at(offset, &mut head).map_err(ReadError::Io)?;
+    let (h, stored) = RecordHeader::decode(&head).map_err(ReadError::Format)?;
+    if h.record_len() > room {
+        return Err(ReadError::Format(FormatError::Truncated));
+    }
+    let key_len = usize::from(h.key_len);
+    buf.clear();
+    buf.resize(key_len + usize::from(h.meta_len), 0);
+    seg.read_at(offset + HEADER_LEN as u64, buf)
+        .map_err(ReadError::Io)?;
+    let (key, meta) = buf.split_at(key_len);
+    if format::header_crc(&head[..36], key, meta) != stored {
+        return Err(ReadError::Format(FormatError::ChecksumMismatch));
+    }
+    Ok(h)
+}
+
+/// CRC-32 of `len` bytes of `seg` from `offset`, read with `pread` in chunks; each chunk
+/// is also handed to `each` (at its offset from `offset`).
+pub fn crc_of(
+    seg: &Segment,
+    offset: u64,
+    len: u64,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), Error>,
+) -> Result<u32, Error> {
+    let mut buf = vec![0u8; (len as usize).min(READ_CHUNK)];
+    let mut crc = crc32fast::Hasher::new();
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        seg.read_at(offset + done, &mut buf[..n])?;
+        crc.update(&buf[..n]);
+        each(done, &buf[..n])?;
+        done += n as u64;
+    }
+    Ok(crc.finalize())
+}
 
 /// Where and what a committed record is.
 #[derive(Debug)]
@@ -111,26 +174,35 @@ impl Entry {
     }
 
     /// Full check unless already done: header CRC, kind, stored key == this key,
-    /// lengths, body CRC == the index's CRC. Caches a success.
+    /// lengths, body CRC == the index's CRC, all read with `pread`. Caches a success.
+    /// A failure may mean the segment shrank: see [`Segment::intact_len`].
     pub fn verify(&self) -> bool {
         if self.verified.load(Ordering::Acquire) {
             return true;
         }
-        let ok = match format::read_record(self.segment.as_slice(), self.offset) {
-            Ok(v) => {
-                v.header.kind == RecordKind::Object
-                    && v.key == self.key.as_bytes()
-                    && v.header.meta_len == self.record_meta_len
-                    && v.header.body_len == self.body_len
-                    && v.header.body_crc == self.body_crc
-                    && v.body_ok()
-            }
-            Err(_) => false,
-        };
+        let ok = self.check().unwrap_or(false);
         if ok {
             self.verified.store(true, Ordering::Release);
         }
         ok
+    }
+
+    fn check(&self) -> Result<bool, ReadError> {
+        let mut km = Vec::new();
+        let h = read_head(&self.segment, self.offset, &mut km)?;
+        let same = h.kind == RecordKind::Object
+            && &km[..usize::from(h.key_len)] == self.key.as_bytes()
+            && h.meta_len == self.record_meta_len
+            && h.body_len == self.body_len
+            && h.body_crc == self.body_crc;
+        if !same {
+            return Ok(false);
+        }
+        let crc = crc_of(&self.segment, self.body_offset(), self.body_len, |_, _| {
+            Ok(())
+        })
+        .map_err(ReadError::Io)?;
+        Ok(crc == self.body_crc)
     }
 
     /// Same record (same place in the same segment)?
@@ -232,6 +304,14 @@ impl<S: BuildHasher> Index<S> {
     pub fn remove_older(&self, key: &str, seq: u64) -> bool {
         matches!(
             self.map.pin().remove_if(key, |_, e| e.seq < seq),
+            Ok(Some(_))
+        )
+    }
+
+    /// Remove `key` if its entry lives in segment `id` (any thread).
+    pub fn remove_in_segment(&self, key: &str, id: SegmentId) -> bool {
+        matches!(
+            self.map.pin().remove_if(key, |_, e| e.segment_id() == id),
             Ok(Some(_))
         )
     }

@@ -15,14 +15,20 @@
 //!    writer of its shard), which streams the upstream body into its segment
 //!    ([`fill::Filler`]) and publishes progress to every waiter on every
 //!    worker.
-//! 3. Hits are read by any worker straight from the segment mmaps through the
-//!    shard's lock-free index.
+//! 3. Hits are read by any worker straight from the segment mmaps (or files,
+//!    for `sendfile`) through the shard's lock-free index, under a
+//!    [`SegmentPin`] that keeps an evicted segment's bytes until the send is done.
+//!    A record that fails verification or whose send fails because its segment
+//!    file shrank is dropped and refetched ([`Cache::body_send_failed`]).
+//! 4. A full cache device pauses admission (new objects pass through uncached,
+//!    everything cached is served; [`Cache::disk_full_shards`]).
 //!
 //! # Layout (bottom up: no module imports one that imports it back)
 //! - [`error`]: the storage layer's error type.
 //! - [`format`](mod@format): the on-disk record and checkpoint formats (byte tables in its
 //!   doc) and [`ObjectMeta`], the metadata stored beside each body.
-//! - [`segment`]: preallocated segment files, `pwrite` appends, read-only mmaps.
+//! - [`segment`]: preallocated segment files, `pwrite` appends, `pread` reads,
+//!   read-only mmaps for the kernel, pins, hole punching of evicted segments.
 //! - [`index`]: key → record location, shared read-only with other workers.
 //! - [`checkpoint`]: two alternating index checkpoint files with per-entry CRCs.
 //! - [`recover`]: startup: newest valid checkpoint + log replay, torn-tail truncation.
@@ -60,7 +66,7 @@ pub use coalesce::{Answer, BodyView, FillError, FillWait};
 pub use format::ObjectMeta;
 pub use owner::{FillContext, ShardOwner, ShardParts};
 pub use shard::{DirLock, Error as OpenError};
-pub use store::{Hit, Segment, StoreStats};
+pub use store::{Hit, Segment, SegmentPin, StoreStats};
 
 use coalesce::{FillState, InflightTable, Join};
 use negative::NegativeCache;
@@ -189,10 +195,15 @@ impl Cache {
         let existing = reader.lookup(key).filter(|hit| {
             let ok = hit.verify();
             if !ok {
-                reader.drop_corrupt(key, hit);
-                metrics
-                    .corrupt_dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if hit.segment.check_size().is_some() {
+                    // The file shrank: this and every other record past the cut go.
+                    reader.drop_truncated(&hit.segment);
+                } else {
+                    reader.drop_corrupt(key, hit);
+                    metrics
+                        .corrupt_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             ok
         });
@@ -243,6 +254,32 @@ impl Cache {
             }
         };
         Lookup::Filling(FillWait::new(&inflight, existing, self.patience))
+    }
+
+    /// Sending a stored body of `key` from `segment` failed with `error` (the caller
+    /// closes the connection: part of the response may be out). When the error came
+    /// from the file — it shrank under us (`EFAULT` from the mapping, end of file for
+    /// `sendfile`), or it cannot be read (`EIO`) — the affected records are dropped, so
+    /// this happens once and the next request refetches: every record past the cut
+    /// when the segment file shrank, else this key's record. A client going away
+    /// changes nothing.
+    pub fn body_send_failed(&self, key: &str, segment: &Segment, error: &std::io::Error) {
+        let reader = self.reader_for(key);
+        if segment.check_size().is_some() {
+            reader.drop_truncated(segment);
+            return;
+        }
+        let from_file = matches!(error.raw_os_error(), Some(libc::EFAULT | libc::EIO))
+            || error.kind() == std::io::ErrorKind::UnexpectedEof;
+        if from_file {
+            reader.drop_unreadable(key, segment);
+        }
+    }
+
+    /// How many shards refuse new objects because the cache device is full (see
+    /// [`store`], Disk full).
+    pub fn disk_full_shards(&self) -> usize {
+        self.readers.iter().filter(|r| r.stats().disk_full).count()
     }
 
     /// Removes a key or every key under a prefix, on their owner shards, and

@@ -5,7 +5,7 @@
 //! loop ([`ShardOwner::spawn`]) runs the [`ShardJob`]s the facade
 //! ([`super::Cache`]) sends it: each fill becomes a task running a
 //! [`Filler`]; purges are answered in place. The worker's housekeeping asks it
-//! for stats and checkpoints.
+//! for stats and checkpoints, and to recheck a full device.
 //!
 //! Does not own: deciding what to fill or purge (the facade), the wire (the
 //! server).
@@ -118,6 +118,12 @@ impl ShardOwner {
             helm: &self.fill.helm,
             verify_digests: self.fill.verify_digests,
         }
+    }
+
+    /// Periodic chores of the store: resume admission paused by a full device once
+    /// it has room again (see [`ShardStore::recheck_space`]).
+    pub fn recheck_space(&self) {
+        self.store.borrow_mut().recheck_space();
     }
 
     /// The shard's counters.

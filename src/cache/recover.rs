@@ -7,8 +7,8 @@
 //!    *unverified*. No copy valid → start from the beginning of the oldest segment
 //!    (a full rebuild).
 //! 3. Replay forward from the checkpoint's log position through every later segment,
-//!    reading headers + key + meta only (never bodies: the body CRC is checked at first
-//!    serve). Objects are inserted unless the index holds a newer sequence number (or
+//!    reading headers + key + meta only, with `pread` (never bodies: the body CRC is
+//!    checked at first serve; never through the mapping, see [`super::segment`]). Objects are inserted unless the index holds a newer sequence number (or
 //!    that very record, whose meta may have been refreshed); tombstones remove older
 //!    entries; dead records (aborted or unfinished fills) are stepped over. A segment's
 //!    replay stops at the first all-zero header (end of log) or at the first record that
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::checkpoint::{self, CheckpointState};
 use super::error::Error;
 use super::format::{self, FormatError, RecordKind, HEADER_LEN};
-use super::index::{Entry, Index, Location};
+use super::index::{read_head, Entry, Index, Location, ReadError};
 use super::segment::{self, Segment, SegmentId};
 
 /// What recovery found (for logs and tests).
@@ -152,30 +152,34 @@ fn replay_segment(
     next_seq: &mut u64,
     report: &mut RecoveryReport,
 ) -> u64 {
-    let bytes = seg.as_slice();
+    let mut km = Vec::new();
     let mut pos = start;
     loop {
         if pos + HEADER_LEN as u64 > seg.len() {
             return pos.min(seg.len());
         }
-        let v = match format::read_record(bytes, pos) {
-            Ok(v) => v,
-            Err(FormatError::Empty) => return pos,
+        let h = match read_head(seg, pos, &mut km) {
+            Ok(h) => h,
+            Err(ReadError::Format(FormatError::Empty)) => return pos,
             Err(e) => {
-                tracing::warn!(segment = %seg.id(), offset = pos, error = %e,
+                let error = match e {
+                    ReadError::Format(f) => f.to_string(),
+                    ReadError::Io(io) => io.to_string(),
+                };
+                tracing::warn!(segment = %seg.id(), offset = pos, error = %error,
                     "cache log damaged; rest of segment ignored");
                 report.damaged_segments += 1;
                 return pos;
             }
         };
+        let (key, meta) = km.split_at(usize::from(h.key_len));
         report.replayed_records += 1;
-        let h = v.header;
         if h.kind != RecordKind::Dead {
             *next_seq = (*next_seq).max(h.seq.saturating_add(1));
         }
-        match (h.kind, std::str::from_utf8(v.key)) {
+        match (h.kind, std::str::from_utf8(key)) {
             (RecordKind::Object, Ok(key)) => {
-                if let Ok(meta) = format::decode_meta(v.meta) {
+                if let Ok(meta) = format::decode_meta(meta) {
                     let loc = Location {
                         offset: pos,
                         record_meta_len: h.meta_len,
@@ -198,7 +202,7 @@ fn replay_segment(
             }
             _ => {}
         }
-        // `read_record` checked the record lies inside the segment.
+        // `read_head` checked the record lies inside the segment.
         pos += h.record_len();
     }
 }
@@ -468,7 +472,7 @@ mod tests {
                     let etag = hit.meta.etag.clone().unwrap_or_default();
                     let want = versions.get(&(key.clone(), etag.clone()));
                     assert_eq!(
-                        Some(hit.body()),
+                        Some(&hit.body()[..]),
                         want.map(|v| &v[..]),
                         "trial {trial} key {key} etag {etag}"
                     );

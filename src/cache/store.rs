@@ -1,9 +1,9 @@
 //! One shard's storage engine: [`ShardStore`] (the owner's handle: writes, removes,
 //! checkpoints, eviction) and [`ShardReader`] (everyone's handle: lock-free lookups).
 //!
-//! Synchronous std code: `pwrite` into preallocated segments, read-only mmaps, no
-//! network I/O. Exactly one thread owns a `ShardStore`; any thread may hold the
-//! `Arc<ShardReader>`.
+//! Synchronous std code: `pwrite` into preallocated segments, `pread` to read back,
+//! read-only mmaps for the kernel's sends, no network I/O. Exactly one thread owns a
+//! `ShardStore`; any thread may hold the `Arc<ShardReader>`.
 //!
 //! # Write protocol
 //! 1. [`ShardStore::begin`] reserves `header + key + meta + body_len` in the active
@@ -11,24 +11,53 @@
 //!    writes a *dead* header (covering the whole reservation) + key + meta in one
 //!    `pwrite`. A crash or an abort from here on leaves a record replay steps over.
 //! 2. [`ShardStore::append`] `pwrite`s body bytes in order (on the file before it
-//!    returns, so other threads can read the prefix through `segment.as_slice()`),
-//!    computing the body CRC as it goes.
+//!    returns, so other threads can send the prefix from the segment), computing the
+//!    body CRC as it goes.
 //! 3. [`ShardStore::commit`] checks the length, overwrites the header with the live one
 //!    (both CRCs, a fresh sequence number), then inserts the index entry, already
 //!    verified. [`ShardStore::abort`] just forgets the reservation.
 //!
-//! A segment evicted while a fill was pending still takes the writes (the file is
-//! unlinked, the fd and map live on); its commit succeeds but indexes nothing.
+//! A pending record pins its segment ([`PendingRecord::pin`]): a segment evicted while a
+//! fill was pending still takes the writes and keeps its bytes for the fill's waiters;
+//! its commit succeeds but indexes nothing, and its space is freed when the last pin
+//! goes (see [`super::segment`]).
 //!
 //! # Capacity
-//! `bytes_on_disk` = segment files (full preallocated size) + both checkpoint copies.
-//! A new segment is only created when it fits under `capacity`, after evicting the
-//! oldest segments (see [`super::evict`]). Capacity must allow at least one segment.
+//! `bytes_on_disk` = live segment files (full preallocated size) + both checkpoint
+//! copies + evicted segments whose space is not given back yet (pinned by a fill or a
+//! send in flight). A new segment is only created when live segments and checkpoints
+//! stay within `capacity` with it, and all of it within `capacity` plus that one new
+//! segment, after evicting the oldest segments (see [`super::evict`]); evicted
+//! segments give their blocks back at once unless pinned. So the shard's real disk use
+//! stays within `capacity` + one segment, the segment being created or reclaimed
+//! (more only while more than one evicted segment is still being sent to slow clients;
+//! the next rotation evicts live data to make up for them). Capacity must allow at
+//! least one segment.
+//!
+//! # Disk full
+//! ENOSPC / EDQUOT creating (or writing) a segment, or writing a checkpoint, pauses
+//! admission: nothing is evicted for it, everything indexed keeps being served,
+//! records that still fit in the active segment's preallocated space are still
+//! written, and new objects that need a new segment are refused ([`Error::NoSpace`]:
+//! the filler passes them through uncached) without touching the disk until
+//! [`NO_SPACE_RETRY`] has passed and the next one tries again, or the device shows
+//! room for a segment ([`ShardStore::recheck_space`], periodic). Logged once per
+//! [`NO_SPACE_LOG_EVERY`], counted ([`StoreStats::no_space_errors`]) and shown while
+//! it lasts ([`StoreStats::disk_full`]).
+//!
+//! # A segment file that shrank
+//! When a read or a send finds a segment's file shorter than written (truncated by
+//! another process or a failing disk; see [`super::segment`]), every entry of that
+//! segment past its intact length is dropped ([`ShardReader::drop_truncated`], any
+//! thread; logged and counted once per segment) and those objects are refetched; the
+//! segment takes no more writes (its writes fail, and the owner leaves it as the
+//! active segment).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, CheckpointState};
 use super::error::Error;
@@ -39,7 +68,12 @@ use super::index::{Entry, Index, Location};
 use super::recover::{self, RecoveryReport};
 use super::segment::{SegmentId, MIN_SEGMENT_SIZE};
 
-pub use super::segment::Segment;
+pub use super::segment::{Segment, SegmentPin};
+
+/// After ENOSPC / EDQUOT, new segments are not tried again before this.
+pub const NO_SPACE_RETRY: Duration = Duration::from_secs(1);
+/// A full disk is logged at most this often (per shard).
+pub const NO_SPACE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -67,6 +101,14 @@ pub struct StoreStats {
     pub segments_evicted: u64,
     /// Hot objects copied forward at eviction (second chance).
     pub reinserted: u64,
+    /// Segment files found shorter than written (truncated by someone else).
+    pub truncated_segments: u64,
+    /// Entries dropped because their segment file was truncated under them.
+    pub truncated_dropped: u64,
+    /// ENOSPC / EDQUOT errors creating or writing segments.
+    pub no_space_errors: u64,
+    /// Admission is paused because the device is full (see the module doc).
+    pub disk_full: bool,
 }
 
 /// A lookup result: where the body lives. Cheap to clone.
@@ -91,13 +133,23 @@ impl std::fmt::Debug for Hit {
 }
 
 impl Hit {
-    /// The body bytes (always in bounds of the mapping).
-    pub fn body(&self) -> &[u8] {
-        &self.segment.as_slice()[self.body_offset..self.body_offset + self.body_len]
+    /// A copy of the body, read with `pread` under a pin (the index digests of a
+    /// stored `index.yaml`). Not verified: call [`Hit::verify`] first.
+    pub fn read_body(&self) -> Result<Vec<u8>, Error> {
+        let _pin = self.segment.pin().ok_or(Error::Evicted)?;
+        let mut body = vec![0u8; self.body_len];
+        self.segment.read_at(self.body_offset as u64, &mut body)?;
+        Ok(body)
+    }
+    /// The body bytes (tests).
+    #[cfg(test)]
+    pub fn body(&self) -> Vec<u8> {
+        self.read_body().expect("body readable")
     }
     /// Full integrity check (header CRC, key, body CRC) unless this record was
     /// already verified in this process. False → the caller must not serve it
-    /// (and should call [`ShardReader::drop_corrupt`]).
+    /// (and should call [`ShardReader::drop_corrupt`], or
+    /// [`ShardReader::drop_truncated`] when the segment shrank).
     pub fn verify(&self) -> bool {
         self.entry.verify()
     }
@@ -115,6 +167,10 @@ struct Counters {
     corrupt_dropped: AtomicU64,
     segments_evicted: AtomicU64,
     reinserted: AtomicU64,
+    truncated_segments: AtomicU64,
+    truncated_dropped: AtomicU64,
+    no_space_errors: AtomicU64,
+    disk_full: AtomicBool,
 }
 
 /// Everyone's handle: lookups without locks. `Send + Sync`, shared as `Arc`.
@@ -154,6 +210,49 @@ impl ShardReader {
         true
     }
 
+    /// `segment`'s file was found shorter than written: drop every entry of it that
+    /// reaches past its intact length (any thread; the next requests refetch them).
+    /// Logged and counted once per segment; returns how many entries were dropped now.
+    pub fn drop_truncated(&self, segment: &Segment) -> usize {
+        let Some(intact) = segment.intact_len() else {
+            return 0;
+        };
+        let gone: Vec<Arc<Entry>> = self
+            .index
+            .entries_in(segment.id())
+            .into_iter()
+            .filter(|e| e.offset.saturating_add(e.record_len()) > intact)
+            .collect();
+        let dropped = gone.iter().filter(|e| self.index.remove_if_same(e)).count();
+        self.counters
+            .truncated_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        if segment.first_shrink_report() {
+            self.counters
+                .truncated_segments
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                segment = %segment.path().display(),
+                size = segment.len(),
+                intact,
+                dropped,
+                "cache segment file was truncated by someone else: records past its end dropped (refetched on demand)"
+            );
+        }
+        dropped
+    }
+
+    /// A body of `key` in `segment` could not be read for a send (I/O error, not a
+    /// truncation): drop that entry so the next request refetches. True if removed.
+    pub fn drop_unreadable(&self, key: &str, segment: &Segment) -> bool {
+        if !self.index.remove_in_segment(key, segment.id()) {
+            return false;
+        }
+        self.count_corrupt(1);
+        tracing::warn!(key, segment = %segment.id(), "unreadable cache record dropped");
+        true
+    }
+
     pub fn stats(&self) -> StoreStats {
         let c = &self.counters;
         StoreStats {
@@ -164,6 +263,10 @@ impl ShardReader {
             segments: c.segments.load(Ordering::Relaxed),
             segments_evicted: c.segments_evicted.load(Ordering::Relaxed),
             reinserted: c.reinserted.load(Ordering::Relaxed),
+            truncated_segments: c.truncated_segments.load(Ordering::Relaxed),
+            truncated_dropped: c.truncated_dropped.load(Ordering::Relaxed),
+            no_space_errors: c.no_space_errors.load(Ordering::Relaxed),
+            disk_full: c.disk_full.load(Ordering::Relaxed),
         }
     }
 
@@ -188,6 +291,8 @@ impl ShardReader {
 /// A fill in progress. Must end in [`ShardStore::commit`] or [`ShardStore::abort`].
 pub struct PendingRecord {
     pub segment: Arc<Segment>,
+    /// Keeps the segment's bytes while the fill runs (and for its waiters: clone it).
+    pub pin: SegmentPin,
     /// Where the body starts in `segment`.
     pub body_offset: usize,
     /// Declared body length.
@@ -232,7 +337,21 @@ pub struct ShardStore {
     pub(super) dirty: BTreeSet<SegmentId>,
     pub(super) ckpt: CheckpointState,
     pub(super) reader: Arc<ShardReader>,
+    /// Evicted (condemned) segments whose blocks are not given back yet: pinned by a
+    /// fill or a send in flight. Pruned as they are reclaimed.
+    pub(super) held: Vec<Arc<Segment>>,
+    /// Set while admission is paused by a full device.
+    disk_full: Option<DiskFull>,
+    /// When a full device was last logged.
+    no_space_logged: Option<Instant>,
     report: RecoveryReport,
+}
+
+/// A paused admission (see the module doc, Disk full).
+#[derive(Debug, Clone, Copy)]
+struct DiskFull {
+    /// No new segment is tried before this.
+    retry_at: Instant,
 }
 
 /// Default segment size for a capacity: clamp(capacity/8, 1 MiB, 64 MiB), never more
@@ -290,6 +409,9 @@ impl ShardStore {
             dirty: BTreeSet::new(),
             ckpt: rec.ckpt,
             reader,
+            held: Vec::new(),
+            disk_full: None,
+            no_space_logged: None,
             report: rec.report,
         };
         store.shrink_to_capacity()?;
@@ -322,11 +444,27 @@ impl ShardStore {
         self.segment_size
     }
 
+    /// Live segments, checkpoints, and evicted segments not given back yet.
     pub(super) fn bytes_on_disk(&self) -> u64 {
+        self.live_bytes() + self.held_bytes()
+    }
+
+    /// Live segments and checkpoints.
+    pub(super) fn live_bytes(&self) -> u64 {
         self.segment_bytes + self.ckpt.bytes_on_disk()
     }
 
-    pub(super) fn publish_sizes(&self) {
+    /// Evicted segments whose blocks are still allocated (pinned by readers).
+    pub(super) fn held_bytes(&self) -> u64 {
+        self.held
+            .iter()
+            .filter(|s| !s.is_reclaimed())
+            .map(|s| s.len())
+            .sum()
+    }
+
+    pub(super) fn publish_sizes(&mut self) {
+        self.held.retain(|s| !s.is_reclaimed());
         let c = &self.reader.counters;
         c.bytes_on_disk
             .store(self.bytes_on_disk(), Ordering::Relaxed);
@@ -380,7 +518,7 @@ impl ShardStore {
         }
         let (seg, offset) = self.reserve(total)?;
         buf[..HEADER_LEN].copy_from_slice(&dead_header(total));
-        if let Err(e) = seg.write_at(offset, &buf) {
+        if let Err(e) = self.noted(seg.write_at(offset, &buf)) {
             // The reservation may now hold a zero or partial header that replay cannot
             // step over: seal the segment so nothing is written after it.
             if self.active.as_ref().is_some_and(|a| a.seg.id() == seg.id()) {
@@ -388,11 +526,16 @@ impl ShardStore {
             }
             return Err(e);
         }
+        let Some(pin) = seg.pin() else {
+            // Never: the active segment is not condemned (evicting it clears `active`).
+            return Err(Error::Evicted);
+        };
         self.pending.insert((seg.id(), offset));
         self.dirty.insert(seg.id());
         Ok(PendingRecord {
             body_offset: (offset + head.body_offset()) as usize,
             segment: seg,
+            pin,
             body_len,
             record_offset: offset,
             written: 0,
@@ -412,8 +555,10 @@ impl ShardStore {
                 written,
             });
         }
-        rec.segment
-            .write_at(rec.body_offset as u64 + rec.written, data)?;
+        self.noted(
+            rec.segment
+                .write_at(rec.body_offset as u64 + rec.written, data),
+        )?;
         rec.crc.update(data);
         rec.written = written;
         Ok(())
@@ -443,7 +588,7 @@ impl ShardStore {
             seq,
         };
         let header = live_header(&rec.key, &rec.meta_bytes, &loc);
-        rec.segment.write_at(rec.record_offset, &header)?;
+        self.noted(rec.segment.write_at(rec.record_offset, &header))?;
         match Entry::new(rec.key, rec.segment, loc, rec.meta, true) {
             Some(e) => {
                 self.reader.index.insert(Arc::new(e));
@@ -545,7 +690,8 @@ impl ShardStore {
             next_segment_id: self.next_segment_id,
             ..CheckpointHeader::default()
         };
-        checkpoint::write(&self.dir, &mut self.ckpt, header, count, &buf)?;
+        let written = checkpoint::write(&self.dir, &mut self.ckpt, header, count, &buf);
+        self.noted(written)?;
         self.shrink_to_capacity()?;
         self.publish_sizes();
         Ok(())
@@ -557,17 +703,55 @@ impl ShardStore {
         s
     }
 
-    /// Reserve `total` bytes; rotates to a new segment when the active one is full.
+    /// Reserve `total` bytes; rotates to a new segment when the active one is full
+    /// (not while admission is paused by a full device: see the module doc).
     pub(super) fn reserve(&mut self, total: u64) -> Result<(Arc<Segment>, u64), Error> {
         if let Some(r) = self.try_reserve(total) {
             return Ok(r);
         }
-        self.rotate(total)?;
+        if self.disk_full.is_some_and(|d| Instant::now() < d.retry_at) {
+            return Err(Error::NoSpace);
+        }
+        let rotated = self.rotate(total);
+        self.noted(rotated)?;
+        self.resume();
         self.try_reserve(total).ok_or(Error::TooLarge(total))
+    }
+
+    /// While admission is paused by a full device: once the retry interval has passed
+    /// and the device shows room for a segment again, resume (the next new object
+    /// creates it; if that still fails, admission pauses again). Called periodically.
+    pub fn recheck_space(&mut self) {
+        let Some(d) = self.disk_full else {
+            return;
+        };
+        if Instant::now() >= d.retry_at
+            && super::segment::free_space(&self.dir).is_some_and(|free| free >= self.segment_size)
+        {
+            self.resume();
+        }
+    }
+
+    fn resume(&mut self) {
+        if self.disk_full.take().is_some() {
+            self.reader
+                .counters
+                .disk_full
+                .store(false, Ordering::Relaxed);
+            tracing::info!(
+                shard = self.shard,
+                "cache device has space again: caching new objects"
+            );
+        }
     }
 
     pub(super) fn try_reserve(&mut self, total: u64) -> Option<(Arc<Segment>, u64)> {
         let a = self.active.as_mut()?;
+        if a.seg.intact_len().is_some() {
+            // Truncated under us: sealed, never written again.
+            self.active = None;
+            return None;
+        }
         let end = a.pos.checked_add(total)?;
         if end > a.seg.len() {
             return None;
@@ -575,6 +759,33 @@ impl ShardStore {
         let off = a.pos;
         a.pos = end;
         Some((Arc::clone(&a.seg), off))
+    }
+
+    /// Passes `r` through, pausing admission when it is ENOSPC / EDQUOT (see the module
+    /// doc): counted each time, logged once per [`NO_SPACE_LOG_EVERY`].
+    pub(super) fn noted<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
+        if let Err(Error::NoSpace) = &r {
+            let now = Instant::now();
+            self.disk_full = Some(DiskFull {
+                retry_at: now + NO_SPACE_RETRY,
+            });
+            let c = &self.reader.counters;
+            c.no_space_errors.fetch_add(1, Ordering::Relaxed);
+            c.disk_full.store(true, Ordering::Relaxed);
+            if self
+                .no_space_logged
+                .is_none_or(|t| now.duration_since(t) >= NO_SPACE_LOG_EVERY)
+            {
+                self.no_space_logged = Some(now);
+                tracing::warn!(
+                    shard = self.shard,
+                    dir = %self.dir.display(),
+                    objects = self.reader.index.len(),
+                    "cache device full (ENOSPC/EDQUOT): serving what is cached, passing new objects through uncached, retrying every {NO_SPACE_RETRY:?}; nothing is evicted for it"
+                );
+            }
+        }
+        r
     }
 
     /// Write a tombstone record (best effort: the in-memory removal already happened).
@@ -597,7 +808,7 @@ impl ShardStore {
             self.dirty.insert(seg.id());
             seg.write_at(off, &buf)
         });
-        if let Err(e) = r {
+        if let Err(e) = self.noted(r) {
             tracing::warn!(key, error = %e, "cache tombstone not logged; removal may not survive a crash");
         }
     }
@@ -720,10 +931,9 @@ mod tests {
         s.append(&mut rec, &b[..3000]).unwrap();
         // The appended prefix is readable through the segment before commit.
         let seg = Arc::clone(&rec.segment);
-        assert_eq!(
-            &seg.as_slice()[rec.body_offset..rec.body_offset + 3000],
-            &b[..3000]
-        );
+        let mut prefix = vec![0u8; 3000];
+        seg.read_at(rec.body_offset as u64, &mut prefix).unwrap();
+        assert_eq!(prefix, &b[..3000]);
         assert_eq!(rec.written(), 3000);
         assert!(reader.lookup("/a.tgz").is_none(), "indexed before commit");
         s.append(&mut rec, &b[3000..]).unwrap();
@@ -921,6 +1131,41 @@ mod tests {
             !r.drop_corrupt("/b", &hit),
             "only drops the same record once"
         );
+    }
+
+    #[test]
+    fn truncated_segment_drops_records_past_the_cut_and_takes_no_more_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        let r = s.reader();
+        for i in 0..8u64 {
+            put(&mut s, &format!("/k/{i}"), &body(i, 3000), "e");
+        }
+        let cut_at = r.index.get("/k/4").unwrap().body_offset();
+        let seg = Arc::clone(&r.index.get("/k/0").unwrap().segment);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(seg.path())
+            .unwrap();
+        f.set_len(cut_at).unwrap();
+        // Verified records are not read again; an unverified one is, with pread.
+        let hit = r.lookup("/k/6").unwrap();
+        hit.entry.verified.store(false, Ordering::Relaxed);
+        assert!(!hit.verify(), "a record past the cut never verifies");
+        assert_eq!(hit.segment.check_size(), Some(cut_at));
+        assert_eq!(r.drop_truncated(&hit.segment), 4);
+        assert_eq!(r.drop_truncated(&hit.segment), 0, "once");
+        for i in 0..8u64 {
+            let got = get(&r, &format!("/k/{i}"));
+            assert_eq!(got.is_some(), i < 4, "{i}");
+        }
+        let st = s.stats();
+        assert_eq!((st.truncated_segments, st.truncated_dropped), (1, 4));
+        // The next write goes to a new segment; the shrunk file is not extended.
+        put(&mut s, "/k/4", &body(4, 3000), "e");
+        assert_ne!(r.index.get("/k/4").unwrap().segment.id(), seg.id());
+        assert_eq!(f.metadata().unwrap().len(), cut_at);
+        assert_eq!(get(&r, "/k/4").unwrap(), body(4, 3000));
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //!    across all workers, conditional when a stored copy has an ETag): its body
 //!    streams as it lands (`MISS`), a 304 reuses the stored copy
 //!    (`REVALIDATED`), an upstream failure serves it as `STALE` when allowed.
+//!    A stored body is sent under a `SegmentPin` (an evicted segment's bytes
+//!    stay until the send is done; one evicted between lookup and send is
+//!    fetched for this client instead, `MISS`). A send that fails because the
+//!    segment file shrank (or cannot be read) closes the connection and tells
+//!    the cache, which drops what is gone, so it happens once.
 //! 4. **Bypass**: stream upstream's answer through, nothing stored (`BYPASS`).
 //!
 //! One `Exchange` value carries a request's state (worker, connection,
@@ -28,7 +33,9 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use crate::access_log::Entry;
-use crate::cache::{Answer, BodyView, FillError, FillWait, Hit, Lookup, ObjectMeta, Segment, Want};
+use crate::cache::{
+    Answer, BodyView, FillError, FillWait, Hit, Lookup, ObjectMeta, Segment, SegmentPin, Want,
+};
 use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
 use crate::http1::path::object_key;
 use crate::http1::render::{render, simple, ResponseHead};
@@ -50,6 +57,8 @@ pub struct Conn {
 /// A stored body, wherever it came from (a lookup or a fill).
 struct Stored<'a> {
     segment: &'a Arc<Segment>,
+    /// A fill's body comes pinned; a lookup's is pinned when sent.
+    pin: Option<&'a SegmentPin>,
     body_offset: usize,
     body_len: u64,
     meta: &'a ObjectMeta,
@@ -59,6 +68,7 @@ impl<'a> From<&'a Hit> for Stored<'a> {
     fn from(h: &'a Hit) -> Self {
         Stored {
             segment: &h.segment,
+            pin: None,
             body_offset: h.body_offset,
             body_len: h.body_len as u64,
             meta: &h.meta,
@@ -70,6 +80,7 @@ impl<'a> From<&'a BodyView> for Stored<'a> {
     fn from(v: &'a BodyView) -> Self {
         Stored {
             segment: &v.segment,
+            pin: Some(&v.pin),
             body_offset: v.body_offset,
             body_len: v.body_len,
             meta: &v.meta,
@@ -206,7 +217,11 @@ impl<'a> Exchange<'a> {
         let mut fill = match self.w.cache.get_or_fill(self.key, want, &self.w.metrics) {
             Lookup::Fresh(hit) => {
                 self.cache = CacheResult::Hit;
-                return self.serve_stored(&Stored::from(&hit)).await;
+                if self.serve_stored(&Stored::from(&hit)).await? {
+                    return Ok(());
+                }
+                // Evicted between the lookup and the send: fetch it for this client.
+                return self.bypass(CacheResult::Miss).await;
             }
             Lookup::NotFound => {
                 self.cache = CacheResult::Hit;
@@ -223,7 +238,10 @@ impl<'a> Exchange<'a> {
             Answer::Revalidated(hit) => {
                 self.upstream_status = Some(304);
                 self.cache = CacheResult::Revalidated;
-                self.serve_stored(&Stored::from(&hit)).await
+                if self.serve_stored(&Stored::from(&hit)).await? {
+                    return Ok(());
+                }
+                self.bypass(CacheResult::Miss).await
             }
             Answer::Response { meta, body } => {
                 self.cache = CacheResult::Miss;
@@ -233,7 +251,8 @@ impl<'a> Exchange<'a> {
             Answer::Unverified(view) => {
                 self.cache = CacheResult::Bypass;
                 self.upstream_status = Some(200);
-                self.serve_stored(&Stored::from(&view)).await
+                // Pinned by the view: always served.
+                self.serve_stored(&Stored::from(&view)).await.map(|_| ())
             }
             Answer::Passthrough => self.bypass(CacheResult::Miss).await,
             Answer::Failed(error) => {
@@ -247,14 +266,17 @@ impl<'a> Exchange<'a> {
     async fn failed(&mut self, fill: &FillWait, error: &FillError) -> std::io::Result<()> {
         if let Some(hit) = fill.stale_copy(error, self.w.cfg.cache.max_stale) {
             self.cache = CacheResult::Stale;
-            return self.serve_stored(&Stored::from(hit)).await;
+            if self.serve_stored(&Stored::from(hit)).await? {
+                return Ok(());
+            }
         }
         self.cache = CacheResult::Miss;
         tracing::warn!(key = self.key, status = error.status, error = %error.message, "upstream failed");
         self.respond_simple(error.status, &error.message).await
     }
 
-    /// Streams a fill (in progress or done) to this client from the segment mmap.
+    /// Streams a fill (in progress or done) to this client from the segment mmap
+    /// (pinned by the view).
     async fn stream_fill(&mut self, view: BodyView, mut fill: FillWait) -> std::io::Result<()> {
         let meta = &view.meta;
         let head_only = if not_modified(
@@ -286,11 +308,14 @@ impl<'a> Exchange<'a> {
             };
             if available > sent {
                 let slice = MmapSlice::new(
-                    view.segment.clone(),
+                    view.pin.clone(),
                     view.body_offset + sent as usize,
                     (available - sent) as usize,
                 );
-                send_all(&mut self.conn.stream, slice).await?;
+                if let Err(e) = send_all(&mut self.conn.stream, slice).await {
+                    self.w.cache.body_send_failed(self.key, &view.segment, &e);
+                    return Err(e);
+                }
                 self.bytes += available - sent;
                 sent = available;
             }
@@ -305,7 +330,11 @@ impl<'a> Exchange<'a> {
     }
 
     /// Serves a stored body: conditional → 304, Range → 206/416, else 200.
-    async fn serve_stored(&mut self, s: &Stored<'_>) -> std::io::Result<()> {
+    /// `Ok(false)`: the copy was evicted before its bytes could be pinned; nothing was
+    /// sent (the caller serves the object another way). A body that fails to go out
+    /// because its segment file shrank is reported to the cache, which drops what is
+    /// gone; the connection is closed (the caller sees the error).
+    async fn serve_stored(&mut self, s: &Stored<'_>) -> std::io::Result<bool> {
         let meta = s.meta;
         if not_modified(
             self.req.if_none_match.as_deref(),
@@ -313,7 +342,10 @@ impl<'a> Exchange<'a> {
             meta.etag.as_deref(),
             meta.last_modified.as_deref(),
         ) {
-            return self.send_object_head(meta, 304, None, None).await;
+            return self
+                .send_object_head(meta, 304, None, None)
+                .await
+                .map(|()| true);
         }
         let len = s.body_len;
         let (status, start, n, range) = match evaluate_range(self.req.range.as_deref(), len) {
@@ -329,34 +361,46 @@ impl<'a> Exchange<'a> {
             ),
             RangeOutcome::Unsatisfiable => {
                 let cr = format!("bytes */{len}");
-                return self.send_object_head(meta, 416, Some(0), Some(&cr)).await;
+                return self
+                    .send_object_head(meta, 416, Some(0), Some(&cr))
+                    .await
+                    .map(|()| true);
             }
         };
-        let head = self.object_head(meta, status, Some(n), range.as_deref());
         if self.req.method == Method::Head {
-            return self.send_head(head).await;
+            let head = self.object_head(meta, status, Some(n), range.as_deref());
+            return self.send_head(head).await.map(|()| true);
         }
+        // The bytes stay until the kernel is done with them, even if the segment is
+        // evicted meanwhile (cache::segment: pins).
+        let pin = match s.pin {
+            Some(pin) => pin.clone(),
+            None => match s.segment.pin() {
+                Some(pin) => pin,
+                None => return Ok(false),
+            },
+        };
+        let head = self.object_head(meta, status, Some(n), range.as_deref());
         let at = s.body_offset + start as usize;
         let sendfile = self.w.cfg.server.sendfile_threshold.is_some_and(|t| n >= t);
         let (res, head) = if sendfile {
-            send_head_and_file(
-                &mut self.conn.stream,
-                self.w.socket_mode,
-                head,
-                s.segment.clone(),
-                at as u64,
-                n as usize,
-            )
-            .await
+            let stream = &mut self.conn.stream;
+            send_head_and_file(stream, self.w.socket_mode, head, pin, at as u64, n as usize).await
         } else {
-            let body = MmapSlice::new(s.segment.clone(), at, n as usize);
+            let body = MmapSlice::new(pin, at, n as usize);
             send_head_and_body(&mut self.conn.stream, head, body).await
         };
         self.conn.head_buf = head;
-        if res.is_ok() {
-            self.bytes += n;
+        match res {
+            Ok(()) => {
+                self.bytes += n;
+                Ok(true)
+            }
+            Err(e) => {
+                self.w.cache.body_send_failed(self.key, s.segment, &e);
+                Err(e)
+            }
         }
-        res
     }
 
     /// A small in-memory answer from a fill (404, or an unstorable body).

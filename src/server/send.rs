@@ -10,9 +10,16 @@
 //!   which is what makes this path cheap.
 //! - [`send_head_and_body`] (smaller bodies, or `--sendfile-threshold off`):
 //!   head and body slice in one io_uring `writev` from the segment's read-only
-//!   mmap. [`MmapSlice`] keeps the segment alive (an `Arc`) for as long as the
-//!   kernel may read it, even if the segment is evicted meanwhile (evicted
-//!   segments are unlinked, never rewritten in place).
+//!   mmap. [`MmapSlice`] holds a `SegmentPin` (and so the mapping) for as long
+//!   as the kernel may read it, so an evicted segment's blocks are not freed
+//!   (hole-punched) under the send (`cache::segment`). The `sendfile` path's
+//!   caller holds a pin across the call in the same way.
+//!
+//! A segment file that another process truncated must not kill the process:
+//! only the kernel reads the mapping here, and it reports a page past the
+//! file's end as `EFAULT` (no `SIGBUS`); `sendfile(2)` past the end returns 0,
+//! which is reported as `UnexpectedEof`. Both are errors like any other (the
+//! caller closes the connection and tells the cache, which drops what is gone).
 //!
 //! Invariants of the sendfile path:
 //! - `sendfile(2)` is only ever called on a **non-blocking** socket, so a slow
@@ -53,32 +60,29 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoVecBuf};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::cache::store::Segment;
+use crate::cache::store::{Segment, SegmentPin};
 
-/// A byte range of a segment mapping, owned for the duration of a write.
+/// A byte range of a segment mapping, owned (and its bytes pinned) for the
+/// duration of a write: monoio keeps the buffer until the kernel completes
+/// the op, even when the future is dropped, so the pin outlives every read.
 pub struct MmapSlice {
-    segment: Arc<Segment>,
+    pin: SegmentPin,
     start: usize,
     len: usize,
 }
 
 impl MmapSlice {
-    /// `start..start+len` of the segment, clamped to the mapping.
-    pub fn new(segment: Arc<Segment>, start: usize, len: usize) -> MmapSlice {
-        let total = segment.as_slice().len();
+    /// `start..start+len` of the pinned segment, clamped to the mapping.
+    pub fn new(pin: SegmentPin, start: usize, len: usize) -> MmapSlice {
+        let total = pin.segment().len() as usize;
         let start = start.min(total);
         let len = len.min(total - start);
-        MmapSlice {
-            segment,
-            start,
-            len,
-        }
+        MmapSlice { pin, start, len }
     }
 
     pub fn len(&self) -> usize {
@@ -90,12 +94,14 @@ impl MmapSlice {
     }
 }
 
-// SAFETY: the pointer is into a read-only memory mapping owned by `segment`,
-// which this value keeps alive; the mapping never moves or shrinks while
-// mapped, and `start + len` was clamped to its length in `new`.
+// SAFETY: the pointer is into a read-only memory mapping owned by the pinned
+// segment, which this value keeps alive (and its bytes unpunched); the mapping never moves while mapped, and
+// `start + len` was clamped to its length in `new`. Only the kernel reads
+// through it (a file that shrank under the mapping is EFAULT there, not SIGBUS).
 unsafe impl IoBuf for MmapSlice {
     fn read_ptr(&self) -> *const u8 {
-        self.segment.as_slice()[self.start..].as_ptr()
+        // `start <= len` of the mapping (clamped in `new`): in bounds or one past.
+        self.pin.segment().map_ptr().wrapping_add(self.start)
     }
 
     fn bytes_init(&self) -> usize {
@@ -174,7 +180,7 @@ pub async fn send_head_and_body(
         }
     }
     let body_done = n.saturating_sub(head_len);
-    let rest = MmapSlice::new(body.segment, body.start + body_done, body.len - body_done);
+    let rest = MmapSlice::new(body.pin, body.start + body_done, body.len - body_done);
     let (res, _) = stream.write_all(rest).await;
     (res.map(|_| ()), head)
 }
@@ -271,19 +277,19 @@ async fn until_progress(
     }
 }
 
-/// Writes `head`, then `len` bytes of `segment`'s file from `offset` with
-/// `sendfile(2)`: the body never enters user space. Returns the head buffer for
-/// reuse. On error the connection must be closed (part of the response may
-/// have been sent).
+/// Writes `head`, then `len` bytes of the pinned segment's file from `offset`
+/// with `sendfile(2)`: the body never enters user space. Returns the head
+/// buffer for reuse. On error the connection must be closed (part of the
+/// response may have been sent).
 pub async fn send_head_and_file(
     stream: &mut TcpStream,
     mode: SocketMode,
     head: Vec<u8>,
-    segment: Arc<Segment>,
+    pin: SegmentPin,
     offset: u64,
     len: usize,
 ) -> (io::Result<()>, Vec<u8>) {
-    let res = head_and_file(stream, mode, &head, &segment, offset, len).await;
+    let res = head_and_file(stream, mode, &head, pin.segment(), offset, len).await;
     (res, head)
 }
 
@@ -342,10 +348,10 @@ async fn head_and_file(
         })
         .await?;
         if n == 0 {
-            // Only at end of file, which the range check above rules out.
+            // End of file inside the segment: someone truncated it under us.
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "segment file ended before the body",
+                "segment file ended before the body (truncated?)",
             ));
         }
         sent += n;
@@ -362,6 +368,7 @@ mod tests {
 
     use super::*;
     use crate::cache::segment::SegmentId;
+    use std::sync::Arc;
 
     fn nonblocking(fd: RawFd) -> bool {
         // SAFETY: plain syscall on an open descriptor.
@@ -418,7 +425,8 @@ mod tests {
         small_send_buffer(&stream);
         let before = nonblocking(stream.as_raw_fd());
         let head = b"HEAD\r\n".to_vec();
-        let (res, head) = send_head_and_file(&mut stream, mode, head, seg, start, len).await;
+        let (res, head) =
+            send_head_and_file(&mut stream, mode, head, seg.pin().unwrap(), start, len).await;
         res.unwrap();
         assert_eq!(head, b"HEAD\r\n", "head buffer handed back");
         let after = nonblocking(stream.as_raw_fd());
@@ -510,7 +518,7 @@ mod tests {
             assert_eq!(buf, b"ping");
             let (res, _) = stream.write_all(vec![7u8; 1 << 20]).await;
             assert_eq!(res.unwrap(), 1 << 20);
-            let slice = MmapSlice::new(seg, OFFSET as usize, BODY);
+            let slice = MmapSlice::new(seg.pin().unwrap(), OFFSET as usize, BODY);
             let (res, head) = send_head_and_body(&mut stream, b"HEAD\r\n".to_vec(), slice).await;
             res.unwrap();
             assert_eq!(head, b"HEAD\r\n");
@@ -553,8 +561,15 @@ mod tests {
             .await;
             let len = seg.len();
             let mode = SocketMode::Epoll;
-            let (res, _) =
-                send_head_and_file(&mut stream, mode, b"X".to_vec(), seg, len - 10, 11).await;
+            let (res, _) = send_head_and_file(
+                &mut stream,
+                mode,
+                b"X".to_vec(),
+                seg.pin().unwrap(),
+                len - 10,
+                11,
+            )
+            .await;
             assert_eq!(res.unwrap_err().kind(), io::ErrorKind::InvalidInput);
             stream.shutdown().await.unwrap();
             drop(stream);
@@ -580,7 +595,8 @@ mod tests {
             .await;
             small_send_buffer(&stream);
             let mode = SocketMode::UringToggle;
-            let send = send_head_and_file(&mut stream, mode, b"H".to_vec(), seg, OFFSET, BODY);
+            let pin = seg.pin().unwrap();
+            let send = send_head_and_file(&mut stream, mode, b"H".to_vec(), pin, OFFSET, BODY);
             let timed_out = monoio::time::timeout(Duration::from_millis(200), send).await;
             assert!(timed_out.is_err(), "a non-reading client cannot take 1 MiB");
             assert!(!nonblocking(stream.as_raw_fd()), "guard restored the flags");
@@ -588,5 +604,64 @@ mod tests {
             drop(stream);
             client.join().unwrap();
         });
+    }
+
+    /// Evicted mid-send: the pin the send holds keeps the bytes (no hole is
+    /// punched) until the kernel is done; then the blocks are given back. Both
+    /// paths, each under io_uring.
+    #[test]
+    fn an_evicted_segment_keeps_its_bytes_until_a_slow_send_is_done() {
+        for sendfile in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (seg, body) = segment(dir.path());
+            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap();
+            let out = rt.block_on(async {
+                let (go, wait) = std::sync::mpsc::channel::<()>();
+                let (mut stream, client) = accept_with(move |mut c| {
+                    let _ = wait.recv_timeout(Duration::from_secs(10));
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut out = Vec::new();
+                    c.read_to_end(&mut out).unwrap();
+                    out
+                })
+                .await;
+                small_send_buffer(&stream);
+                let mode = SocketMode::UringToggle;
+                let pin = seg.pin().unwrap();
+                let head = b"HEAD\r\n".to_vec();
+                let res = {
+                    let mut send: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> =
+                        if sendfile {
+                            Box::pin(send_head_and_file(
+                                &mut stream,
+                                mode,
+                                head,
+                                pin,
+                                OFFSET,
+                                BODY,
+                            ))
+                        } else {
+                            let slice = MmapSlice::new(pin, OFFSET as usize, BODY);
+                            Box::pin(send_head_and_body(&mut stream, head, slice))
+                        };
+                    let pending = monoio::time::timeout(Duration::from_millis(100), send.as_mut());
+                    assert!(pending.await.is_err(), "the client is not reading yet");
+                    seg.unlink().unwrap();
+                    seg.condemn();
+                    assert!(!seg.is_reclaimed(), "punched under a send in flight");
+                    go.send(()).unwrap();
+                    send.await.0
+                };
+                res.unwrap();
+                assert!(seg.is_reclaimed(), "the send's pin was the last");
+                stream.shutdown().await.unwrap();
+                drop(stream);
+                client.join().unwrap()
+            });
+            check(&out, &body);
+        }
     }
 }
