@@ -118,6 +118,8 @@ pub fn is_retryable(err: &Error) -> bool {
                 | std::io::ErrorKind::Interrupted
         ),
         Error::Truncated { .. }
+        | Error::UnexpectedStatus(_)
+        | Error::NotAnObjectKey(_)
         | Error::Protocol(_)
         | Error::Credentials(_)
         | Error::Signing(_)
