@@ -75,7 +75,8 @@ impl Filler<'_> {
                 r
             }
             Err(e) => {
-                self.metrics.upstream(e.upstream_status(), started.elapsed());
+                self.metrics
+                    .upstream(e.upstream_status(), started.elapsed());
                 tracing::warn!(key = %key, error = %e, "upstream fetch failed");
                 inflight.publish(FillState::Failed {
                     error: FillError::from(&e),
