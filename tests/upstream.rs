@@ -37,6 +37,7 @@ fn exchange_until_close(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, bool) {
             Ok(0) => return (out, true),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return (out, false),
         }
     }
@@ -120,6 +121,7 @@ fn spawn_surplus_upstream(
                         while !head.ends_with(b"\r\n\r\n") {
                             match s.read(&mut byte) {
                                 Ok(1) => head.push(byte[0]),
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                                 _ => return,
                             }
                         }
@@ -183,6 +185,43 @@ fn a_late_surplus_response_is_never_the_answer_to_the_next_request() {
     assert_eq!(
         upstream.requests.lock().unwrap().as_slice(),
         [TRIGGER, "/b-1.0.0.tgz"]
+    );
+}
+
+#[test]
+fn the_client_closes_a_pooled_connection_that_received_bytes_while_idle() {
+    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
+    use chartcache::origin::{Method, TlsRoots};
+
+    let poison = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nETag: \"p\"\r\n\r\npoison".to_vec();
+    let (upstream, go, written) = spawn_surplus_upstream(poison);
+    let endpoint = Endpoint::parse(&upstream.endpoint).unwrap();
+    let client = HttpClient::new(
+        endpoint,
+        ClientSettings {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            dns_refresh: Duration::from_secs(60),
+            max_idle: 2,
+            tls_roots: TlsRoots::Webpki,
+        },
+    )
+    .unwrap();
+    common::run(async {
+        let mut r = client.send(Method::Get, TRIGGER, &[]).await.unwrap();
+        let body = common::read_all(&mut r.body).await.unwrap();
+        assert_eq!(body, format!("body of {TRIGGER}").as_bytes());
+        assert_eq!(client.idle_connections(), 1);
+        go.send(()).unwrap();
+        written.recv_timeout(Duration::from_secs(10)).unwrap();
+        let mut r = client.send(Method::Get, "/b", &[]).await.unwrap();
+        assert_eq!(common::read_all(&mut r.body).await.unwrap(), b"body of /b");
+    });
+    let stats = client.stats();
+    assert_eq!(
+        (stats.connects, stats.reuses, stats.unsolicited),
+        (2, 0, 1),
+        "{stats:?}"
     );
 }
 
