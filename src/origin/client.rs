@@ -23,7 +23,9 @@
 //!   `MSG_PEEK` right before the next request is written (`Conn::idle_state`).
 //!   Otherwise such bytes would be read as the answer to the next request, for
 //!   another key. Surplus bytes are logged (rate-limited) and counted in
-//!   [`ClientStats::unsolicited`]. Limit: with TLS, bytes that arrived in the
+//!   [`ClientStats::unsolicited`] (on an idle TLS connection they may be the
+//!   server's `close_notify`, so they count as [`ClientStats::idle_closed`],
+//!   unlogged). Limit: with TLS, bytes that arrived in the
 //!   same read as the body's end may sit inside monoio-rustls's buffers, which
 //!   it does not expose; a TLS read that filled its whole buffer is therefore
 //!   never followed by reuse, the rest is not detectable here;
@@ -153,7 +155,8 @@ pub struct ClientStats {
     pub reuses: u64,
     /// Stale pooled connections retried on a fresh one.
     pub stale_retries: u64,
-    /// Pooled connections found closed by the server before reuse.
+    /// Pooled connections found closed by the server before reuse (with TLS:
+    /// closed, or anything received while idle).
     pub idle_closed: u64,
     /// Connections closed because upstream sent bytes outside an exchange:
     /// beyond a body's framing, or while the connection sat idle in the pool.
@@ -488,10 +491,18 @@ impl HttpClient {
             if conn.idle_since.elapsed() >= POOL_IDLE_TIMEOUT {
                 continue;
             }
-            match conn.idle_state() {
-                IdleState::Quiet => return Some(conn),
-                IdleState::Closed => self.bump(|s| s.idle_closed += 1),
-                IdleState::Readable => self.inner.unsolicited("while the connection was idle"),
+            match (conn.idle_state(), &conn.io) {
+                (IdleState::Quiet, _) => return Some(conn),
+                // With TLS, what arrived may be the server's `close_notify`
+                // before it closes an idle connection (or a late session
+                // ticket): not told apart from a surplus response, so closed
+                // quietly as the server's close.
+                (IdleState::Closed, _) | (IdleState::Readable, Io::Tls(_)) => {
+                    self.bump(|s| s.idle_closed += 1)
+                }
+                (IdleState::Readable, Io::Plain(_)) => {
+                    self.inner.unsolicited("while the connection was idle")
+                }
             }
         }
     }
