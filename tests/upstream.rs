@@ -225,6 +225,38 @@ fn the_client_closes_a_pooled_connection_that_received_bytes_while_idle() {
     );
 }
 
+#[test]
+fn a_body_after_a_head_response_never_answers_the_next_request() {
+    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
+    use chartcache::origin::{Method, TlsRoots};
+
+    // This upstream answers HEAD like GET: the body that follows the head
+    // belongs to no request.
+    let (upstream, go, written) = spawn_surplus_upstream(Vec::new());
+    let client = HttpClient::new(
+        Endpoint::parse(&upstream.endpoint).unwrap(),
+        ClientSettings {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            dns_refresh: Duration::from_secs(60),
+            max_idle: 2,
+            tls_roots: TlsRoots::Webpki,
+        },
+    )
+    .unwrap();
+    common::run(async {
+        let mut r = client.send(Method::Head, TRIGGER, &[]).await.unwrap();
+        assert_eq!(r.head.status, 200);
+        assert!(common::read_all(&mut r.body).await.unwrap().is_empty());
+        go.send(()).unwrap();
+        written.recv_timeout(Duration::from_secs(10)).unwrap();
+        let mut r = client.send(Method::Get, "/b", &[]).await.unwrap();
+        assert_eq!(common::read_all(&mut r.body).await.unwrap(), b"body of /b");
+    });
+    let stats = client.stats();
+    assert_eq!((stats.reuses, stats.unsolicited), (0, 1), "{stats:?}");
+}
+
 // ----------------------------------- item 6: statuses a plain GET never gets
 
 /// GETs `path` twice through a proxy whose upstream always answers `reply`;
