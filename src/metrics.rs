@@ -17,6 +17,7 @@ pub const RESPONSE_BYTES: &str = "chartcache_response_bytes";
 pub const UPSTREAM_REQUESTS: &str = "chartcache_upstream_requests";
 pub const UPSTREAM_ERRORS: &str = "chartcache_upstream_errors";
 pub const UPSTREAM_LATENCY: &str = "chartcache_upstream_latency_seconds";
+pub const UPSTREAM_UNSOLICITED: &str = "chartcache_upstream_unsolicited_data";
 pub const COALESCED_WAITERS: &str = "chartcache_coalesced_waiters";
 pub const CORRUPT_DROPPED: &str = "chartcache_cache_corrupt_records_dropped";
 pub const FILLS_ABORTED: &str = "chartcache_cache_fills_aborted";
@@ -97,6 +98,8 @@ pub struct WorkerMetrics {
     pub response_bytes: AtomicU64,
     upstream: [AtomicU64; 5],
     pub upstream_errors: AtomicU64,
+    /// Published by the worker's housekeeping from its origin's client stats.
+    pub upstream_unsolicited: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_sum_micros: AtomicU64,
     latency_count: AtomicU64,
@@ -247,6 +250,16 @@ impl Collector for Metrics {
             let sum = self.sum(|w| w.latency_sum_micros.load(Relaxed)) as f64 / 1e6;
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        {
+            let v = self.sum(|w| w.upstream_unsolicited.load(Relaxed));
+            enc.encode_descriptor(
+                UPSTREAM_UNSOLICITED,
+                "Upstream connections closed because upstream sent bytes outside a response (beyond a body's framing, or on an idle keep-alive connection)",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
         let counters: [Described; 11] = [
             (

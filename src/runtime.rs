@@ -482,6 +482,11 @@ async fn housekeeping(w: WorkerRef) {
         w.metrics
             .cache_evictions
             .store(stats.evictions, Ordering::Relaxed);
+        if let Some(upstream) = w.origin.connection_stats() {
+            w.metrics
+                .upstream_unsolicited
+                .store(upstream.unsolicited, Ordering::Relaxed);
+        }
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
             if let Err(e) = w.owner.checkpoint() {

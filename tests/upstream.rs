@@ -186,6 +186,14 @@ fn a_late_surplus_response_is_never_the_answer_to_the_next_request() {
         upstream.requests.lock().unwrap().as_slice(),
         [TRIGGER, "/b-1.0.0.tgz"]
     );
+    // Counted (published by the worker's housekeeping, every 200 ms).
+    let counted = "chartcache_upstream_unsolicited_data_total 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.metrics().contains(counted) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = p.metrics();
+    assert!(m.contains(counted), "{m}");
 }
 
 #[test]

@@ -96,6 +96,10 @@ impl Origin for HttpsOrigin {
         Box::pin(self.fetch_inner(req))
     }
 
+    fn connection_stats(&self) -> Option<super::client::ClientStats> {
+        Some(self.client.stats())
+    }
+
     fn describe(&self) -> String {
         let ep = self.client.endpoint();
         let scheme = if ep.tls { "https" } else { "http" };

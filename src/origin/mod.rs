@@ -125,6 +125,12 @@ pub trait Origin {
 
     /// Short human description for logs, e.g. `s3://bucket/prefix`.
     fn describe(&self) -> String;
+
+    /// This worker's upstream connection counters, for origins that keep
+    /// connections (`None` for the others).
+    fn connection_stats(&self) -> Option<client::ClientStats> {
+        None
+    }
 }
 
 /// The last line of defence of the HTTP origins: `key` must name one object —

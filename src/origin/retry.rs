@@ -271,6 +271,10 @@ impl Origin for Retrying {
     fn describe(&self) -> String {
         self.description.clone()
     }
+
+    fn connection_stats(&self) -> Option<super::client::ClientStats> {
+        self.inner.connection_stats()
+    }
 }
 
 /// Keep the slot until the body is done; responses without a body free it now.

@@ -143,6 +143,10 @@ impl Origin for S3Origin {
         Box::pin(self.fetch_inner(req))
     }
 
+    fn connection_stats(&self) -> Option<super::client::ClientStats> {
+        Some(self.client.stats())
+    }
+
     fn describe(&self) -> String {
         if self.prefix.is_empty() {
             format!("s3://{}", self.bucket)
