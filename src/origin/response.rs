@@ -17,7 +17,8 @@
 //!   already fails in [`super::client`]);
 //! - 404 becomes `Ok` with status 404, no length or type and an empty body; the
 //!   error document is drained (capped) only so the connection can be reused;
-//! - every other status is [`Error::Status`]; its document is read up to
+//! - every other status (3xx included: 502, with S3's code such as
+//!   `PermanentRedirect`) is [`Error::Status`]; its document is read up to
 //!   [`MAX_ERROR_BODY`] (a larger one is not read and closes the connection)
 //!   and handed to the hook, which alone decides the `code`.
 
