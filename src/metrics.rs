@@ -17,6 +17,7 @@ pub const RESPONSE_BYTES: &str = "chartcache_response_bytes";
 pub const UPSTREAM_REQUESTS: &str = "chartcache_upstream_requests";
 pub const UPSTREAM_ERRORS: &str = "chartcache_upstream_errors";
 pub const UPSTREAM_LATENCY: &str = "chartcache_upstream_latency_seconds";
+pub const UPSTREAM_UNSOLICITED: &str = "chartcache_upstream_unsolicited_data";
 pub const COALESCED_WAITERS: &str = "chartcache_coalesced_waiters";
 pub const CORRUPT_DROPPED: &str = "chartcache_cache_corrupt_records_dropped";
 pub const FILLS_ABORTED: &str = "chartcache_cache_fills_aborted";
@@ -101,6 +102,8 @@ pub struct WorkerMetrics {
     pub response_bytes: AtomicU64,
     upstream: [AtomicU64; 5],
     pub upstream_errors: AtomicU64,
+    /// Published by the worker's housekeeping from its origin's client stats.
+    pub upstream_unsolicited: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_sum_micros: AtomicU64,
     latency_count: AtomicU64,
@@ -257,7 +260,12 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let counters: [Described; 14] = [
+        let counters: [Described; 15] = [
+            (
+                UPSTREAM_UNSOLICITED,
+                "Upstream connections closed because upstream sent bytes outside a response (beyond a body's framing, or on an idle keep-alive connection)",
+                |w| &w.upstream_unsolicited,
+            ),
             (
                 ACCESS_LOG_DROPPED,
                 "Access-log lines dropped because stdout could not keep up",

@@ -492,6 +492,11 @@ async fn housekeeping(w: WorkerRef) {
             .store(stats.no_space_errors, Ordering::Relaxed);
         m.cache_disk_full
             .store(u64::from(stats.disk_full), Ordering::Relaxed);
+        if let Some(upstream) = w.origin.connection_stats() {
+            w.metrics
+                .upstream_unsolicited
+                .store(upstream.unsolicited, Ordering::Relaxed);
+        }
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
             match w.owner.checkpoint() {

@@ -68,10 +68,7 @@ impl From<&origin::Error> for FillError {
         FillError {
             status: e.client_status(),
             message: e.to_string(),
-            upstream_status: match e {
-                origin::Error::Status { status, .. } => Some(*status),
-                _ => None,
-            },
+            upstream_status: e.upstream_status(),
         }
     }
 }

@@ -82,11 +82,8 @@ impl Filler<'_> {
                 r
             }
             Err(e) => {
-                let status = match &e {
-                    origin::Error::Status { status, .. } => Some(*status),
-                    _ => None,
-                };
-                self.metrics.upstream(status, started.elapsed());
+                self.metrics
+                    .upstream(e.upstream_status(), started.elapsed());
                 tracing::warn!(key = %key, error = %e, "upstream fetch failed");
                 inflight.publish(FillState::Failed {
                     error: FillError::from(&e),

@@ -2,8 +2,8 @@
 //! into the caller's buffer, no `format!`, no per-header allocation.
 //!
 //! # What [`render`] writes, in order
-//! `HTTP/1.1 <status> <reason>`, `Date`, `Content-Type`, `Content-Length`,
-//! `ETag`, `Last-Modified`, `Cache-Control`, `Content-Range`, `Accept-Ranges:
+//! `HTTP/1.1 <status> <reason>`, `Date`, `Content-Type`, `Content-Length` (or
+//! `Transfer-Encoding: chunked` instead when [`ResponseHead::chunked`]), `ETag`, `Last-Modified`, `Cache-Control`, `Content-Range`, `Accept-Ranges:
 //! bytes` (on 2xx, 304 and 416, the statuses where byte ranges are relevant),
 //! `Allow`, `X-Cache`, the `extra` pairs in order, `Connection: close` when
 //! `!keep_alive`, then the empty line. `None` fields are left out.
@@ -17,7 +17,11 @@
 //! - `Date` comes from a per-thread cache refreshed at most once per second
 //!   ([`http_date_now`]), so rendering reads the clock but formats no date.
 //! - This module knows nothing about HTTP/1.0: a caller that keeps an HTTP/1.0
-//!   connection alive adds `("Connection", "keep-alive")` to `extra`.
+//!   connection alive adds `("Connection", "keep-alive")` to `extra`, and a
+//!   caller never sets `chunked` for an HTTP/1.0 client (it cannot decode it).
+//! - A head has at most one framing header: with `chunked`, `content_length`
+//!   is ignored. The body's chunks are the caller's ([`chunk_prefix`],
+//!   [`LAST_CHUNK`]).
 
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -81,6 +85,9 @@ pub struct ResponseHead<'a> {
     pub x_cache: Option<&'a str>,
     pub content_range: Option<&'a str>,
     pub allow: Option<&'a str>,
+    /// The body follows as `Transfer-Encoding: chunked` (length unknown; the
+    /// client can tell a complete body by its last chunk).
+    pub chunked: bool,
     pub keep_alive: bool,
     /// Further headers, written in order after the named ones.
     pub extra: &'a [(&'a str, &'a str)],
@@ -99,10 +106,34 @@ impl ResponseHead<'_> {
             x_cache: None,
             content_range: None,
             allow: None,
+            chunked: false,
             keep_alive: true,
             extra: &[],
         }
     }
+}
+
+/// The end of a chunked body: the zero-size last chunk, no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends the line that opens a chunk of `len` bytes (`{hex}\r\n`); the
+/// chunk's data and a closing `\r\n` follow. `len` must not be 0 (that is
+/// [`LAST_CHUNK`]).
+pub fn chunk_prefix(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        buf[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
@@ -233,7 +264,9 @@ pub fn render(head: &ResponseHead<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(http_date_now().as_bytes());
     out.extend_from_slice(b"\r\n");
     push_opt(out, b"Content-Type", head.content_type);
-    if let Some(n) = head.content_length {
+    if head.chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    } else if let Some(n) = head.content_length {
         out.extend_from_slice(b"Content-Length: ");
         push_u64(out, n);
         out.extend_from_slice(b"\r\n");
@@ -394,6 +427,32 @@ mod tests {
             ..ResponseHead::new(200)
         });
         assert!(s.contains("\r\nContent-Length: 18446744073709551615\r\n"));
+    }
+
+    #[test]
+    fn chunked_head_has_no_length() {
+        let s = rendered(&ResponseHead {
+            chunked: true,
+            content_length: Some(5),
+            ..ResponseHead::new(200)
+        });
+        assert!(s.contains("\r\nTransfer-Encoding: chunked\r\n"), "{s}");
+        assert!(!s.contains("Content-Length"), "{s}");
+    }
+
+    #[test]
+    fn chunk_prefixes_are_hex() {
+        for (len, line) in [
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (32768, "8000\r\n"),
+        ] {
+            let mut out = Vec::new();
+            chunk_prefix(&mut out, len);
+            assert_eq!(out, line.as_bytes());
+        }
+        assert_eq!(LAST_CHUNK, b"0\r\n\r\n");
     }
 
     #[test]

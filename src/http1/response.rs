@@ -21,7 +21,10 @@
 //!   duplicates are an error), because they are stored, re-served or logged;
 //!   headers nobody asked for are dropped unread;
 //! - [`KeptHeaders`] holds at most one value per name the caller asked for, so
-//!   it is bounded by that list (and its bytes by [`MAX_HEAD_BYTES`]).
+//!   it is bounded by that list (and its bytes by [`MAX_HEAD_BYTES`]);
+//! - a `100 Continue` interim head is returned as a head with status 100 and
+//!   nothing else read from it (the caller skips it and parses the next head);
+//!   any other 1xx is [`ResponseError::Informational`] naming its status.
 
 /// Upper bound on the response head (status line + headers + final CRLF).
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -50,8 +53,10 @@ pub enum ResponseError {
     BadHeaderValue(&'static str),
     #[error("differing duplicate {0} headers")]
     DuplicateHeader(&'static str),
-    #[error("unexpected informational (1xx) response")]
-    Informational,
+    /// A 1xx other than `100 Continue` (101 Switching Protocols, 103 Early
+    /// Hints, ...): chartcache never asks for one.
+    #[error("unexpected informational response {0}")]
+    Informational(u16),
 }
 
 /// How the response body is delimited on the wire.
@@ -181,10 +186,19 @@ pub fn parse_response_keeping(
     if !(100..=599).contains(&status) {
         return Err(ResponseError::Malformed("status code out of range"));
     }
-    if status < 200 {
-        return Err(ResponseError::Informational);
-    }
     let version_minor = resp.version.ok_or(ResponseError::Malformed("no version"))?;
+    if status == 100 {
+        // Interim: its headers mean nothing for the response that follows.
+        let head = ResponseHead {
+            status,
+            version_minor,
+            ..ResponseHead::default()
+        };
+        return Ok(Some((head, head_len)));
+    }
+    if status < 200 {
+        return Err(ResponseError::Informational(status));
+    }
 
     let mut head = ResponseHead {
         status,
@@ -418,10 +432,20 @@ mod tests {
                 "{raw:?}"
             );
         }
-        assert_eq!(
-            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n"),
-            Err(ResponseError::Informational)
-        );
+        let (interim, n) = parse_ok(b"HTTP/1.1 100 Continue\r\nX: y\r\n\r\nHTTP/1.1 200 OK\r\n");
+        assert_eq!((interim.status, n), (100, 31));
+        for (raw, status) in [
+            (
+                &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"[..],
+                101,
+            ),
+            (&b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"[..], 103),
+        ] {
+            assert_eq!(
+                parse_response(raw),
+                Err(ResponseError::Informational(status))
+            );
+        }
     }
 
     #[test]

@@ -12,13 +12,31 @@
 //! - the pool is `Rc<RefCell<…>>`: never shared across threads; capped at
 //!   `max_idle` connections; idle connections older than [`POOL_IDLE_TIMEOUT`] are
 //!   dropped instead of reused;
-//! - a connection goes back to the pool only after its body was read completely
-//!   (declared length or chunked terminator, no surplus bytes) and the server did
-//!   not ask to close; never after any error, and never if the body is dropped early;
+//! - a connection goes back to the pool only when its exchange was framed
+//!   exactly: the body read completely (declared length or chunked terminator;
+//!   nothing for HEAD, 204 and 304), no byte beyond it in what was read, and the
+//!   server did not ask to close; never after any error, never if the body is
+//!   dropped early;
+//! - a pooled connection is reused only if its socket is quiet: anything that
+//!   arrived while it sat idle (a late surplus response, an unsolicited one, or
+//!   the server's close) makes it unusable, checked with a non-blocking
+//!   `MSG_PEEK` right before the next request is written (`Conn::idle_state`).
+//!   Otherwise such bytes would be read as the answer to the next request, for
+//!   another key. Surplus bytes are logged (rate-limited) and counted in
+//!   [`ClientStats::unsolicited`] (on an idle TLS connection they may be the
+//!   server's `close_notify`, so they count as [`ClientStats::idle_closed`],
+//!   unlogged). Limit: with TLS, bytes that arrived in the
+//!   same read as the body's end may sit inside monoio-rustls's buffers, which
+//!   it does not expose; a TLS read that filled its whole buffer is therefore
+//!   never followed by reuse, the rest is not detectable here;
 //! - bodies stream: at most one read (≤ [`READ_CHUNK`]) is buffered at a time;
 //!   a body that ends before its framing says is [`Error::Truncated`];
 //! - responses framed by connection close (no `Content-Length`, not chunked) are
-//!   rejected: a short body could not be told from a complete one;
+//!   rejected: a short body could not be told from a complete one, so it could
+//!   neither be cached safely nor relayed with honest framing (S3 never sends
+//!   one; an HTTP/1.1 server that does is answered 502);
+//! - `100 Continue` interim heads are skipped (at most [`MAX_INTERIM`]); any
+//!   other 1xx is [`Error::UnexpectedStatus`];
 //! - a pooled connection that fails before any response byte (stale keep-alive)
 //!   is retried once on a fresh connection; only GET/HEAD exist here, so the
 //!   retry is always safe;
@@ -28,6 +46,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -47,6 +66,11 @@ pub const READ_CHUNK: usize = 32 * 1024;
 /// Idle pooled connections older than this are closed rather than reused
 /// (S3 closes idle connections after roughly 20 s).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// `100 Continue` interim heads skipped before one response head, at most.
+pub const MAX_INTERIM: usize = 4;
+/// At most one warning per this interval about bytes upstream sent outside an
+/// exchange (the count is in [`ClientStats::unsolicited`]).
+const UNSOLICITED_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Sent as `User-Agent` upstream.
 const USER_AGENT: &str = concat!("chartcache/", env!("CARGO_PKG_VERSION"));
 
@@ -131,6 +155,12 @@ pub struct ClientStats {
     pub reuses: u64,
     /// Stale pooled connections retried on a fresh one.
     pub stale_retries: u64,
+    /// Pooled connections found closed by the server before reuse (with TLS:
+    /// closed, or anything received while idle).
+    pub idle_closed: u64,
+    /// Connections closed because upstream sent bytes outside an exchange:
+    /// beyond a body's framing, or while the connection sat idle in the pool.
+    pub unsolicited: u64,
 }
 
 /// A head plus its streaming body.
@@ -155,6 +185,8 @@ struct Inner {
     pool: RefCell<Vec<Conn>>,
     dns: RefCell<DnsCache>,
     stats: Cell<ClientStats>,
+    /// When unsolicited bytes were last warned about (rate limit).
+    unsolicited_warned: Cell<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -170,9 +202,25 @@ enum Io {
 
 struct Conn {
     io: Io,
+    /// The TCP socket under `io` (owned by `io`; valid as long as this `Conn`).
+    fd: RawFd,
     /// Bytes read but not yet consumed.
     buf: BytesMut,
+    /// The last read filled its whole buffer: with TLS, more may be buffered
+    /// inside the TLS layer, out of sight.
+    last_read_full: bool,
     idle_since: Instant,
+}
+
+/// What an idle pooled connection's socket holds (see [`Conn::idle_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleState {
+    /// Nothing to read: safe to write the next request.
+    Quiet,
+    /// Bytes arrived while idle: a late or unsolicited response.
+    Readable,
+    /// The server closed (or reset) the connection.
+    Closed,
 }
 
 impl Conn {
@@ -192,12 +240,48 @@ impl Conn {
             Io::Tls(s) => s.read(chunk).await,
         };
         let n = res?;
+        self.last_read_full = n == READ_CHUNK;
         if self.buf.is_empty() {
             self.buf = chunk;
         } else {
             self.buf.extend_from_slice(&chunk);
         }
         Ok(n)
+    }
+
+    /// Looks at the socket without reading it or waiting (`MSG_PEEK |
+    /// MSG_DONTWAIT`): whether anything arrived since the last exchange ended.
+    fn idle_state(&self) -> IdleState {
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: `self.fd` is the socket owned by `self.io`, open for as
+            // long as `self` lives; `byte` is a valid writable 1-byte buffer;
+            // MSG_PEEK leaves any data in the socket and MSG_DONTWAIT never
+            // blocks, whichever driver owns the fd.
+            let n = unsafe {
+                libc::recv(
+                    self.fd,
+                    std::ptr::from_mut(&mut byte).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            return match n {
+                0 => IdleState::Closed,
+                n if n > 0 => IdleState::Readable,
+                _ => match io::Error::last_os_error().kind() {
+                    io::ErrorKind::WouldBlock => IdleState::Quiet,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => IdleState::Closed,
+                },
+            };
+        }
+    }
+
+    /// Whether bytes beyond the last exchange may be buffered: read but not
+    /// consumed, or (TLS) possibly held inside the TLS layer.
+    fn has_surplus(&self) -> bool {
+        !self.buf.is_empty() || (self.last_read_full && matches!(self.io, Io::Tls(_)))
     }
 }
 
@@ -251,6 +335,7 @@ impl HttpClient {
                 pool: RefCell::new(Vec::new()),
                 dns: RefCell::new(DnsCache::default()),
                 stats: Cell::new(ClientStats::default()),
+                unsolicited_warned: Cell::new(None),
             }),
             keep_headers: &[],
         })
@@ -398,14 +483,28 @@ impl HttpClient {
         Ok(ClientResponse { head, body })
     }
 
+    /// A pooled connection that is young enough and quiet (see the module
+    /// doc); the others are closed.
     fn take_idle(&self) -> Option<Conn> {
-        let mut pool = self.inner.pool.borrow_mut();
-        while let Some(conn) = pool.pop() {
-            if conn.idle_since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(conn);
+        loop {
+            let conn = self.inner.pool.borrow_mut().pop()?;
+            if conn.idle_since.elapsed() >= POOL_IDLE_TIMEOUT {
+                continue;
+            }
+            match (conn.idle_state(), &conn.io) {
+                (IdleState::Quiet, _) => return Some(conn),
+                // With TLS, what arrived may be the server's `close_notify`
+                // before it closes an idle connection (or a late session
+                // ticket): not told apart from a surplus response, so closed
+                // quietly as the server's close.
+                (IdleState::Closed, _) | (IdleState::Readable, Io::Tls(_)) => {
+                    self.bump(|s| s.idle_closed += 1)
+                }
+                (IdleState::Readable, Io::Plain(_)) => {
+                    self.inner.unsolicited("while the connection was idle")
+                }
             }
         }
-        None
     }
 
     fn bump(&self, f: impl FnOnce(&mut ClientStats)) {
@@ -431,6 +530,7 @@ impl HttpClient {
                 Error::Connect(last_err.unwrap_or_else(|| "no addresses".to_owned()))
             })?;
             stream.set_nodelay(true)?;
+            let fd = stream.as_raw_fd();
             let io = match &self.inner.tls {
                 None => Io::Plain(stream),
                 Some((connector, name)) => {
@@ -441,15 +541,17 @@ impl HttpClient {
                     Io::Tls(Box::new(tls))
                 }
             };
-            Ok::<_, Error>(io)
+            Ok::<_, Error>((io, fd))
         };
-        let io = monoio::time::timeout(settings.connect_timeout, fut)
+        let (io, fd) = monoio::time::timeout(settings.connect_timeout, fut)
             .await
             .map_err(|_| Error::Timeout)??;
         self.bump(|s| s.connects += 1);
         Ok(Conn {
             io,
+            fd,
             buf: BytesMut::new(),
+            last_read_full: false,
             idle_since: Instant::now(),
         })
     }
@@ -500,6 +602,26 @@ impl Inner {
         self.stats.set(s);
     }
 
+    /// Upstream sent bytes outside an exchange (`when`): counted, and warned
+    /// about at most once per [`UNSOLICITED_WARN_EVERY`].
+    fn unsolicited(&self, when: &str) {
+        self.bump(|s| s.unsolicited += 1);
+        let now = Instant::now();
+        let due = self
+            .unsolicited_warned
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= UNSOLICITED_WARN_EVERY);
+        if due {
+            self.unsolicited_warned.set(Some(now));
+            tracing::warn!(
+                upstream = %self.authority,
+                total = self.stats.get().unsolicited,
+                "upstream sent bytes outside a response's framing ({when}); \
+                 connection closed, never reused (further cases counted, not logged, for 60 s)"
+            );
+        }
+    }
+
     /// Return a connection whose exchange completed cleanly.
     fn release(&self, mut conn: Conn) {
         let mut pool = self.pool.borrow_mut();
@@ -543,14 +665,28 @@ async fn read_head(
     keep_headers: &[&'static str],
 ) -> Result<ResponseHead, ExchangeError> {
     let mut got_any = !conn.buf.is_empty();
+    let mut interim = 0;
     loop {
         if !conn.buf.is_empty() {
             match parse_response_keeping(&conn.buf, keep_headers) {
+                Ok(Some((head, n))) if head.status == 100 => {
+                    let _ = conn.buf.split_to(n);
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Err(ExchangeError::Fatal(Error::Protocol(format!(
+                            "more than {MAX_INTERIM} 100 Continue heads"
+                        ))));
+                    }
+                    continue;
+                }
                 Ok(Some((head, n))) => {
                     let _ = conn.buf.split_to(n);
                     return Ok(head);
                 }
                 Ok(None) => {}
+                Err(ResponseError::Informational(status)) => {
+                    return Err(ExchangeError::Fatal(Error::UnexpectedStatus(status)))
+                }
                 Err(e) => return Err(ExchangeError::Fatal(protocol(e))),
             }
         }
@@ -640,7 +776,9 @@ impl ClientBody {
         self.state = BodyState::Complete;
         if let Some(conn) = self.conn.take() {
             // Surplus bytes after the body mean the stream is out of sync: drop it.
-            if self.reusable && conn.buf.is_empty() {
+            if !conn.buf.is_empty() {
+                self.client.unsolicited("after a response's body");
+            } else if self.reusable && !conn.has_surplus() {
                 self.client.release(conn);
             }
         }

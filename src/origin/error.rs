@@ -7,6 +7,16 @@ pub enum Error {
     /// `code` is the S3 error code (`SignatureDoesNotMatch`, `AccessDenied`, ...).
     #[error("upstream status {status}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Status { status: u16, code: Option<String> },
+    /// Upstream answered with a status that is never an answer to the plain
+    /// GET/HEAD chartcache sends (no `Range`, `Upgrade` or `Expect`): 206, a 1xx
+    /// other than `100 Continue`, a 304 to an unconditional request. Never
+    /// passed on, never retried.
+    #[error("unexpected upstream status {0} for a plain GET/HEAD")]
+    UnexpectedStatus(u16),
+    /// The request key does not name an object (the repository root, a
+    /// "directory" ending in `/`): refused before anything is sent upstream.
+    #[error("{0:?} does not name an object")]
+    NotAnObjectKey(String),
     /// Could not connect (refused, DNS failure, TLS handshake failure).
     #[error("connect to upstream failed: {0}")]
     Connect(String),
@@ -37,7 +47,16 @@ impl Error {
     pub fn client_status(&self) -> u16 {
         match self {
             Error::Timeout => 504,
+            Error::NotAnObjectKey(_) => 404,
             _ => 502,
+        }
+    }
+
+    /// The status upstream answered with, when it answered one.
+    pub fn upstream_status(&self) -> Option<u16> {
+        match self {
+            Error::Status { status, .. } | Error::UnexpectedStatus(status) => Some(*status),
+            _ => None,
         }
     }
 }

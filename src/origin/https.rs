@@ -6,7 +6,8 @@
 //! ([`super::response`], the same rules as S3; errors carry no code).
 //!
 //! Invariants: `base_path` is used as it appears in the upstream URL (already
-//! in URL-encoded form); the key is encoded once with the S3 rules; only
+//! in URL-encoded form); the key names an object (never the root or a
+//! "directory": [`super::require_object_key`]) and is encoded once with the S3 rules; only
 //! `Host`, `User-Agent` and the conditional headers are sent. The upstream may
 //! itself be S3 (a public bucket), so S3's response hints are kept and checked
 //! and its region hint is logged ([`super::s3::error_response::hints_only`]),
@@ -68,6 +69,7 @@ impl HttpsOrigin {
     }
 
     async fn fetch_inner(&self, req: OriginRequest) -> Result<OriginResponse, Error> {
+        super::require_object_key(&req.key)?;
         let path = self.request_path(&req.key);
         let mut headers: Vec<(&str, String)> = Vec::with_capacity(2);
         if let Some(v) = req.if_none_match {
@@ -76,13 +78,26 @@ impl HttpsOrigin {
         if let Some(v) = req.if_modified_since {
             headers.push(("if-modified-since", v));
         }
-        response::fetch(&self.client, req.method, &path, &headers, hints_only).await
+        let conditional = !headers.is_empty();
+        response::fetch(
+            &self.client,
+            req.method,
+            &path,
+            &headers,
+            conditional,
+            hints_only,
+        )
+        .await
     }
 }
 
 impl Origin for HttpsOrigin {
     fn fetch(&self, req: OriginRequest) -> LocalBoxFuture<'_, Result<OriginResponse, Error>> {
         Box::pin(self.fetch_inner(req))
+    }
+
+    fn connection_stats(&self) -> Option<super::client::ClientStats> {
+        Some(self.client.stats())
     }
 
     fn describe(&self) -> String {

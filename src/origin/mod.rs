@@ -21,9 +21,13 @@
 //! `!Send` (monoio), hence [`LocalBoxFuture`].
 //!
 //! Keys passed in are already validated (see `http1::path`): they start with `/`,
-//! contain no `.`/`..` segments and no query. The origin prepends its configured
-//! prefix; nothing client-supplied other than the key and the conditional
-//! headers in [`OriginRequest`] ever reaches the upstream.
+//! name an object (never the root `/`, never a "directory" ending in `/`),
+//! contain no `.`/`..` segments and no query. The HTTP origins check the
+//! object part again before sending anything ([`require_object_key`]), so a
+//! signed request never leaves the configured object space (with
+//! `s3://bucket` and no prefix, the root would be S3 ListObjects). The origin
+//! prepends its configured prefix; nothing client-supplied other than the key
+//! and the conditional headers in [`OriginRequest`] ever reaches the upstream.
 
 pub mod client;
 pub mod credentials;
@@ -82,7 +86,7 @@ impl OriginRequest {
 /// dropped (never passed through).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseMeta {
-    /// 200, 206, 304 or 404 (other statuses are [`Error`]s).
+    /// 200, 304 (to a conditional request) or 404 (other statuses are [`Error`]s).
     pub status: u16,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
@@ -121,6 +125,23 @@ pub trait Origin {
 
     /// Short human description for logs, e.g. `s3://bucket/prefix`.
     fn describe(&self) -> String;
+
+    /// This worker's upstream connection counters, for origins that keep
+    /// connections (`None` for the others).
+    fn connection_stats(&self) -> Option<client::ClientStats> {
+        None
+    }
+}
+
+/// The last line of defence of the HTTP origins: `key` must name one object —
+/// `/` followed by non-empty segments — never the root (S3 ListObjects with
+/// an empty prefix), a "directory" ending in `/`, or an empty segment.
+/// [`Error::NotAnObjectKey`] otherwise, before anything is sent.
+pub fn require_object_key(key: &str) -> Result<(), Error> {
+    match key.strip_prefix('/') {
+        Some(rest) if !rest.is_empty() && !rest.split('/').any(str::is_empty) => Ok(()),
+        _ => Err(Error::NotAnObjectKey(key.to_owned())),
+    }
 }
 
 /// An empty body (HEAD, 304, 404).
@@ -304,5 +325,17 @@ mod tests {
             dir: "/srv/repo".into(),
         };
         assert_eq!(file.to_string(), "file:///srv/repo");
+    }
+
+    #[test]
+    fn only_object_keys_go_upstream() {
+        for key in ["/index.yaml", "/a/b-1.0.tgz", "/a?b"] {
+            assert!(require_object_key(key).is_ok(), "{key}");
+        }
+        for key in ["/", "", "/dir/", "//", "/a//b", "index.yaml"] {
+            let err = require_object_key(key).unwrap_err();
+            assert!(matches!(err, Error::NotAnObjectKey(_)), "{key}: {err:?}");
+            assert_eq!(err.client_status(), 404);
+        }
     }
 }

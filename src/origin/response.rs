@@ -8,10 +8,17 @@
 //! [`super::s3::error_response`]).
 //!
 //! Invariants:
-//! - 200, 206 and 304 pass with their head fields and streaming body;
+//! - 200, and 304 to a conditional request, pass with their head fields and
+//!   streaming body;
+//! - answers a plain GET/HEAD never gets — 206 (chartcache sends no `Range`),
+//!   a 304 to an unconditional request — are [`Error::UnexpectedStatus`]: never
+//!   passed on with a head that would lie about the body, their body is not
+//!   read and their connection is closed (a 1xx other than `100 Continue`
+//!   already fails in [`super::client`]);
 //! - 404 becomes `Ok` with status 404, no length or type and an empty body; the
 //!   error document is drained (capped) only so the connection can be reused;
-//! - every other status is [`Error::Status`]; its document is read up to
+//! - every other status (3xx included: 502, with S3's code such as
+//!   `PermanentRedirect`) is [`Error::Status`]; its document is read up to
 //!   [`MAX_ERROR_BODY`] (a larger one is not read and closes the connection)
 //!   and handed to the hook, which alone decides the `code`.
 
@@ -30,21 +37,25 @@ pub type ErrorCode = fn(&ResponseHead, Option<&[u8]>) -> Option<String>;
 
 /// Send `method path` with `headers` on `client` and map the answer with
 /// [`map_response`]: the whole exchange of one HTTP origin fetch.
+/// `conditional`: `headers` carry `If-None-Match` / `If-Modified-Since`.
 pub async fn fetch(
     client: &HttpClient,
     method: Method,
     path: &str,
     headers: &[(&str, String)],
+    conditional: bool,
     error_code: ErrorCode,
 ) -> Result<OriginResponse, Error> {
     let resp = client.send(method, path, headers).await?;
-    map_response(resp, error_code).await
+    map_response(resp, conditional, error_code).await
 }
 
 /// Map an upstream response to an origin response (the rules are in the module
-/// doc); `error_code` names the code of an [`Error::Status`].
+/// doc) for a request that was `conditional` or not; `error_code` names the
+/// code of an [`Error::Status`].
 pub async fn map_response(
     resp: ClientResponse,
+    conditional: bool,
     error_code: ErrorCode,
 ) -> Result<OriginResponse, Error> {
     let ClientResponse { head, mut body } = resp;
@@ -56,10 +67,16 @@ pub async fn map_response(
         content_length: head.content_length,
     };
     match head.status {
-        200 | 206 | 304 => Ok(OriginResponse {
+        200 => Ok(OriginResponse {
             meta,
             body: Box::new(body),
         }),
+        304 if conditional => Ok(OriginResponse {
+            meta,
+            body: Box::new(body),
+        }),
+        // Dropping the body unread closes the connection.
+        206 | 304 => Err(Error::UnexpectedStatus(head.status)),
         404 => {
             // Drained only so the connection can be reused; failures just close it.
             let _ = body.read_to_end_capped(MAX_ERROR_BODY).await;

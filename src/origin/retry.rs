@@ -118,6 +118,8 @@ pub fn is_retryable(err: &Error) -> bool {
                 | std::io::ErrorKind::Interrupted
         ),
         Error::Truncated { .. }
+        | Error::UnexpectedStatus(_)
+        | Error::NotAnObjectKey(_)
         | Error::Protocol(_)
         | Error::Credentials(_)
         | Error::Signing(_)
@@ -268,6 +270,10 @@ impl Origin for Retrying {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn connection_stats(&self) -> Option<super::client::ClientStats> {
+        self.inner.connection_stats()
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Phases, in order:
 //! 1. **Admission**: method (GET/HEAD, else 405), target → object key (400 on
-//!    anything `http1::path` refuses).
+//!    anything `http1::path` refuses; 404 for the root `/`, which names no
+//!    object — nothing goes upstream for either).
 //! 2. **Policy**: the first matching rule decides `Cache`, `Revalidate` or
 //!    `Bypass`, and which headers to override.
 //! 3. **Cache** (Cache/Revalidate): [`Cache::get_or_fill`](crate::cache::Cache::get_or_fill)
@@ -18,6 +19,12 @@
 //!    segment file shrank (or cannot be read) closes the connection and tells
 //!    the cache, which drops what is gone, so it happens once.
 //! 4. **Bypass**: stream upstream's answer through, nothing stored (`BYPASS`).
+//!    Only 200, 304 (to the client's own conditional) and 404 pass; anything
+//!    else is a 502, logged with the key and upstream's status. A body of
+//!    unknown length keeps its framing: chunked to an HTTP/1.1 client, ending
+//!    with the last chunk only when upstream's body was complete (on an
+//!    upstream failure the connection is closed without it); close-delimited
+//!    to an HTTP/1.0 client.
 //!
 //! One `Exchange` value carries a request's state (worker, connection,
 //! parsed head, key, the rule's header overrides, and what was answered); its
@@ -38,7 +45,7 @@ use crate::cache::{
 };
 use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
 use crate::http1::path::object_key;
-use crate::http1::render::{render, simple, ResponseHead};
+use crate::http1::render::{chunk_prefix, render, simple, ResponseHead, LAST_CHUNK};
 use crate::http1::request::{Method, RequestHead};
 use crate::metrics::CacheResult;
 use crate::origin::{self, OriginRequest, ResponseMeta};
@@ -99,6 +106,7 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
     let mut x = Exchange::new(w, conn, req, path);
     let result = match (&key, req.method) {
         (_, Method::Other) => x.method_not_allowed().await,
+        (Err(e), _) if e.status() == 404 => x.respond_simple(404, &format!("not found: {e}")).await,
         (Err(e), _) => {
             w.metrics.bad_requests.fetch_add(1, Relaxed);
             x.keep_alive = false;
@@ -147,6 +155,9 @@ struct Exchange<'a> {
     keep_alive: bool,
     /// An HTTP/1.0 client (keep-alive must be announced).
     http10: bool,
+    /// The object head announces `Transfer-Encoding: chunked` (a relayed
+    /// body of unknown length to an HTTP/1.1 client).
+    chunked: bool,
 }
 
 impl<'a> Exchange<'a> {
@@ -163,6 +174,7 @@ impl<'a> Exchange<'a> {
             upstream_status: None,
             keep_alive: req.keep_alive && !w.is_draining(),
             http10: req.minor_version == 0,
+            chunked: false,
         }
     }
 
@@ -203,6 +215,7 @@ impl<'a> Exchange<'a> {
                 x_cache: None,
                 content_range: None,
                 allow: Some("GET, HEAD"),
+                chunked: false,
                 keep_alive: self.keep_alive,
                 extra: &[],
             },
@@ -405,14 +418,10 @@ impl<'a> Exchange<'a> {
 
     /// A small in-memory answer from a fill (404, or an unstorable body).
     async fn serve_response(&mut self, meta: &ResponseMeta, body: Bytes) -> std::io::Result<()> {
-        if meta.status != 200 {
-            let status = if meta.status == 304 { 502 } else { meta.status };
-            let msg = if status == 404 {
-                "not found"
-            } else {
-                "upstream error"
-            };
-            return self.respond_simple(status, msg).await;
+        match meta.status {
+            200 => {}
+            404 => return self.respond_simple(404, "not found").await,
+            other => return self.unexpected_status(other).await,
         }
         let object = object_meta(meta);
         self.send_object_head(&object, 200, Some(body.len() as u64), None)
@@ -462,42 +471,74 @@ impl<'a> Exchange<'a> {
         let mut body = resp.body;
         match meta.status {
             200 => {}
-            304 => {
+            304 if req.if_none_match.is_some() || req.if_modified_since.is_some() => {
                 let object = object_meta(&meta);
                 return self.send_object_head(&object, 304, None, None).await;
             }
             404 => return self.respond_simple(404, "not found").await,
-            other => {
-                return self
-                    .respond_simple(if other >= 500 { 502 } else { other }, "upstream error")
-                    .await
-            }
+            other => return self.unexpected_status(other).await,
         }
-        if meta.content_length.is_none() {
-            // Close-delimited: the only honest framing without a length.
+        // Without a length, the body keeps a framing that tells a complete
+        // body from a cut one: chunked (HTTP/1.1), else close-delimited.
+        let chunked = meta.content_length.is_none() && !self.http10;
+        if meta.content_length.is_none() && self.http10 {
             self.keep_alive = false;
         }
         let object = object_meta(&meta);
+        self.chunked = chunked;
         self.send_object_head(&object, 200, meta.content_length, None)
             .await?;
         if req.method == Method::Head {
             return Ok(());
         }
+        let mut framed = Vec::new();
         loop {
             match body.next_chunk().await {
+                Ok(Some(chunk)) if chunked => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    framed.clear();
+                    framed.reserve(chunk.len() + 20);
+                    chunk_prefix(&mut framed, chunk.len());
+                    framed.extend_from_slice(&chunk);
+                    framed.extend_from_slice(b"\r\n");
+                    let n = chunk.len() as u64;
+                    let (res, buf) =
+                        monoio::io::AsyncWriteRentExt::write_all(&mut self.conn.stream, framed)
+                            .await;
+                    framed = buf;
+                    res?;
+                    self.bytes += n;
+                }
                 Ok(Some(chunk)) => {
                     let n = chunk.len() as u64;
                     send_all(&mut self.conn.stream, chunk).await?;
                     self.bytes += n;
                 }
+                Ok(None) if chunked => return send_all(&mut self.conn.stream, LAST_CHUNK).await,
                 Ok(None) => return Ok(()),
                 Err(e) => {
+                    // No last chunk, and the connection closes: the client
+                    // sees a cut body, never a complete-looking one.
                     tracing::warn!(key = self.key, error = %e, "upstream body failed mid-stream");
                     self.keep_alive = false;
                     return Err(std::io::Error::other(e.to_string()));
                 }
             }
         }
+    }
+
+    /// Upstream answered with a status that is not passed on (its head would
+    /// lie about the body): 502, logged with the key and the status.
+    async fn unexpected_status(&mut self, status: u16) -> std::io::Result<()> {
+        tracing::warn!(
+            key = self.key,
+            upstream_status = status,
+            "unexpected upstream status: answered 502"
+        );
+        self.respond_simple(502, &format!("unexpected upstream status {status}"))
+            .await
     }
 
     /// The connection's head buffer with this object's response head rendered
@@ -538,6 +579,7 @@ impl<'a> Exchange<'a> {
                 x_cache: Some(self.cache.as_str()),
                 content_range,
                 allow: None,
+                chunked: self.chunked,
                 keep_alive: self.keep_alive,
                 extra: &extra,
             },

@@ -9,7 +9,12 @@
 //! origin ([`super::response`]), credential refresh ([`super::credentials`]).
 //!
 //! Invariants: the object key is `prefix + key` (`prefix` empty → the key
-//! without its leading `/`), URI-encoded once; the request carries only the
+//! without its leading `/`), URI-encoded once, and always names an object:
+//! a key that is the root or a "directory" is refused before signing
+//! ([`super::require_object_key`]), so no request is ever the bucket root
+//! (ListObjects) or a sub-resource; a 200 without an `ETag` is not an S3
+//! object (GetObject/HeadObject always carry one; a bucket listing does not)
+//! and fails as a protocol error, so it is never cached; the request carries only the
 //! headers [`super::sigv4::sign_request`] returns (signed) plus `User-Agent`;
 //! credentials are read per request from the shared cell, so a refresh applies
 //! to the next request on every worker.
@@ -96,6 +101,7 @@ impl S3Origin {
     }
 
     async fn fetch_inner(&self, req: OriginRequest) -> Result<OriginResponse, Error> {
+        super::require_object_key(&req.key)?;
         let creds = self.creds.get().ok_or_else(|| {
             Error::Credentials("credentials not loaded (or expired and not refreshed)".into())
         })?;
@@ -112,20 +118,33 @@ impl S3Origin {
         // The client writes `Host` itself, from the same authority that was signed.
         let headers: Vec<(&str, String)> =
             signed.into_iter().filter(|(n, _)| *n != "host").collect();
-        response::fetch(
+        let conditional = req.if_none_match.is_some() || req.if_modified_since.is_some();
+        let resp = response::fetch(
             &self.client,
             req.method,
             &path,
             &headers,
+            conditional,
             error_response::error_code,
         )
-        .await
+        .await?;
+        if resp.meta.status == 200 && resp.meta.etag.is_none() {
+            // Dropping the body unread closes the connection.
+            return Err(Error::Protocol(
+                "200 without an ETag is not an S3 object (a bucket listing?)".into(),
+            ));
+        }
+        Ok(resp)
     }
 }
 
 impl Origin for S3Origin {
     fn fetch(&self, req: OriginRequest) -> LocalBoxFuture<'_, Result<OriginResponse, Error>> {
         Box::pin(self.fetch_inner(req))
+    }
+
+    fn connection_stats(&self) -> Option<super::client::ClientStats> {
+        Some(self.client.stats())
     }
 
     fn describe(&self) -> String {
@@ -188,6 +207,24 @@ mod tests {
         let o = S3Origin::new(&cfg(Some("http://127.0.0.1:9000")), "charts", "", creds()).unwrap();
         assert_eq!(o.object_key("/index.yaml"), "index.yaml");
         assert_eq!(o.request_path("/index.yaml"), "/charts/index.yaml");
+    }
+
+    #[test]
+    fn keys_outside_the_object_space_are_refused_before_any_request() {
+        // Nothing listens on port 9: an attempt to send would fail as Connect.
+        let o = S3Origin::new(&cfg(Some("http://127.0.0.1:9")), "charts", "", creds()).unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        for key in ["/", "/dir/", "//"] {
+            let err = rt
+                .block_on(o.fetch(OriginRequest::get(key)))
+                .map(|_| ())
+                .unwrap_err();
+            assert!(matches!(err, Error::NotAnObjectKey(_)), "{key}: {err:?}");
+        }
+        assert_eq!(o.client().stats().connects, 0);
     }
 
     #[test]
