@@ -14,6 +14,12 @@
 //!    (`REVALIDATED`), an upstream failure serves it as `STALE` when allowed.
 //! 4. **Bypass**: stream upstream's answer through, nothing stored (`BYPASS`).
 //!
+//! Every send is bounded by `server.send_timeout` without progress: a client
+//! that stopped reading is reset (`send::abort`) and counted
+//! (`chartcache_client_send_timeouts_total`). Pass-through fetches draw on
+//! their own capped share of the worker's upstream slots
+//! ([`origin::Purpose::PassThrough`]), so slow readers cannot starve fills.
+//!
 //! One `Exchange` value carries a request's state (worker, connection,
 //! parsed head, key, the rule's header overrides, and what was answered); its
 //! methods are the steps. Every request ends in exactly one access-log line
@@ -36,7 +42,9 @@ use crate::http1::request::{Method, RequestHead};
 use crate::metrics::CacheResult;
 use crate::origin::{self, OriginRequest, ResponseMeta};
 use crate::policy::Action;
-use crate::server::send::{send_all, send_head_and_body, send_head_and_file, MmapSlice};
+use crate::server::send::{
+    abort, send_all, send_head_and_body, send_head_and_file, send_vec, MmapSlice,
+};
 use crate::server::Worker;
 
 /// A client connection as the handler sees it.
@@ -45,6 +53,8 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     /// Reused buffer for response heads.
     pub head_buf: Vec<u8>,
+    /// A send failed or timed out: close at once, without a lingering close.
+    pub broken: bool,
 }
 
 /// A stored body, wherever it came from (a lookup or a fill).
@@ -159,6 +169,15 @@ impl<'a> Exchange<'a> {
     /// be reused.
     fn finish(self, result: std::io::Result<()>, started: Instant) -> bool {
         let w = self.w;
+        if let Err(e) = &result {
+            self.conn.broken = true;
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                // The client stopped reading: reset rather than leave the
+                // kernel holding the rest for a zero window.
+                w.metrics.send_timeouts.fetch_add(1, Relaxed);
+                abort(&self.conn.stream);
+            }
+        }
         w.metrics.request(self.cache, self.status, self.bytes);
         w.access_log.log(&Entry {
             method: &self.req.method_name,
@@ -290,7 +309,7 @@ impl<'a> Exchange<'a> {
                     view.body_offset + sent as usize,
                     (available - sent) as usize,
                 );
-                send_all(&mut self.conn.stream, slice).await?;
+                send_all(&mut self.conn.stream, slice, self.w.cfg.server.send_timeout).await?;
                 self.bytes += available - sent;
                 sent = available;
             }
@@ -338,6 +357,7 @@ impl<'a> Exchange<'a> {
         }
         let at = s.body_offset + start as usize;
         let sendfile = self.w.cfg.server.sendfile_threshold.is_some_and(|t| n >= t);
+        let timeout = self.w.cfg.server.send_timeout;
         let (res, head) = if sendfile {
             send_head_and_file(
                 &mut self.conn.stream,
@@ -346,11 +366,12 @@ impl<'a> Exchange<'a> {
                 s.segment.clone(),
                 at as u64,
                 n as usize,
+                timeout,
             )
             .await
         } else {
             let body = MmapSlice::new(s.segment.clone(), at, n as usize);
-            send_head_and_body(&mut self.conn.stream, head, body).await
+            send_head_and_body(&mut self.conn.stream, head, body, timeout).await
         };
         self.conn.head_buf = head;
         if res.is_ok() {
@@ -375,7 +396,7 @@ impl<'a> Exchange<'a> {
             .await?;
         if self.req.method == Method::Get && !body.is_empty() {
             let n = body.len() as u64;
-            send_all(&mut self.conn.stream, body).await?;
+            send_all(&mut self.conn.stream, body, self.w.cfg.server.send_timeout).await?;
             self.bytes += n;
         }
         Ok(())
@@ -394,6 +415,9 @@ impl<'a> Exchange<'a> {
             },
             if_none_match: req.if_none_match.clone(),
             if_modified_since: req.if_modified_since.clone(),
+            // Held as long as this client takes to read: its own capped share
+            // of the upstream slots, so fills keep theirs.
+            purpose: origin::Purpose::PassThrough,
         };
         let started = Instant::now();
         let resp = match self.w.origin.fetch(oreq).await {
@@ -443,7 +467,7 @@ impl<'a> Exchange<'a> {
             match body.next_chunk().await {
                 Ok(Some(chunk)) => {
                     let n = chunk.len() as u64;
-                    send_all(&mut self.conn.stream, chunk).await?;
+                    send_all(&mut self.conn.stream, chunk, self.w.cfg.server.send_timeout).await?;
                     self.bytes += n;
                 }
                 Ok(None) => return Ok(()),
@@ -517,9 +541,9 @@ impl<'a> Exchange<'a> {
 
     async fn send_head(&mut self, head: Vec<u8>) -> std::io::Result<()> {
         let (res, buf) =
-            monoio::io::AsyncWriteRentExt::write_all(&mut self.conn.stream, head).await;
+            send_vec(&mut self.conn.stream, head, self.w.cfg.server.send_timeout).await;
         self.conn.head_buf = buf;
-        res.map(|_| ())
+        res
     }
 
     /// A complete small text response.
