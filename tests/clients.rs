@@ -468,5 +468,9 @@ fn a_low_open_file_limit_keeps_room_for_a_cold_miss() {
         limit_lines, 1,
         "logged once, not per connection: {lines:#?}"
     );
+    assert!(
+        !lines.iter().any(|l| l.contains("accept failed")),
+        "the reserve keeps accept() clear of EMFILE: {lines:#?}"
+    );
     bin.terminate();
 }
