@@ -231,13 +231,20 @@ impl Retrying {
             Ok(p) => Ok(p),
             Err(_) => {
                 self.bump(|s| s.slot_timeouts += 1);
-                tracing::warn!(
-                    origin = %self.description,
-                    key = %req.key,
-                    purpose = ?req.purpose,
-                    max_concurrency = slots.capacity(),
-                    "no upstream slot free before the deadline"
-                );
+                // Many requests time out together when slots are short: one
+                // line per interval, the rest counted.
+                static SLOT_TIMEOUTS: crate::metrics::LogEvery =
+                    crate::metrics::LogEvery::new(Duration::from_secs(10));
+                if let Some(held_back) = SLOT_TIMEOUTS.allow() {
+                    tracing::warn!(
+                        origin = %self.description,
+                        key = %req.key,
+                        purpose = ?req.purpose,
+                        max_concurrency = slots.capacity(),
+                        more_since_last_line = held_back,
+                        "no upstream slot free before the deadline"
+                    );
+                }
                 Err(Error::Timeout)
             }
         }
