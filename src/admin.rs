@@ -1,9 +1,19 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, and purge.
 //!
 //! Low-traffic and off the hot path, so it runs on plain threads (one per
-//! admin connection, at most `MAX_ADMIN_CONNECTIONS`), one request per
+//! admin connection, at most [`MAX_ADMIN_CONNECTIONS`]), one request per
 //! connection. Purges go through the cache facade ([`Cache::purge`]), which
 //! hands them to the owning workers — only a shard's owner writes its shard.
+//!
+//! Probes are always answered, so a liveness probe never restarts a healthy
+//! cache because of other clients:
+//! - the request head must arrive within [`HEAD_DEADLINE`] of the accept,
+//!   however the bytes trickle in (else 408 and close);
+//! - when every slot is taken, the connection that has waited longest for its
+//!   head is closed to make room (a probe's head arrives at once, a
+//!   slowloris's never does); connections already answering are never cut.
+//!   Said in the log at most once per [`LOG_EVERY`];
+//! - a failed accept (EMFILE) backs off instead of spinning.
 //!
 //! | request | answer |
 //! |---|---|
@@ -17,17 +27,24 @@
 //! (config refuses a non-loopback admin address without one).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::cache::{Cache, PurgeError, PurgeTarget};
 use crate::http1::path::object_key;
-use crate::metrics::Metrics;
+use crate::metrics::{LogEvery, Metrics};
 
-const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// Admin connections served at once (one thread each).
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// Time from accept to a complete request head, however it trickles in.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// At most one log line per condition per this interval.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 16 * 1024;
+/// Pause after a failed accept (e.g. EMFILE), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -43,30 +60,107 @@ pub struct AdminState {
     pub credentials: Option<Arc<crate::origin::credentials::CredentialsCell>>,
 }
 
+/// The admin connections being served, oldest first.
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    conns: Vec<Tracked>,
+}
+
+struct Tracked {
+    id: u64,
+    /// A handle on the socket while its request head is still awaited (the
+    /// connection may be closed to make room); `None` once it is answered.
+    waiting: Option<TcpStream>,
+    /// Closed to make room; its thread has not ended yet.
+    evicted: bool,
+}
+
+impl Table {
+    /// Takes a slot for `stream`, closing the connection that has waited
+    /// longest for its head when all are taken. `None`: no room (every slot is
+    /// answering a request).
+    fn admit(&mut self, stream: &TcpStream) -> Option<u64> {
+        let live = self.conns.iter().filter(|c| !c.evicted).count();
+        if live >= MAX_ADMIN_CONNECTIONS {
+            let oldest = self.conns.iter_mut().find(|c| c.waiting.is_some())?;
+            if let Some(s) = oldest.waiting.take() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            oldest.evicted = true;
+            static EVICTED: LogEvery = LogEvery::new(LOG_EVERY);
+            if let Some(held_back) = EVICTED.allow() {
+                tracing::warn!(
+                    max = MAX_ADMIN_CONNECTIONS,
+                    more_since_last_line = held_back,
+                    "admin connections full: closed the one waiting longest for its request"
+                );
+            }
+        }
+        // Evicted threads end at once; this bounds them should they not.
+        if self.conns.len() >= 2 * MAX_ADMIN_CONNECTIONS {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conns.push(Tracked {
+            id,
+            waiting: stream.try_clone().ok(),
+            evicted: false,
+        });
+        Some(id)
+    }
+
+    /// The head of `id` is in: it is answered, never evicted.
+    fn answering(&mut self, id: u64) {
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == id) {
+            c.waiting = None;
+        }
+    }
+
+    fn finished(&mut self, id: u64) {
+        self.conns.retain(|c| c.id != id);
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+    table.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Serves the admin listener on a background thread.
 pub fn spawn(listener: TcpListener, state: AdminState) {
     let state = Arc::new(state);
-    let active = Arc::new(AtomicUsize::new(0));
+    let table = Arc::new(Mutex::new(Table::default()));
     let _ = std::thread::Builder::new()
         .name("chartcache-admin".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                if active.load(Ordering::SeqCst) >= MAX_ADMIN_CONNECTIONS {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        static FAILED: LogEvery = LogEvery::new(LOG_EVERY);
+                        if let Some(held_back) = FAILED.allow() {
+                            tracing::warn!(error = %e, more_since_last_line = held_back,
+                                "admin accept failed; backing off");
+                        }
+                        std::thread::sleep(ACCEPT_BACKOFF);
+                        continue;
+                    }
+                };
+                let Some(id) = lock(&table).admit(&stream) else {
                     continue;
-                }
-                active.fetch_add(1, Ordering::SeqCst);
+                };
                 let state = state.clone();
-                let done = active.clone();
+                let conn_table = table.clone();
                 let spawned = std::thread::Builder::new()
                     .name("chartcache-admin-conn".into())
                     .spawn(move || {
-                        serve(stream, &state);
-                        done.fetch_sub(1, Ordering::SeqCst);
+                        serve(stream, &state, || lock(&conn_table).answering(id));
+                        lock(&conn_table).finished(id);
                     });
                 if spawned.is_err() {
-                    // The closure (and its decrement) was dropped unrun.
-                    active.fetch_sub(1, Ordering::SeqCst);
+                    // The closure (and its release) was dropped unrun.
+                    lock(&table).finished(id);
                 }
             }
         });
@@ -95,20 +189,37 @@ impl Reply {
     }
 }
 
-fn serve(mut stream: TcpStream, state: &AdminState) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+/// Reads one request (its head by [`HEAD_DEADLINE`]), calls `answering`
+/// once the head is in, and answers.
+fn serve(mut stream: TcpStream, state: &AdminState, answering: impl FnOnce()) {
+    let deadline = Instant::now() + HEAD_DEADLINE;
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let reply = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Reply::text(408, "request head not received in time\n");
+        }
+        let _ = stream.set_read_timeout(Some(left));
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break Reply::text(408, "request head not received in time\n");
+            }
+            Err(_) => return,
         }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
+                answering();
                 let method = req.method.unwrap_or("");
                 let target = req.path.unwrap_or("");
                 let auth = req
@@ -132,6 +243,24 @@ fn serve(mut stream: TcpStream, state: &AdminState) {
     );
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(reply.body.as_bytes());
+    if matches!(reply.status, 400 | 408 | 431) {
+        // The client may still be sending: closing with unread bytes would
+        // reset the connection and could discard the answer. FIN, then
+        // discard briefly.
+        let _ = stream.shutdown(Shutdown::Write);
+        let until = Instant::now() + Duration::from_secs(1);
+        let mut read = 0;
+        while read < MAX_HEAD {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    }
 }
 
 fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> Reply {

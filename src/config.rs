@@ -148,7 +148,13 @@ section! {
         #[arg(long, env = "CHARTCACHE_IDLE_TIMEOUT", value_name = "DURATION")]
         idle_timeout: Option<String> = Some("60s".into()),
 
-        /// Maximum client connections per worker [default: 10000].
+        /// Time a response may go without progress because the client stopped reading before
+        /// the connection is cut [default: 30s].
+        #[arg(long, env = "CHARTCACHE_SEND_TIMEOUT", value_name = "DURATION")]
+        send_timeout: Option<String> = Some("30s".into()),
+
+        /// Maximum client connections per worker, lowered at start to what the open-file limit
+        /// allows after a reserve for upstream connections and cache files [default: 10000].
         #[arg(long, env = "CHARTCACHE_MAX_CONNECTIONS", value_name = "N")]
         max_connections: Option<usize> = Some(10_000),
 
@@ -264,7 +270,8 @@ section! {
         #[arg(long, env = "CHARTCACHE_RETRY_DEADLINE", value_name = "DURATION")]
         retry_deadline: Option<String> = Some(format!("{}ms", DEFAULT_DEADLINE.as_millis())),
 
-        /// Concurrent upstream requests per worker [default: 64].
+        /// Concurrent upstream requests per worker; pass-through (bypassed paths, objects the cache
+        /// cannot store) may hold at most half, so cache fills keep the rest [default: 64].
         #[arg(long, env = "CHARTCACHE_MAX_UPSTREAM_CONCURRENCY", value_name = "N")]
         max_upstream_concurrency: Option<usize> = Some(DEFAULT_MAX_CONCURRENCY),
 
@@ -417,6 +424,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A response that makes no progress for this long (the client stopped
+    /// reading) ends its connection.
+    pub send_timeout: Duration,
+    /// Per worker; `runtime::start` lowers it to what `RLIMIT_NOFILE` allows.
     pub max_connections: usize,
     pub limits: Limits,
     /// Stored bodies of at least this many bytes are sent with `sendfile(2)`,
@@ -645,6 +656,14 @@ impl ServerArgs {
             parse_duration(&s)
         });
         let idle_timeout = p.parse("idle_timeout", self.idle_timeout, |s| parse_duration(&s));
+        let send_timeout = p.parse(
+            "send_timeout",
+            self.send_timeout,
+            |s| match parse_duration(&s)? {
+                d if d.is_zero() => Err(format!("{s} would cut every response; use e.g. 30s")),
+                d => Ok(d),
+            },
+        );
         let max_connections = p.at_least_one("max_connections", self.max_connections);
         let sendfile_threshold =
             p.parse("sendfile_threshold", self.sendfile_threshold, |s| {
@@ -660,6 +679,7 @@ impl ServerArgs {
                 listen: listen?,
                 header_timeout: header_timeout?,
                 idle_timeout: idle_timeout?,
+                send_timeout: send_timeout?,
                 max_connections: max_connections?,
                 limits: Limits::default(),
                 sendfile_threshold: sendfile_threshold?,
@@ -1169,6 +1189,7 @@ mod tests {
         let c = build(cli(), FileConfig::default()).unwrap();
         assert_eq!(c.server.header_timeout, Duration::from_secs(10));
         assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.send_timeout, Duration::from_secs(30));
         assert_eq!(c.server.max_connections, 10_000);
         assert_eq!(c.admin.token, None);
         assert_eq!(c.cache.max_stale, Duration::from_secs(7 * 86_400));
@@ -1302,6 +1323,7 @@ mod tests {
             listen: Some("nope".into()),
             header_timeout: Some("soon".into()),
             idle_timeout: Some("later".into()),
+            send_timeout: Some("0s".into()),
             max_connections: Some(0),
             sendfile_threshold: Some("sometimes".into()),
         };
@@ -1311,6 +1333,7 @@ mod tests {
                 "listen",
                 "header_timeout",
                 "idle_timeout",
+                "send_timeout",
                 "max_connections",
                 "sendfile_threshold"
             ]

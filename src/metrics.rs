@@ -34,6 +34,8 @@ pub const CACHE_TRUNCATED_SEGMENTS: &str = "chartcache_cache_truncated_segments"
 pub const CACHE_TRUNCATED_DROPPED: &str = "chartcache_cache_truncated_records_dropped";
 pub const CACHE_NO_SPACE_ERRORS: &str = "chartcache_cache_no_space_errors";
 pub const CACHE_DISK_FULL: &str = "chartcache_cache_disk_full";
+pub const SEND_TIMEOUTS: &str = "chartcache_client_send_timeouts";
+pub const ACCEPT_ERRORS: &str = "chartcache_accept_errors";
 
 /// How a response was produced (the `X-Cache` value, and a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,8 @@ pub struct WorkerMetrics {
     pub bad_requests: AtomicU64,
     pub digest_mismatch: AtomicU64,
     pub access_log_dropped: AtomicU64,
+    pub send_timeouts: AtomicU64,
+    pub accept_errors: AtomicU64,
     /// Gauges published by the shard owner.
     pub cache_bytes: AtomicU64,
     pub cache_objects: AtomicU64,
@@ -160,6 +164,44 @@ impl WorkerMetrics {
 
     pub fn requests_for(&self, result: CacheResult, status: u16) -> u64 {
         self.requests[result.index()][status_slot(status)].load(Relaxed)
+    }
+}
+
+/// At most one log line per interval for a condition that may recur many
+/// times a second (a full descriptor table, a connection limit): the first
+/// occurrence is logged, later ones within `every` are only counted, and the
+/// next line says how many were held back. Shared by threads; meant for rare
+/// paths (a mutex).
+pub struct LogEvery {
+    every: std::time::Duration,
+    /// When the last line was allowed, and the occurrences held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogEvery {
+    pub const fn new(every: std::time::Duration) -> LogEvery {
+        LogEvery {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held_back)` when a line may be logged now (`held_back`: the
+    /// occurrences not logged since the last line); `None`: stay quiet.
+    pub fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.every => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let held_back = state.1;
+                *state = (Some(now), 0);
+                Some(held_back)
+            }
+        }
     }
 }
 
@@ -260,7 +302,7 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let counters: [Described; 15] = [
+        let counters: [Described; 17] = [
             (
                 UPSTREAM_UNSOLICITED,
                 "Upstream connections closed because upstream sent bytes outside a response (beyond a body's framing, or on an idle keep-alive connection)",
@@ -311,8 +353,18 @@ impl Collector for Metrics {
             ),
             (
                 CONNECTIONS_REJECTED,
-                "Client connections closed at accept because the worker was at its connection limit",
+                "Client connections answered 503 and closed at accept because the worker was at its connection limit",
                 |w| &w.connections_rejected,
+            ),
+            (
+                SEND_TIMEOUTS,
+                "Client connections cut because a response made no progress for send_timeout (the client stopped reading)",
+                |w| &w.send_timeouts,
+            ),
+            (
+                ACCEPT_ERRORS,
+                "Failed accepts of client connections (EMFILE and the like), each followed by a short back-off",
+                |w| &w.accept_errors,
             ),
             (
                 BAD_REQUESTS,
@@ -401,5 +453,17 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.upstream_total(), 1);
+    }
+
+    #[test]
+    fn log_every_allows_one_line_per_interval_and_counts_the_rest() {
+        let limit = LogEvery::new(std::time::Duration::from_secs(3600));
+        assert_eq!(limit.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(limit.allow(), None);
+        }
+        let zero = LogEvery::new(std::time::Duration::ZERO);
+        assert_eq!(zero.allow(), Some(0));
+        assert_eq!(zero.allow(), Some(0));
     }
 }

@@ -6,6 +6,15 @@
 //!    or an unusable cache directory fail before anything is served.
 //! 2. The proxy address is bound once per worker with `SO_REUSEPORT` (the
 //!    kernel spreads connections); port 0 is resolved by the first bind.
+//!    Linux lets any socket of the same user join such a group, so a second
+//!    chartcache on the same port would silently split the clients with the
+//!    first. Before the cache is opened, [`claim_listen`] makes sure the
+//!    address is this process's alone: an abstract UNIX socket named after it
+//!    (unique per network namespace, released by the kernel when the process
+//!    dies) excludes another chartcache, even one starting at the same
+//!    moment, and a bind *without* `SO_REUSEPORT` fails on any other listener
+//!    on that port (an overlapping wildcard address included). Either is
+//!    [`Error::PortTaken`], and the process exits.
 //! 3. Each worker builds its runtime on io_uring, or on epoll where io_uring is
 //!    unavailable (Docker's default seccomp profile) — said once in the log —
 //!    then builds its own origin (its own upstream connection pool), takes
@@ -13,7 +22,15 @@
 //!    the accept loop and periodic housekeeping (access-log flush, stats,
 //!    checkpoints, resuming a shard paused by a full disk once it has room).
 //! 4. The admin listener runs on its own plain thread (`admin`).
-//! 5. Shutdown fans out through a watch channel: workers stop accepting, idle
+//! 5. Descriptors: `start` raises the soft `RLIMIT_NOFILE` to the hard limit
+//!    and lowers each worker's `max_connections` so that client connections
+//!    cannot take the descriptors upstream connections, cache files and the
+//!    admin listener need ([`fd_reserve`]): a cold miss still works at the
+//!    client limit. The figure is logged at start. Over the limit a new
+//!    connection gets a 503 and is closed (counted, logged at most once per
+//!    [`LOG_EVERY`]); a failed accept (EMFILE) backs off [`ACCEPT_BACKOFF`]
+//!    and is likewise counted and logged at most once per interval.
+//! 6. Shutdown fans out through a watch channel: workers stop accepting, idle
 //!    connections close, in-flight responses finish (bounded by a grace
 //!    period), each shard writes its index checkpoint, the log is flushed.
 
@@ -31,7 +48,7 @@ use crate::access_log::{self, AccessLog};
 use crate::admin::{self, AdminState};
 use crate::cache::{self, Cache, FillContext, ShardParts};
 use crate::config::{Config, Driver};
-use crate::metrics::Metrics;
+use crate::metrics::{LogEvery, Metrics};
 use crate::origin::credentials::CredentialsCell;
 use crate::origin::{self, Upstream};
 use crate::server::send::SocketMode;
@@ -41,6 +58,12 @@ use crate::server::{conn, Worker, WorkerRef};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often each shard writes its index checkpoint while running.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (EMFILE and friends) instead of spinning.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per recurring condition per this interval.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// What a connection over the limit is told before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 25\r\nRetry-After: 1\r\nConnection: close\r\n\r\nconnection limit reached\n";
 
 /// Startup and runtime errors; each says what to fix. A variant with a source
 /// does not repeat it in its own text: the binary prints the whole chain.
@@ -54,6 +77,12 @@ pub enum Error {
         what: &'static str,
         flag: &'static str,
         source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {holder} already listens there, and the workers' SO_REUSEPORT group would split the clients between both. Fix: stop the other server, or give this one its own port with --listen")]
+    PortTaken {
+        addr: SocketAddr,
+        /// "another chartcache" or "another process".
+        holder: &'static str,
     },
     #[error("AWS credentials")]
     Credentials(#[source] origin::Error),
@@ -82,6 +111,8 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     log_writer: access_log::Writer,
     _lock: cache::DirLock,
+    /// This process's claim on the proxy address (held while serving).
+    _listen: Option<ListenClaim>,
 }
 
 impl Server {
@@ -122,7 +153,9 @@ pub fn credentials_for(cfg: &Config) -> Result<Option<Arc<CredentialsCell>>, Err
 }
 
 /// Starts every worker and the admin listener; returns once all serve.
-pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server, Error> {
+pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server, Error> {
+    let fd_limit = raise_nofile_limit();
+    cfg.server.max_connections = max_connections_within(&cfg, fd_limit);
     let cfg = Arc::new(cfg);
     let n = cfg.workers;
     // Fail fast on an origin that cannot be built (e.g. S3 without credentials).
@@ -133,6 +166,7 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
     }
 
     let driver = resolve_driver(cfg.driver);
+    let listen_claim = claim_listen(cfg.server.listen)?;
     let (cache, shard_parts, lock) =
         cache::open(&cfg.cache, n, cache::fill_patience(&cfg.repo.origin))?;
     let listeners = bind_reuseport(cfg.server.listen, n, driver)?;
@@ -226,6 +260,8 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         upstream = %cfg.repo.origin.upstream,
         cache_dir = %cfg.cache.dir.display(),
         cache_size = cfg.cache.size,
+        fd_limit,
+        max_connections = cfg.server.max_connections,
         "chartcache listening"
     );
     Ok(Server {
@@ -238,7 +274,98 @@ pub fn start(cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server,
         workers,
         log_writer,
         _lock: lock,
+        _listen: listen_claim,
     })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped by the kernel's
+/// `fs.nr_open`); returns the soft limit in force (`u64::MAX` if unknown).
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return u64::MAX;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let target = lim.rlim_max.min(nr_open);
+    if lim.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit from a struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return target;
+        }
+        tracing::warn!(
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            error = %std::io::Error::last_os_error(),
+            "cannot raise the open-file limit to its hard limit"
+        );
+    }
+    lim.rlim_cur
+}
+
+/// Descriptors client connections must leave free: per worker its upstream
+/// connections (in flight and idle, plus a file per fill for a file://
+/// upstream) and the ring, timer and event descriptors; every shard's segment
+/// files (segments are at most 64 MiB and at least an eighth of a shard:
+/// `cache::store`) and checkpoints; the admin connections (two descriptors
+/// each); and a margin (listeners, logs, credentials refresh, the lock).
+pub fn fd_reserve(cfg: &Config) -> u64 {
+    let workers = cfg.workers.max(1) as u64;
+    let origin = &cfg.repo.origin;
+    let per_worker =
+        2 * origin.max_upstream_concurrency as u64 + origin.max_idle_connections as u64 + 16;
+    let shard = cfg.cache.size / workers;
+    let segments = 8 + shard / (64 << 20) + 4;
+    workers * (per_worker + segments) + 2 * admin::MAX_ADMIN_CONNECTIONS as u64 + 64
+}
+
+/// Client connections per worker: the configured figure, lowered to what
+/// the open-file limit leaves after [`fd_reserve`] (at least 1). Logged.
+fn max_connections_within(cfg: &Config, fd_limit: u64) -> usize {
+    let configured = cfg.server.max_connections;
+    let reserve = fd_reserve(cfg);
+    let per_worker = fd_limit.saturating_sub(reserve) / cfg.workers.max(1) as u64;
+    let allowed = usize::try_from(per_worker).unwrap_or(usize::MAX).max(1);
+    if allowed < configured {
+        tracing::warn!(
+            fd_limit,
+            reserve,
+            configured,
+            max_connections = allowed,
+            "the open-file limit allows fewer client connections per worker than configured \
+             (descriptors are kept for upstream connections and cache files); raise it \
+             (ulimit -n, LimitNOFILE) for more"
+        );
+        allowed
+    } else {
+        configured
+    }
+}
+
+/// Tells a connection over the limit so, without waiting: one non-blocking
+/// send into the fresh socket's empty buffer (best effort; then it is closed).
+fn refuse(stream: &monoio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for this borrow; the kernel reads at most
+    // `BUSY.len()` bytes from the static slice and keeps no pointer.
+    unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            BUSY.as_ptr().cast(),
+            BUSY.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 /// `Auto` becomes io_uring when the kernel and seccomp allow it.
@@ -252,6 +379,59 @@ fn resolve_driver(d: Driver) -> Driver {
             Driver::Epoll
         }
         other => other,
+    }
+}
+
+/// Proof that this process alone serves a listen address: an abstract UNIX
+/// socket named after it, held while serving.
+pub struct ListenClaim {
+    _name: std::os::unix::net::UnixListener,
+}
+
+/// Claims `addr` for this process before its workers bind it with
+/// `SO_REUSEPORT` (module doc, step 2). Port 0 needs no claim: the kernel hands
+/// out a port nobody listens on.
+pub fn claim_listen(addr: SocketAddr) -> Result<Option<ListenClaim>, Error> {
+    use std::os::linux::net::SocketAddrExt;
+    if addr.port() == 0 {
+        return Ok(None);
+    }
+    let err = |source| Error::Bind {
+        addr,
+        what: "proxy",
+        flag: "listen",
+        source,
+    };
+    // Among chartcaches: the name is unique within the network namespace, and
+    // a process that dies (even by SIGKILL) releases it.
+    let name = format!("chartcache/listen/{addr}");
+    let unix = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(err)?;
+    let claim = match std::os::unix::net::UnixListener::bind_addr(&unix) {
+        Ok(l) => ListenClaim { _name: l },
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(Error::PortTaken {
+                addr,
+                holder: "another chartcache",
+            })
+        }
+        Err(e) => return Err(err(e)),
+    };
+    // Anything else: without SO_REUSEPORT the bind fails on any listener on
+    // this port (SO_REUSEADDR only tolerates connections in TIME_WAIT).
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    probe.set_reuse_address(true).map_err(err)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(Some(claim)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::PortTaken {
+            addr,
+            holder: "another process",
+        }),
+        Err(e) => Err(err(e)),
     }
 }
 
@@ -452,16 +632,36 @@ async fn accept_loop(
                 if w.connections.get() >= w.cfg.server.max_connections {
                     w.metrics
                         .connections_rejected
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, Ordering::Relaxed);
+                    refuse(&stream);
                     drop(stream);
+                    static OVER: LogEvery = LogEvery::new(LOG_EVERY);
+                    if let Some(held_back) = OVER.allow() {
+                        tracing::warn!(
+                            worker = w.id,
+                            max_connections = w.cfg.server.max_connections,
+                            more_since_last_line = held_back,
+                            "client connection limit reached: new connections get 503 and are closed"
+                        );
+                    }
                     continue;
                 }
                 monoio::spawn(conn::serve(w.clone(), stream, peer));
             }
             Some(Err(e)) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(worker = w.id, error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(50)).await;
+                // EMFILE and friends: back off instead of spinning (the
+                // connection waits in the backlog), and say so once a while.
+                w.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
+                static FAILED: LogEvery = LogEvery::new(LOG_EVERY);
+                if let Some(held_back) = FAILED.allow() {
+                    tracing::warn!(
+                        worker = w.id,
+                        error = %e,
+                        more_since_last_line = held_back,
+                        "accept failed; backing off"
+                    );
+                }
+                monoio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
@@ -507,5 +707,64 @@ async fn housekeeping(w: WorkerRef) {
             }
         }
         monoio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback address nothing listens on.
+    fn free_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn holder(r: Result<Option<ListenClaim>, Error>) -> &'static str {
+        match r {
+            Err(Error::PortTaken { holder, .. }) => holder,
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("claimed twice"),
+        }
+    }
+
+    /// A second claim fails while the first is held (even before anything
+    /// listens: two instances starting at once), and any listener on the
+    /// port, even one that would share it with SO_REUSEPORT, is seen.
+    #[test]
+    fn an_address_is_claimed_once() {
+        let addr = free_addr();
+        let first = claim_listen(addr)
+            .unwrap()
+            .expect("a fixed port is claimed");
+        assert_eq!(holder(claim_listen(addr)), "another chartcache");
+        drop(first);
+        let again = claim_listen(addr).unwrap();
+        assert!(again.is_some());
+        drop(again);
+
+        let listeners = bind_reuseport(addr, 2, Driver::Epoll).unwrap();
+        assert_eq!(holder(claim_listen(addr)), "another process");
+        drop(listeners);
+        assert!(claim_listen("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn client_connections_leave_room_for_upstream_and_cache_files() {
+        let mut cli = crate::config::Cli::default();
+        cli.repo.upstream =
+            Some(concat!("file://", env!("CARGO_MANIFEST_DIR"), "/examples/repo").into());
+        cli.runtime.workers = Some(2);
+        cli.cache.cache_size = Some("2GiB".into());
+        cli.cache.cache_dir = Some("/nonexistent/chartcache-test".into());
+        let cfg = crate::config::load(cli).unwrap();
+        let reserve = fd_reserve(&cfg);
+        // 2 × (2·64 + 32 + 16 + 8 + 16 + 4) + 64 + 64
+        assert_eq!(reserve, 536);
+        assert_eq!(max_connections_within(&cfg, 1 << 20), 10_000);
+        assert_eq!(max_connections_within(&cfg, 1024), (1024 - 536) / 2);
+        assert_eq!(max_connections_within(&cfg, 100), 1);
     }
 }

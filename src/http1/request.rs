@@ -343,8 +343,18 @@ fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
+/// A header value for logs only (`User-Agent`): invalid UTF-8 shows as U+FFFD.
 fn value_string(v: &[u8]) -> String {
     String::from_utf8_lossy(trim_ows(v)).into_owned()
+}
+
+/// A header value the server acts on or sends upstream: ASCII, kept byte for
+/// byte (a non-ASCII byte is a 400, never a lossy rewrite).
+fn ascii_value(v: &[u8], non_ascii: &'static str) -> Result<String, RequestError> {
+    match std::str::from_utf8(trim_ows(v)) {
+        Ok(s) if s.is_ascii() => Ok(s.to_owned()),
+        _ => Err(bad(non_ascii)),
+    }
 }
 
 /// Strict `Content-Length`: 1*DIGIT, no sign, no list, no overflow.
@@ -440,7 +450,8 @@ fn finish(head: &[u8], limits: &Limits, head_len: usize) -> Result<Parsed, Reque
             }
             5 if name_is(name, "range") => {
                 range_count += 1;
-                range = (range_count == 1).then(|| value_string(value));
+                let v = ascii_value(value, "non-ASCII byte in Range")?;
+                range = (range_count == 1).then_some(v);
             }
             10 if name_is(name, "connection") => {
                 for token in value.split(|&b| b == b',') {
@@ -456,12 +467,12 @@ fn finish(head: &[u8], limits: &Limits, head_len: usize) -> Result<Parsed, Reque
                 user_agent = Some(value_string(value));
             }
             13 if name_is(name, "if-none-match") => {
-                let v = trim_ows(value);
+                let v = ascii_value(value, "non-ASCII byte in If-None-Match")?;
                 match &mut if_none_match {
-                    None => if_none_match = Some(String::from_utf8_lossy(v).into_owned()),
+                    None => if_none_match = Some(v),
                     Some(s) => {
                         s.push_str(", ");
-                        s.push_str(&String::from_utf8_lossy(v));
+                        s.push_str(&v);
                     }
                 }
             }
@@ -482,7 +493,8 @@ fn finish(head: &[u8], limits: &Limits, head_len: usize) -> Result<Parsed, Reque
             }
             17 if name_is(name, "if-modified-since") => {
                 ims_count += 1;
-                if_modified_since = (ims_count == 1).then(|| value_string(value));
+                let v = ascii_value(value, "non-ASCII byte in If-Modified-Since")?;
+                if_modified_since = (ims_count == 1).then_some(v);
             }
             _ => {}
         }
@@ -1000,6 +1012,33 @@ mod tests {
         );
         let h = head(b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: \xff\xfe\r\n\r\n");
         assert_eq!(h.user_agent.as_deref(), Some("\u{fffd}\u{fffd}"));
+    }
+
+    /// Values the server compares or sends upstream are kept byte for byte,
+    /// or refused: never rewritten (a U+FFFD would reach the upstream, and
+    /// its signature).
+    #[test]
+    fn non_ascii_in_conditional_and_range_values_is_400() {
+        for name in ["If-None-Match", "If-Modified-Since", "Range"] {
+            for value in [&b"\"caf\xc3\xa9\""[..], b"\"\xff\xfe\"", b"\"a\", \"\x80\""] {
+                let mut raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{name}: ").into_bytes();
+                raw.extend_from_slice(value);
+                raw.extend_from_slice(b"\r\n\r\n");
+                assert_eq!(
+                    err(&raw),
+                    RequestError::BadRequest(match name {
+                        "Range" => "non-ASCII byte in Range",
+                        "If-None-Match" => "non-ASCII byte in If-None-Match",
+                        _ => "non-ASCII byte in If-Modified-Since",
+                    }),
+                    "{name}: {value:?}"
+                );
+            }
+        }
+        let h = head(
+            b"GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match:  W/\"a~!\" \r\nIf-None-Match: \"b\"\r\n\r\n",
+        );
+        assert_eq!(h.if_none_match.as_deref(), Some("W/\"a~!\", \"b\""));
     }
 
     #[test]

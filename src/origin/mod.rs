@@ -12,7 +12,8 @@
 //! since that upstream may be S3 too); signing is [`sigv4`].
 //!
 //! [`build`] wraps each in [`retry::Retrying`] (bounded retries with backoff, a
-//! total deadline, a per-worker cap on concurrent upstream requests).
+//! total deadline, a per-worker cap on concurrent upstream requests, of which
+//! pass-through may hold at most half: [`Purpose`]).
 //! Credentials for S3 come from [`credentials`] (`start_chain`: the AWS default
 //! chain, refreshed on a side thread).
 //!
@@ -69,17 +70,36 @@ pub struct OriginRequest {
     pub if_none_match: Option<String>,
     /// Sent as `If-Modified-Since`.
     pub if_modified_since: Option<String>,
+    /// Which of the worker's upstream slots it draws on ([`retry`]); never sent.
+    pub purpose: Purpose,
 }
 
 impl OriginRequest {
+    /// A GET for a cache fill.
     pub fn get(key: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             method: Method::Get,
             if_none_match: None,
             if_modified_since: None,
+            purpose: Purpose::Fill,
         }
     }
+}
+
+/// What an upstream request is for, which decides the concurrency slots it
+/// may take ([`retry`]): a pass-through response holds its slot for as long as
+/// its one client takes to read it, so pass-through gets a capped share and
+/// can never take the slots cache fills and index revalidation need.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// A cache fill or revalidation (one per object across all workers; its
+    /// body is written to the cache at upstream's pace).
+    #[default]
+    Fill,
+    /// Streamed to one client as it reads (bypassed paths, objects the cache
+    /// cannot store).
+    PassThrough,
 }
 
 /// The response headers chartcache cares about. Everything else upstream sends is
@@ -234,7 +254,8 @@ pub struct OriginConfig {
     /// for a slot, every attempt and backoff. Default [`retry::DEFAULT_DEADLINE`].
     pub retry_deadline: std::time::Duration,
     /// Max upstream requests in flight per worker (≥ 1); a response holds its
-    /// slot until its body ends. Default [`retry::DEFAULT_MAX_CONCURRENCY`].
+    /// slot until its body ends; pass-through may hold at most
+    /// [`retry::passthrough_share`] of them. Default [`retry::DEFAULT_MAX_CONCURRENCY`].
     pub max_upstream_concurrency: usize,
 }
 

@@ -10,8 +10,12 @@
 //!
 //! # Architecture
 //! 1. A fetch first takes a slot from the worker's [`Slots`] (at most
-//!    `max_concurrency` upstream requests in flight per worker). Waiting for a
-//!    slot counts against the deadline.
+//!    `max_concurrency` upstream requests in flight per worker). A
+//!    [`Purpose::PassThrough`] fetch first takes one of its own lane's slots
+//!    ([`passthrough_share`]: half, at least 1): its slot is held while one
+//!    client reads at its own pace, so stalled readers can hold at most that
+//!    share and cache fills and index revalidation always find the rest.
+//!    Waiting for a slot counts against the deadline.
 //! 2. It then calls the inner origin. Every attempt is bounded by the total
 //!    deadline as well as by the client's own request timeout.
 //! 3. A retryable failure (see [`is_retryable`]) is retried after a fully
@@ -43,6 +47,7 @@ use monoio::time::Instant;
 
 use super::{
     BodyStream, Error, LocalBoxFuture, Method, Origin, OriginConfig, OriginRequest, OriginResponse,
+    Purpose,
 };
 
 /// Default number of retries after the first attempt (3 attempts in all).
@@ -51,6 +56,12 @@ pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(8);
 /// Default cap on concurrent upstream requests per worker.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+/// Of `max_concurrency` slots, how many pass-through fetches may hold: half,
+/// at least 1 (with a single slot both kinds share it).
+pub fn passthrough_share(max_concurrency: usize) -> usize {
+    (max_concurrency / 2).max(1)
+}
+
 /// First backoff ceiling; doubles per retry.
 pub const BASE_BACKOFF: Duration = Duration::from_millis(50);
 /// Largest backoff ceiling.
@@ -165,7 +176,10 @@ pub struct RetryStats {
 pub struct Retrying {
     inner: Rc<dyn Origin>,
     policy: RetryPolicy,
+    /// Every upstream request in flight.
     slots: Slots,
+    /// The pass-through lane: taken before `slots` by pass-through fetches.
+    passthrough: Slots,
     stats: Cell<RetryStats>,
     /// `inner.describe()`, computed once (used in warnings).
     description: String,
@@ -177,6 +191,7 @@ impl Retrying {
         let description = inner.describe();
         Self {
             slots: Slots::new(policy.max_concurrency),
+            passthrough: Slots::new(passthrough_share(policy.max_concurrency)),
             inner,
             policy,
             stats: Cell::new(RetryStats::default()),
@@ -203,26 +218,49 @@ impl Retrying {
         self.stats.set(s);
     }
 
+    /// A slot of `slots` before `deadline`, or [`Error::Timeout`].
+    async fn slot(
+        &self,
+        slots: &Slots,
+        req: &OriginRequest,
+        deadline: Instant,
+    ) -> Result<SlotPermit, Error> {
+        if let Some(p) = slots.try_acquire() {
+            return Ok(p);
+        }
+        self.bump(|s| s.slot_waits += 1);
+        match monoio::time::timeout_at(deadline, slots.acquire()).await {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                self.bump(|s| s.slot_timeouts += 1);
+                // Many requests time out together when slots are short: one
+                // line per interval, the rest counted.
+                static SLOT_TIMEOUTS: crate::metrics::LogEvery =
+                    crate::metrics::LogEvery::new(Duration::from_secs(10));
+                if let Some(held_back) = SLOT_TIMEOUTS.allow() {
+                    tracing::warn!(
+                        origin = %self.description,
+                        key = %req.key,
+                        purpose = ?req.purpose,
+                        max_concurrency = slots.capacity(),
+                        more_since_last_line = held_back,
+                        "no upstream slot free before the deadline"
+                    );
+                }
+                Err(Error::Timeout)
+            }
+        }
+    }
+
     async fn fetch_inner(&self, req: OriginRequest) -> Result<OriginResponse, Error> {
         let deadline = Instant::now() + self.policy.deadline;
-        let permit = match self.slots.try_acquire() {
-            Some(p) => p,
-            None => {
-                self.bump(|s| s.slot_waits += 1);
-                match monoio::time::timeout_at(deadline, self.slots.acquire()).await {
-                    Ok(p) => p,
-                    Err(_) => {
-                        self.bump(|s| s.slot_timeouts += 1);
-                        tracing::warn!(
-                            origin = %self.description,
-                            key = %req.key,
-                            max_concurrency = self.slots.capacity(),
-                            "no upstream slot free before the deadline"
-                        );
-                        return Err(Error::Timeout);
-                    }
-                }
-            }
+        let lane = match req.purpose {
+            Purpose::PassThrough => Some(self.slot(&self.passthrough, &req, deadline).await?),
+            Purpose::Fill => None,
+        };
+        let permit = Permit {
+            _slot: self.slot(&self.slots, &req, deadline).await?,
+            _lane: lane,
         };
         let mut retry = 0u32;
         loop {
@@ -277,8 +315,14 @@ impl Origin for Retrying {
     }
 }
 
+/// The slots one fetch holds: one of all, and for pass-through one of its lane.
+struct Permit {
+    _slot: SlotPermit,
+    _lane: Option<SlotPermit>,
+}
+
 /// Keep the slot until the body is done; responses without a body free it now.
-fn attach_permit(resp: OriginResponse, method: Method, permit: SlotPermit) -> OriginResponse {
+fn attach_permit(resp: OriginResponse, method: Method, permit: Permit) -> OriginResponse {
     let bodyless = method == Method::Head
         || matches!(resp.meta.status, 304 | 404)
         || resp.meta.content_length == Some(0);
@@ -297,7 +341,7 @@ fn attach_permit(resp: OriginResponse, method: Method, permit: SlotPermit) -> Or
 /// A body holding a concurrency slot until it ends, fails or is dropped.
 struct SlotBody {
     inner: Box<dyn BodyStream>,
-    permit: Option<SlotPermit>,
+    permit: Option<Permit>,
 }
 
 impl BodyStream for SlotBody {
@@ -701,6 +745,44 @@ mod tests {
             assert_eq!(r.stats().slot_timeouts, 1);
             drop(held);
             assert!(r.fetch(OriginRequest::get("/c")).await.is_ok());
+        });
+    }
+
+    /// Pass-through responses held by clients that stopped reading take at
+    /// most their share; fills still get slots and pass-through waits.
+    #[test]
+    fn pass_through_cannot_take_the_slots_fills_need() {
+        run(async {
+            assert_eq!(
+                (1..=5).map(passthrough_share).collect::<Vec<_>>(),
+                [1, 1, 1, 2, 2]
+            );
+            let inner = scripted((0..8).map(|_| Ok(200)).collect());
+            let policy = RetryPolicy {
+                deadline: Duration::from_millis(50),
+                max_concurrency: 4,
+                ..fast_policy(0)
+            };
+            let r = Retrying::new(inner.clone(), policy);
+            let pass = |key: &str| OriginRequest {
+                purpose: Purpose::PassThrough,
+                ..OriginRequest::get(key)
+            };
+            let held = [
+                r.fetch(pass("/big")).await.unwrap(),
+                r.fetch(pass("/big")).await.unwrap(),
+            ];
+            let err = r.fetch(pass("/big")).await.unwrap_err();
+            assert!(matches!(err, Error::Timeout), "{err:?}");
+            let fills = [
+                r.fetch(OriginRequest::get("/a")).await.unwrap(),
+                r.fetch(OriginRequest::get("/b")).await.unwrap(),
+            ];
+            assert_eq!(r.in_flight(), 4);
+            drop(fills);
+            drop(held);
+            assert_eq!(r.in_flight(), 0);
+            assert!(r.fetch(pass("/big")).await.is_ok());
         });
     }
 }

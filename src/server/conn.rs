@@ -10,6 +10,14 @@
 //! - The header deadline is absolute from the first byte of a request (a
 //!   slowloris trickling bytes is cut at `header_timeout`); an idle
 //!   keep-alive connection is closed after `idle_timeout`, or at shutdown.
+//! - **Lingering close**: when the server ends a connection while the client
+//!   may still be sending (a body too large to drain, a chunked body, a
+//!   rejected head, pipelined requests after the last answered one), it sends
+//!   FIN after the response and reads and discards what still arrives — at
+//!   most [`LINGER_BYTES`] for at most [`LINGER_TIME`] — before closing.
+//!   Closing a socket with unread bytes makes the kernel send RST, which
+//!   discards the response still in flight and makes the client see
+//!   `ECONNRESET` instead of the answer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,6 +38,20 @@ use crate::server::WorkerRef;
 /// Request bodies up to this size are read and discarded; larger ones close
 /// the connection after the response.
 const MAX_DRAIN: u64 = 64 * 1024;
+/// Most bytes read and discarded in a lingering close.
+pub const LINGER_BYTES: u64 = 16 << 20;
+/// Longest a lingering close waits for the client to stop sending.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// How a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Nothing the client sent is left unread (or the peer is gone): close.
+    Close,
+    /// The client may still be sending: FIN after the response, then discard
+    /// what arrives before closing ([`linger`]).
+    Linger,
+}
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
@@ -44,13 +66,16 @@ pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
         stream,
         peer: Some(peer),
         head_buf: Vec::with_capacity(512),
+        broken: false,
     };
-    serve_requests(&w, &mut conn).await;
+    if serve_requests(&w, &mut conn).await == End::Linger && !conn.broken {
+        linger(&w, &mut conn).await;
+    }
     w.connections.set(w.connections.get() - 1);
     w.metrics.connections_open.fetch_sub(1, Relaxed);
 }
 
-async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
+async fn serve_requests(w: &WorkerRef, conn: &mut Conn) -> End {
     let limits = &w.cfg.server.limits;
     let max_buf = limits.max_request_line + limits.max_header_bytes + 1024;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -68,7 +93,7 @@ async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
                             let deadline = Instant::now() + w.cfg.server.header_timeout;
                             match drain(conn, buf, n, deadline).await {
                                 Some(rest) => buf = rest,
-                                None => return,
+                                None => return End::Close,
                             }
                         }
                         BodyFraming::Length(_) | BodyFraming::Chunked => keep = false,
@@ -76,7 +101,12 @@ async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
                     let mut head = head;
                     head.keep_alive &= keep;
                     if !handle(w, conn, &head).await || !keep || w.is_draining() {
-                        return;
+                        // An unread body, or requests pipelined after this one.
+                        return if keep && buf.is_empty() {
+                            End::Close
+                        } else {
+                            End::Linger
+                        };
                     }
                     if !buf.is_empty() {
                         head_started = Some(Instant::now());
@@ -89,12 +119,12 @@ async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
                     if let Some(status) = e.status() {
                         reject(w, conn, status, &e.to_string()).await;
                     }
-                    return;
+                    return End::Linger;
                 }
             }
             if buf.len() >= max_buf {
                 reject(w, conn, 431, "request head too large").await;
-                return;
+                return End::Linger;
             }
         }
 
@@ -111,10 +141,10 @@ async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
         };
         if remaining.is_zero() {
             reject(w, conn, 408, "request head not received in time").await;
-            return;
+            return End::Close;
         }
         if idle && w.is_draining() {
-            return;
+            return End::Close;
         }
         let len = buf.len();
         buf.reserve(4096);
@@ -126,14 +156,14 @@ async fn serve_requests(w: &WorkerRef, conn: &mut Conn) {
             _ = w.stop.fired() => None,
         };
         match outcome {
-            None => return, // shutdown while waiting for a request
+            None => return End::Close, // shutdown while waiting for a request
             Some(Err(_elapsed)) => {
                 if !idle {
                     reject(w, conn, 408, "request head not received in time").await;
                 }
-                return;
+                return End::Close;
             }
-            Some(Ok((Ok(0), _))) | Some(Ok((Err(_), _))) => return,
+            Some(Ok((Ok(0), _))) | Some(Ok((Err(_), _))) => return End::Close,
             Some(Ok((Ok(_), slice))) => {
                 buf = slice.into_inner();
                 if idle {
@@ -173,6 +203,38 @@ async fn drain(conn: &mut Conn, mut buf: Vec<u8>, n: u64, deadline: Instant) -> 
     Some(buf)
 }
 
+/// The lingering close (module doc): FIN, then read and discard until the
+/// client closes or stops sending, [`LINGER_BYTES`] were discarded,
+/// [`LINGER_TIME`] passed, or shutdown began.
+async fn linger(w: &WorkerRef, conn: &mut Conn) {
+    use monoio::io::AsyncWriteRent;
+    if conn.stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut discarded = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    while discarded < LINGER_BYTES {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return;
+        }
+        buf.clear();
+        let read = conn.stream.read(buf);
+        let outcome = monoio::select! {
+            r = monoio::time::timeout(remaining, read) => r.ok(),
+            _ = w.stop.fired() => None,
+        };
+        match outcome {
+            Some((Ok(n), b)) if n > 0 => {
+                discarded += n as u64;
+                buf = b;
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Answers a malformed or timed-out request and logs it; the caller closes.
 async fn reject(w: &WorkerRef, conn: &mut Conn, status: u16, why: &str) {
     let mut out = Vec::with_capacity(256);
@@ -180,7 +242,7 @@ async fn reject(w: &WorkerRef, conn: &mut Conn, status: u16, why: &str) {
     msg.push_str(why);
     msg.push('\n');
     simple(status, &msg, false, &mut out);
-    let _ = send_all(&mut conn.stream, out).await;
+    let _ = send_all(&mut conn.stream, out, w.cfg.server.send_timeout).await;
     w.metrics.request(CacheResult::None, status, 0);
     w.access_log.log(&Entry {
         method: "-",

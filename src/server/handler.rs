@@ -26,6 +26,12 @@
 //!    upstream failure the connection is closed without it); close-delimited
 //!    to an HTTP/1.0 client.
 //!
+//! Every send is bounded by `server.send_timeout` without progress: a client
+//! that stopped reading is reset (`send::abort`) and counted
+//! (`chartcache_client_send_timeouts_total`). Pass-through fetches draw on
+//! their own capped share of the worker's upstream slots
+//! ([`origin::Purpose::PassThrough`]), so slow readers cannot starve fills.
+//!
 //! One `Exchange` value carries a request's state (worker, connection,
 //! parsed head, key, the rule's header overrides, and what was answered); its
 //! methods are the steps. Every request ends in exactly one access-log line
@@ -50,7 +56,9 @@ use crate::http1::request::{Method, RequestHead};
 use crate::metrics::CacheResult;
 use crate::origin::{self, OriginRequest, ResponseMeta};
 use crate::policy::Action;
-use crate::server::send::{send_all, send_head_and_body, send_head_and_file, MmapSlice};
+use crate::server::send::{
+    abort, send_all, send_head_and_body, send_head_and_file, send_vec, MmapSlice,
+};
 use crate::server::Worker;
 
 /// A client connection as the handler sees it.
@@ -59,6 +67,8 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     /// Reused buffer for response heads.
     pub head_buf: Vec<u8>,
+    /// A send failed or timed out: close at once, without a lingering close.
+    pub broken: bool,
 }
 
 /// A stored body, wherever it came from (a lookup or a fill).
@@ -182,6 +192,15 @@ impl<'a> Exchange<'a> {
     /// be reused.
     fn finish(self, result: std::io::Result<()>, started: Instant) -> bool {
         let w = self.w;
+        if let Err(e) = &result {
+            self.conn.broken = true;
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                // The client stopped reading: reset rather than leave the
+                // kernel holding the rest for a zero window.
+                w.metrics.send_timeouts.fetch_add(1, Relaxed);
+                abort(&self.conn.stream);
+            }
+        }
         w.metrics.request(self.cache, self.status, self.bytes);
         w.access_log.log(&Entry {
             method: &self.req.method_name,
@@ -325,7 +344,8 @@ impl<'a> Exchange<'a> {
                     view.body_offset + sent as usize,
                     (available - sent) as usize,
                 );
-                if let Err(e) = send_all(&mut self.conn.stream, slice).await {
+                let timeout = self.w.cfg.server.send_timeout;
+                if let Err(e) = send_all(&mut self.conn.stream, slice, timeout).await {
                     self.w.cache.body_send_failed(self.key, &view.segment, &e);
                     return Err(e);
                 }
@@ -396,12 +416,14 @@ impl<'a> Exchange<'a> {
         let head = self.object_head(meta, status, Some(n), range.as_deref());
         let at = s.body_offset + start as usize;
         let sendfile = self.w.cfg.server.sendfile_threshold.is_some_and(|t| n >= t);
+        let timeout = self.w.cfg.server.send_timeout;
         let (res, head) = if sendfile {
             let stream = &mut self.conn.stream;
-            send_head_and_file(stream, self.w.socket_mode, head, pin, at as u64, n as usize).await
+            let mode = self.w.socket_mode;
+            send_head_and_file(stream, mode, head, pin, at as u64, n as usize, timeout).await
         } else {
             let body = MmapSlice::new(pin, at, n as usize);
-            send_head_and_body(&mut self.conn.stream, head, body).await
+            send_head_and_body(&mut self.conn.stream, head, body, timeout).await
         };
         self.conn.head_buf = head;
         match res {
@@ -428,7 +450,7 @@ impl<'a> Exchange<'a> {
             .await?;
         if self.req.method == Method::Get && !body.is_empty() {
             let n = body.len() as u64;
-            send_all(&mut self.conn.stream, body).await?;
+            send_all(&mut self.conn.stream, body, self.w.cfg.server.send_timeout).await?;
             self.bytes += n;
         }
         Ok(())
@@ -447,6 +469,9 @@ impl<'a> Exchange<'a> {
             },
             if_none_match: req.if_none_match.clone(),
             if_modified_since: req.if_modified_since.clone(),
+            // Held as long as this client takes to read: its own capped share
+            // of the upstream slots, so fills keep theirs.
+            purpose: origin::Purpose::PassThrough,
         };
         let started = Instant::now();
         let resp = match self.w.origin.fetch(oreq).await {
@@ -491,32 +516,30 @@ impl<'a> Exchange<'a> {
         if req.method == Method::Head {
             return Ok(());
         }
-        let mut framed = Vec::new();
         loop {
             match body.next_chunk().await {
                 Ok(Some(chunk)) if chunked => {
                     if chunk.is_empty() {
                         continue;
                     }
-                    framed.clear();
-                    framed.reserve(chunk.len() + 20);
+                    let mut framed = Vec::with_capacity(chunk.len() + 20);
                     chunk_prefix(&mut framed, chunk.len());
                     framed.extend_from_slice(&chunk);
                     framed.extend_from_slice(b"\r\n");
                     let n = chunk.len() as u64;
-                    let (res, buf) =
-                        monoio::io::AsyncWriteRentExt::write_all(&mut self.conn.stream, framed)
-                            .await;
-                    framed = buf;
-                    res?;
+                    let timeout = self.w.cfg.server.send_timeout;
+                    send_all(&mut self.conn.stream, framed, timeout).await?;
                     self.bytes += n;
                 }
                 Ok(Some(chunk)) => {
                     let n = chunk.len() as u64;
-                    send_all(&mut self.conn.stream, chunk).await?;
+                    send_all(&mut self.conn.stream, chunk, self.w.cfg.server.send_timeout).await?;
                     self.bytes += n;
                 }
-                Ok(None) if chunked => return send_all(&mut self.conn.stream, LAST_CHUNK).await,
+                Ok(None) if chunked => {
+                    let timeout = self.w.cfg.server.send_timeout;
+                    return send_all(&mut self.conn.stream, LAST_CHUNK, timeout).await;
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     // No last chunk, and the connection closes: the client
@@ -603,9 +626,9 @@ impl<'a> Exchange<'a> {
 
     async fn send_head(&mut self, head: Vec<u8>) -> std::io::Result<()> {
         let (res, buf) =
-            monoio::io::AsyncWriteRentExt::write_all(&mut self.conn.stream, head).await;
+            send_vec(&mut self.conn.stream, head, self.w.cfg.server.send_timeout).await;
         self.conn.head_buf = buf;
-        res.map(|_| ())
+        res
     }
 
     /// A complete small text response.

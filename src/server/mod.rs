@@ -1,9 +1,11 @@
 //! The client-facing side: connections and requests.
 //!
 //! - [`conn`]: one connection's keep-alive loop (read, parse, drain request
-//!   bodies, dispatch, timeouts, pipelined requests answered in order).
+//!   bodies, dispatch, timeouts, pipelined requests answered in order, a
+//!   lingering close when the client may still be sending).
 //! - [`handler`]: one request: policy → cache → origin → response.
-//! - [`send`]: response bytes on the wire; cached bodies straight from mmap.
+//! - [`send`]: response bytes on the wire; cached bodies straight from mmap;
+//!   every send bounded by `send_timeout` without progress.
 //!
 //! A [`Worker`] is everything one worker thread's tasks share. It lives in an
 //! `Rc` on that thread; only the [`Cache`] facade and the metrics cross threads.

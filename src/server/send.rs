@@ -35,6 +35,12 @@
 //!   epoll readiness re-checked with `poll(0)` so a stale readiness bit cannot
 //!   spin); `EINTR` retries; short sends continue at the next offset; any other
 //!   error is returned and the caller closes the connection.
+//!
+//! Every send is bounded by the worker's `server.send_timeout`, counted from
+//! the last progress (a write that moved bytes, the socket turning writable):
+//! a client that stops reading gets [`stalled`] (`TimedOut`) and the caller
+//! closes the connection with [`abort`] (RST, so the kernel frees its send
+//! queue at once instead of probing a zero window).
 //! - `sendfile(2)` has no `MSG_NOSIGNAL`: a peer reset raises `SIGPIPE`, which
 //!   the Rust runtime ignores in every Rust `main` (so `EPIPE` is returned).
 //!
@@ -60,9 +66,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoVecBuf};
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use crate::cache::store::{Segment, SegmentPin};
@@ -146,22 +153,82 @@ unsafe impl IoVecBuf for HeadAndBody {
     }
 }
 
-/// Writes all of `buf`.
-pub async fn send_all<T: IoBuf>(stream: &mut TcpStream, buf: T) -> std::io::Result<()> {
-    let (res, _) = stream.write_all(buf).await;
-    res.map(|_| ())
+/// The error of a send that made no progress for the send timeout.
+pub fn stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "client stopped reading: no progress within send_timeout",
+    )
 }
 
-/// Writes `head` then `body` (one `writev`, then plain writes for any rest).
-/// Returns the head buffer for reuse.
+/// Makes the coming close of `stream` an abort (`SO_LINGER` 0: RST, the send
+/// queue dropped), for a client that stopped reading.
+pub fn abort(stream: &TcpStream) {
+    // SAFETY: the stream is open for this borrow; the borrowed descriptor
+    // does not outlive it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+}
+
+/// Writes all of `buf`, each write bounded by `timeout` (without progress for
+/// that long: [`stalled`]). Returns `buf` unless a timed-out write kept it.
+async fn write_all_within<T: IoBuf>(
+    stream: &mut TcpStream,
+    buf: T,
+    timeout: Duration,
+) -> (io::Result<()>, Option<T>) {
+    let len = buf.bytes_init();
+    let mut buf = buf;
+    let mut done = 0;
+    while done < len {
+        let write = stream.write(buf.slice(done..));
+        let Ok((res, slice)) = monoio::time::timeout(timeout, write).await else {
+            return (Err(stalled()), None);
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), Some(buf)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), Some(buf)),
+        }
+    }
+    (Ok(()), Some(buf))
+}
+
+/// Writes all of `buf`; a write without progress for `timeout` is [`stalled`].
+pub async fn send_all<T: IoBuf>(
+    stream: &mut TcpStream,
+    buf: T,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    write_all_within(stream, buf, timeout).await.0
+}
+
+/// [`send_all`] for a reusable buffer: hands it back (empty after a timeout).
+pub async fn send_vec(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+    timeout: Duration,
+) -> (io::Result<()>, Vec<u8>) {
+    let (res, buf) = write_all_within(stream, buf, timeout).await;
+    (res, buf.unwrap_or_default())
+}
+
+/// Writes `head` then `body` (one `writev`, then plain writes for any rest),
+/// each write bounded by `timeout`. Returns the head buffer for reuse.
 pub async fn send_head_and_body(
     stream: &mut TcpStream,
     head: Vec<u8>,
     body: MmapSlice,
+    timeout: Duration,
 ) -> (std::io::Result<()>, Vec<u8>) {
     let head_len = head.len();
     let total = head_len + body.len;
-    let (res, buf) = stream.writev(HeadAndBody::new(head, body)).await;
+    let writev = stream.writev(HeadAndBody::new(head, body));
+    let Ok((res, buf)) = monoio::time::timeout(timeout, writev).await else {
+        return (Err(stalled()), Vec::new());
+    };
     let HeadAndBody { head, body, .. } = buf;
     let n = match res {
         Ok(n) => n,
@@ -174,15 +241,13 @@ pub async fn send_head_and_body(
     let mut head = head;
     if n < head_len {
         let rest = head.split_off(n);
-        let (res, _) = stream.write_all(rest).await;
-        if let Err(e) = res {
+        if let Err(e) = send_all(stream, rest, timeout).await {
             return (Err(e), head);
         }
     }
     let body_done = n.saturating_sub(head_len);
     let rest = MmapSlice::new(body.pin, body.start + body_done, body.len - body_done);
-    let (res, _) = stream.write_all(rest).await;
-    (res.map(|_| ()), head)
+    (send_all(stream, rest, timeout).await, head)
 }
 
 /// How a worker's client sockets become non-blocking for `sendfile(2)`.
@@ -258,9 +323,11 @@ impl Drop for NonBlocking {
 }
 
 /// Runs a non-blocking socket syscall until it makes progress: retries on
-/// `EINTR`, waits for writability on `EAGAIN`. `op` returns the syscall's result.
+/// `EINTR`, waits for writability on `EAGAIN` (at most `timeout`, else
+/// [`stalled`]). `op` returns the syscall's result.
 async fn until_progress(
     stream: &TcpStream,
+    timeout: Duration,
     mut op: impl FnMut() -> libc::ssize_t,
 ) -> io::Result<usize> {
     loop {
@@ -271,7 +338,9 @@ async fn until_progress(
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => stream.writable(false).await?,
+            io::ErrorKind::WouldBlock => monoio::time::timeout(timeout, stream.writable(false))
+                .await
+                .map_err(|_| stalled())??,
             _ => return Err(e),
         }
     }
@@ -280,7 +349,8 @@ async fn until_progress(
 /// Writes `head`, then `len` bytes of the pinned segment's file from `offset`
 /// with `sendfile(2)`: the body never enters user space. Returns the head
 /// buffer for reuse. On error the connection must be closed (part of the
-/// response may have been sent).
+/// response may have been sent). Waiting for the client is bounded by
+/// `timeout` per step.
 pub async fn send_head_and_file(
     stream: &mut TcpStream,
     mode: SocketMode,
@@ -288,8 +358,9 @@ pub async fn send_head_and_file(
     pin: SegmentPin,
     offset: u64,
     len: usize,
+    timeout: Duration,
 ) -> (io::Result<()>, Vec<u8>) {
-    let res = head_and_file(stream, mode, &head, pin.segment(), offset, len).await;
+    let res = head_and_file(stream, mode, &head, pin.segment(), offset, len, timeout).await;
     (res, head)
 }
 
@@ -300,6 +371,7 @@ async fn head_and_file(
     segment: &Segment,
     offset: u64,
     len: usize,
+    timeout: Duration,
 ) -> io::Result<()> {
     if offset
         .checked_add(len as u64)
@@ -325,7 +397,7 @@ async fn head_and_file(
     let mut sent = 0;
     while sent < head.len() {
         let rest = &head[sent..];
-        let n = until_progress(stream, || {
+        let n = until_progress(stream, timeout, || {
             // SAFETY: `rest` is a live borrowed slice; the kernel reads at most
             // `rest.len()` bytes from it during the call and keeps no pointer.
             unsafe { libc::send(sock, rest.as_ptr().cast(), rest.len(), flags) }
@@ -339,7 +411,7 @@ async fn head_and_file(
         let want = (len - sent).min(MAX_SENDFILE);
         let at = libc::off_t::try_from(offset + sent as u64)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-        let n = until_progress(stream, || {
+        let n = until_progress(stream, timeout, || {
             let mut off = at;
             // SAFETY: both descriptors are open for the whole call (the stream
             // is borrowed, the segment's file is held by `segment`); `off` is a
@@ -364,7 +436,7 @@ mod tests {
     use std::io::Read;
     use std::time::Duration;
 
-    use monoio::io::AsyncReadRent;
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
     use super::*;
     use crate::cache::segment::SegmentId;
@@ -376,6 +448,9 @@ mod tests {
         assert!(flags >= 0);
         flags & libc::O_NONBLOCK != 0
     }
+
+    /// A send timeout no test here reaches.
+    const T: Duration = Duration::from_secs(30);
 
     /// A segment holding a 1 MiB pseudo-random body at `OFFSET`.
     const OFFSET: u64 = 4096 + 7;
@@ -426,7 +501,7 @@ mod tests {
         let before = nonblocking(stream.as_raw_fd());
         let head = b"HEAD\r\n".to_vec();
         let (res, head) =
-            send_head_and_file(&mut stream, mode, head, seg.pin().unwrap(), start, len).await;
+            send_head_and_file(&mut stream, mode, head, seg.pin().unwrap(), start, len, T).await;
         res.unwrap();
         assert_eq!(head, b"HEAD\r\n", "head buffer handed back");
         let after = nonblocking(stream.as_raw_fd());
@@ -519,7 +594,8 @@ mod tests {
             let (res, _) = stream.write_all(vec![7u8; 1 << 20]).await;
             assert_eq!(res.unwrap(), 1 << 20);
             let slice = MmapSlice::new(seg.pin().unwrap(), OFFSET as usize, BODY);
-            let (res, head) = send_head_and_body(&mut stream, b"HEAD\r\n".to_vec(), slice).await;
+            let head = b"HEAD\r\n".to_vec();
+            let (res, head) = send_head_and_body(&mut stream, head, slice, T).await;
             res.unwrap();
             assert_eq!(head, b"HEAD\r\n");
             stream.shutdown().await.unwrap();
@@ -561,20 +637,65 @@ mod tests {
             .await;
             let len = seg.len();
             let mode = SocketMode::Epoll;
-            let (res, _) = send_head_and_file(
-                &mut stream,
-                mode,
-                b"X".to_vec(),
-                seg.pin().unwrap(),
-                len - 10,
-                11,
-            )
-            .await;
+            let pin = seg.pin().unwrap();
+            let (res, _) =
+                send_head_and_file(&mut stream, mode, b"X".to_vec(), pin, len - 10, 11, T).await;
             assert_eq!(res.unwrap_err().kind(), io::ErrorKind::InvalidInput);
             stream.shutdown().await.unwrap();
             drop(stream);
             assert!(client.join().unwrap().is_empty());
         });
+    }
+
+    /// A client that never reads: every send path gives up with `TimedOut`
+    /// once nothing moves for the timeout, on both drivers.
+    #[test]
+    fn sends_to_a_client_that_stopped_reading_time_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, _) = segment(dir.path());
+        let short = Duration::from_millis(200);
+        let stuck = |mode: SocketMode, seg: Arc<Segment>| async move {
+            let mut kinds = Vec::new();
+            for path in 0..3 {
+                let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+                let (mut stream, client) = accept_with(move |c| {
+                    let _ = stop_rx.recv_timeout(Duration::from_secs(10));
+                    drop(c);
+                })
+                .await;
+                mode.on_accept(&stream).unwrap();
+                small_send_buffer(&stream);
+                let head = b"H".to_vec();
+                let res = match path {
+                    0 => send_all(&mut stream, vec![1u8; 8 << 20], short).await,
+                    1 => {
+                        let body = MmapSlice::new(seg.pin().unwrap(), OFFSET as usize, BODY);
+                        send_head_and_body(&mut stream, head, body, short).await.0
+                    }
+                    _ => {
+                        let pin = seg.pin().unwrap();
+                        send_head_and_file(&mut stream, mode, head, pin, OFFSET, BODY, short)
+                            .await
+                            .0
+                    }
+                };
+                kinds.push(res.unwrap_err().kind());
+                abort(&stream);
+                stop_tx.send(()).unwrap();
+                drop(stream);
+                client.join().unwrap();
+            }
+            kinds
+        };
+        let (mut rt, mode) = crate::runtime::uring_runtime().unwrap();
+        let kinds = rt.block_on(stuck(mode, seg.clone()));
+        assert_eq!(kinds, [io::ErrorKind::TimedOut; 3], "{mode:?}");
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let kinds = rt.block_on(stuck(SocketMode::Epoll, seg));
+        assert_eq!(kinds, [io::ErrorKind::TimedOut; 3], "epoll");
     }
 
     #[test]
@@ -596,7 +717,7 @@ mod tests {
             small_send_buffer(&stream);
             let mode = SocketMode::UringToggle;
             let pin = seg.pin().unwrap();
-            let send = send_head_and_file(&mut stream, mode, b"H".to_vec(), pin, OFFSET, BODY);
+            let send = send_head_and_file(&mut stream, mode, b"H".to_vec(), pin, OFFSET, BODY, T);
             let timed_out = monoio::time::timeout(Duration::from_millis(200), send).await;
             assert!(timed_out.is_err(), "a non-reading client cannot take 1 MiB");
             assert!(!nonblocking(stream.as_raw_fd()), "guard restored the flags");
@@ -642,10 +763,11 @@ mod tests {
                                 pin,
                                 OFFSET,
                                 BODY,
+                                T,
                             ))
                         } else {
                             let slice = MmapSlice::new(pin, OFFSET as usize, BODY);
-                            Box::pin(send_head_and_body(&mut stream, head, slice))
+                            Box::pin(send_head_and_body(&mut stream, head, slice, T))
                         };
                     let pending = monoio::time::timeout(Duration::from_millis(100), send.as_mut());
                     assert!(pending.await.is_err(), "the client is not reading yet");

@@ -213,11 +213,41 @@ pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The startup line ("chartcache listening"), parsed.
+    pub startup: serde_json::Value,
+    /// Every stderr line after it, as it arrives.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Binary {
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Binary {
+        Self::start_with_nofile(args, envs, None)
+    }
+
+    /// [`Binary::start`] with `RLIMIT_NOFILE` set to `(soft, hard)` in the child.
+    pub fn start_with_nofile(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+    ) -> Binary {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chartcache"));
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only setrlimit runs, which is
+            // async-signal-safe and touches no memory but its argument.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(args)
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -232,16 +262,18 @@ impl Binary {
         let mut child = cmd.spawn().expect("spawn chartcache");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let lines = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if !sent && line.contains("chartcache listening") {
+                if sent {
+                    lines.lock().unwrap().push(line);
+                } else if line.contains("chartcache listening") {
                     let _ = tx.send(Ok(line));
                     sent = true;
-                } else if !sent
-                    && (line.contains("\"level\":\"ERROR\"") || line.starts_with("chartcache:"))
-                {
+                } else if line.contains("\"level\":\"ERROR\"") || line.starts_with("chartcache:") {
                     let _ = tx.send(Err(line));
                     sent = true;
                 }
@@ -261,7 +293,13 @@ impl Binary {
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
         let addr = v["listen"].as_str().unwrap().parse().unwrap();
         let admin = v["admin"].as_str().unwrap().parse().unwrap();
-        Binary { child, addr, admin }
+        Binary {
+            child,
+            addr,
+            admin,
+            startup: v,
+            log,
+        }
     }
 
     /// SIGTERM and wait (bounded).
