@@ -10,7 +10,8 @@
 //! - The query (`?...`) is dropped; a fragment (`#`) anywhere is refused.
 //! - Percent escapes are decoded once. Refused: malformed escapes, a decoded
 //!   `%` (double encoding such as `%252e`), an encoded `/` or `\` (`%2F`,
-//!   `%5C`) and a literal `\`, decoded control characters (< 0x20, 0x7f),
+//!   `%5C`) and a literal `\`, decoded control characters (< 0x20, 0x7f, and the
+//!   C1 controls U+0080..=U+009F),
 //!   invalid UTF-8 (overlong forms such as `%c0%ae` included).
 //! - Never normalised: empty segments (`//`, a trailing `/`) and `.` / `..`
 //!   segments (literal or encoded) are refused, not resolved. The root `/` is
@@ -161,10 +162,15 @@ fn validate(key: &[u8]) -> Result<(), PathError> {
     if key.first() != Some(&b'/') {
         return Err(PathError::NotAbsolutePath);
     }
-    for &b in key {
+    for (i, &b) in key.iter().enumerate() {
         match b {
             b'\\' => return Err(PathError::Backslash),
             0..=0x1f | 0x7f => return Err(PathError::ControlChar),
+            // C1 controls U+0080..=U+009F, in UTF-8 `C2 80`..=`C2 9F` (any other
+            // encoding of them is invalid UTF-8, refused below).
+            0xc2 if matches!(key.get(i + 1), Some(0x80..=0x9f)) => {
+                return Err(PathError::ControlChar)
+            }
             _ => {}
         }
     }
@@ -306,6 +312,19 @@ mod tests {
         assert_eq!(no("/a%7f"), PathError::ControlChar);
         assert_eq!(no("/a\tb"), PathError::ControlChar);
         assert_eq!(no("/a\u{7f}"), PathError::ControlChar);
+    }
+
+    /// Found by fuzzing (fuzz/ `http1_request`): C1 controls (U+0080..=U+009F) are
+    /// control characters too; `%C2%9B` is a terminal's CSI.
+    #[test]
+    fn c1_control_chars_are_refused() {
+        assert_eq!(no("/c/.a./%C2%9A/aA9/a"), PathError::ControlChar);
+        assert_eq!(no("/a%c2%80b"), PathError::ControlChar);
+        assert_eq!(no("/a%C2%9F"), PathError::ControlChar);
+        assert_eq!(no("/a\u{85}b"), PathError::ControlChar);
+        // Their neighbours are ordinary characters.
+        assert_eq!(ok("/a%C2%A0b"), "/a\u{a0}b");
+        assert_eq!(ok("/a%C3%80b"), "/a\u{c0}b");
     }
 
     #[test]
