@@ -444,6 +444,10 @@ impl CheckpointHeader {
         if crc32fast::hash(&b[..72]) != u32_at(b, 72) {
             return Err(FormatError::ChecksumMismatch);
         }
+        // 76..80 is outside the CRC: checking it is what catches a flip there.
+        if b[12..16] != [0; 4] || b[76..80] != [0; 4] {
+            return Err(FormatError::Malformed("reserved bytes"));
+        }
         Ok(CheckpointHeader {
             ckpt_seq: u64_at(b, 16),
             log_segment: u64_at(b, 24),
@@ -682,6 +686,31 @@ mod tests {
         let mut seg = rec.clone();
         seg.truncate(rec.len() - 1);
         assert_eq!(read_record(&seg, 0).unwrap_err(), FormatError::Truncated);
+    }
+
+    /// Found by property test and fuzzing: bytes 76..80 are outside the header CRC, so
+    /// a flipped bit there went unnoticed; 12..16 with a matching CRC decoded but did not
+    /// re-encode to the same bytes. Reserved bytes must be zero, as in record headers.
+    #[test]
+    fn checkpoint_header_reserved_bytes_must_be_zero() {
+        let h = CheckpointHeader {
+            ckpt_seq: 3,
+            entry_count: 1,
+            ..CheckpointHeader::default()
+        };
+        for at in [12, 15, 76, 79] {
+            let mut b = h.encode();
+            b[at] ^= 1;
+            if at < 72 {
+                let crc = crc32fast::hash(&b[..72]);
+                b[72..76].copy_from_slice(&crc.to_le_bytes());
+            }
+            assert_eq!(
+                CheckpointHeader::decode(&b),
+                Err(FormatError::Malformed("reserved bytes")),
+                "byte {at}"
+            );
+        }
     }
 
     #[test]
