@@ -146,23 +146,43 @@ pub fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Rewrites `s3://bucket/prefix/X` to `X` wherever it appears. Returns `None`
-/// when nothing was rewritten (serve the bytes as they are).
+/// Rewrites `s3://bucket/prefix/X` to `X` where it is a URL naming an object: the
+/// needle starts a token (at the start, after whitespace, a quote, `[`, `{` or `,`) and
+/// `X` starts with a letter or digit. Anywhere else (inside another word, before a YAML
+/// indicator such as `"`, `:` or `-`) removing it could change what the document means
+/// or make it invalid, so it is left alone. Returns `None` when nothing was rewritten
+/// (serve the bytes as they are).
 pub fn rewrite_s3_urls(index: &[u8], from: &str) -> Option<Vec<u8>> {
     let needle = from.as_bytes();
-    if needle.is_empty() || !index.windows(needle.len()).any(|w| w == needle) {
+    if needle.is_empty() {
         return None;
     }
-    let mut out = Vec::with_capacity(index.len());
-    let mut i = 0;
-    while i < index.len() {
-        if index[i..].starts_with(needle) {
-            i += needle.len();
+    let mut out: Option<Vec<u8>> = None;
+    // `index[..copied]` is already in `out`; the search resumes at `from_pos`.
+    let (mut copied, mut from_pos) = (0, 0);
+    while let Some(found) = index[from_pos..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+    {
+        let at = from_pos + found;
+        let end = at + needle.len();
+        let starts_token = at == 0
+            || matches!(
+                index[at - 1],
+                b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'[' | b'{' | b','
+            );
+        let names_object = index.get(end).is_some_and(u8::is_ascii_alphanumeric);
+        if starts_token && names_object {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(index.len()));
+            o.extend_from_slice(&index[copied..at]);
+            copied = end;
+            from_pos = end;
         } else {
-            out.push(index[i]);
-            i += 1;
+            from_pos = at + 1;
         }
     }
+    let mut out = out?;
+    out.extend_from_slice(&index[copied..]);
     Some(out)
 }
 
@@ -223,6 +243,39 @@ generated: "2024-01-01T00:00:00Z"
         assert!(out.contains("    - hello-0.2.0.tgz\n"));
         assert!(out.contains("s3://someone-else/x/other-1.0.0.tgz"));
         assert!(rewrite_s3_urls(b"urls: [a.tgz]", "s3://my-charts/stable/").is_none());
+    }
+
+    /// Found by fuzzing (fuzz/ `helm_index`): removing the needle wherever it occurred
+    /// turned valid YAML into invalid YAML (here: a plain scalar into an unterminated
+    /// quoted one). Only a URL token naming an object in the bucket is rewritten.
+    #[test]
+    fn rewrite_keeps_valid_yaml_valid() {
+        let yaml = |b: &[u8]| serde_yaml::from_slice::<serde_yaml::Value>(b).is_ok();
+        for (index, from) in [
+            ("s3://my-charts/\"\u{1f600}5:-|\n\n", "s3://my-charts/"),
+            ("--s3://my-charts/stable/-\n", "s3://my-charts/stable/"),
+            ("a: s3://my-charts/stable/- b\n", "s3://my-charts/stable/"),
+            (
+                "[s3://my-charts/stable/, '#s3://my-charts/stable/']\n",
+                "s3://my-charts/stable/",
+            ),
+        ] {
+            assert!(yaml(index.as_bytes()), "{index:?}");
+            if let Some(out) = rewrite_s3_urls(index.as_bytes(), from) {
+                assert!(
+                    yaml(&out),
+                    "{index:?} -> {:?}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+        // Every form helm-s3 and JSON indexes use is still rewritten.
+        let index = "urls:\n- s3://b/p/a.tgz\nu: [s3://b/p/b.tgz,s3://b/p/c.tgz]\nv: {\"w\": 's3://b/p/d/e.tgz'}\n";
+        let out = rewrite_s3_urls(index.as_bytes(), "s3://b/p/").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "urls:\n- a.tgz\nu: [b.tgz,c.tgz]\nv: {\"w\": 'd/e.tgz'}\n"
+        );
     }
 
     #[test]
