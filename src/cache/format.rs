@@ -537,7 +537,7 @@ pub fn decode_checkpoint_entry(
     }
     let key_len = usize::from(u16_at(payload, 36));
     let meta_len = usize::from(u16_at(payload, 38));
-    if ENTRY_FIXED + key_len + meta_len != len {
+    if ENTRY_FIXED + key_len + meta_len != len || payload[42..44] != [0; 2] {
         return Ok((None, consumed));
     }
     Ok((
@@ -711,6 +711,33 @@ mod tests {
                 "byte {at}"
             );
         }
+    }
+
+    /// Found by fuzzing (fuzz/ `cache_record`): an entry whose reserved bytes (42..44 of
+    /// the payload) are not zero decoded, though it does not re-encode to the same bytes.
+    /// With a valid CRC only a foreign writer makes one: skip it like a bad layout.
+    #[test]
+    fn checkpoint_entry_reserved_bytes_must_be_zero() {
+        let e = CheckpointEntry {
+            segment: 1,
+            offset: 0,
+            body_len: 505,
+            seq: 3,
+            body_crc: 9,
+            record_meta_len: 89,
+            key: b"/hello-0.2.0.tgz",
+            meta: b"",
+        };
+        let mut out = Vec::new();
+        e.encode(1, &mut out).unwrap();
+        out[8 + 43] = b'e';
+        let mut h = crc32fast::Hasher::new();
+        h.update(&1u64.to_le_bytes());
+        h.update(&out[0..4]);
+        h.update(&out[8..]);
+        let crc = h.finalize();
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_checkpoint_entry(&out, 1).unwrap(), (None, out.len()));
     }
 
     #[test]
