@@ -130,13 +130,17 @@ pub fn parse_digests(index: &[u8]) -> Option<HashMap<String, [u8; 32]>> {
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim().strip_prefix("sha256:").unwrap_or(s.trim());
+    let s = s.trim();
+    let s = s.strip_prefix("sha256:").unwrap_or(s).as_bytes();
     if s.len() != 64 {
         return None;
     }
+    // Byte-wise: the string may hold multi-byte characters, and `from_str_radix`
+    // would take a `+` sign.
+    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
     let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }
@@ -289,6 +293,28 @@ generated: "2024-01-01T00:00:00Z"
         assert!(d.contains_key("/hello-0.1.0.tgz"));
         assert_eq!(d.len(), 2, "absolute URLs and missing digests are skipped");
         assert!(parse_digests(b"{not: [yaml").is_none());
+    }
+
+    /// Found by fuzzing (fuzz/ `helm_index`): a 64-byte digest with a multi-byte
+    /// character was sliced inside the character, a panic on upstream input. A digest
+    /// is 64 hex digits: anything else (a sign included) names no digest.
+    #[test]
+    fn malformed_digests_are_skipped_not_a_panic() {
+        let index = |digest: &str| {
+            format!("entries:\n  a:\n  - digest: {digest}\n    urls:\n    - a-1.tgz\n")
+        };
+        for digest in [
+            format!("a{}a", "\u{e9}".repeat(31)),
+            format!("{}\u{20ac}a", "0".repeat(61)),
+            format!("+{}", "f".repeat(63)),
+            format!("sha256:{}", "0g".repeat(32)),
+        ] {
+            let d = parse_digests(index(&digest).as_bytes()).expect("the index parses");
+            assert!(d.is_empty(), "{digest:?}");
+        }
+        let good = "0123456789abcdefABCDEF".repeat(3)[..64].to_string();
+        let d = parse_digests(index(&good).as_bytes()).unwrap();
+        assert_eq!(hex(&d["/a-1.tgz"]), good.to_ascii_lowercase());
     }
 
     #[test]
