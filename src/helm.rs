@@ -151,8 +151,8 @@ pub fn hex(d: &[u8]) -> String {
 }
 
 /// Rewrites `s3://bucket/prefix/X` to `X` where it is a URL naming an object: the
-/// needle starts a token (at the start, after whitespace, a quote, `[`, `{` or `,`) and
-/// `X` starts with a letter or digit. Anywhere else (inside another word, before a YAML
+/// needle starts a token (at the start, after whitespace, a quote, `[`, `{` or `,`),
+/// `X` starts with a letter or digit, and the scalar is not a mapping key. Anywhere else (inside another word, before a YAML
 /// indicator such as `"`, `:` or `-`) removing it could change what the document means
 /// or make it invalid, so it is left alone. Returns `None` when nothing was rewritten
 /// (serve the bytes as they are).
@@ -175,7 +175,8 @@ pub fn rewrite_s3_urls(index: &[u8], from: &str) -> Option<Vec<u8>> {
                 index[at - 1],
                 b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'[' | b'{' | b','
             );
-        let names_object = index.get(end).is_some_and(u8::is_ascii_alphanumeric);
+        let names_object = index.get(end).is_some_and(u8::is_ascii_alphanumeric)
+            && !ends_as_mapping_key(&index[end..]);
         if starts_token && names_object {
             let o = out.get_or_insert_with(|| Vec::with_capacity(index.len()));
             o.extend_from_slice(&index[copied..at]);
@@ -188,6 +189,26 @@ pub fn rewrite_s3_urls(index: &[u8], from: &str) -> Option<Vec<u8>> {
     let mut out = out?;
     out.extend_from_slice(&index[copied..]);
     Some(out)
+}
+
+/// Is the token going on at the start of `rest` a mapping key (`X: ` or `X": `)? Only
+/// the token is looked at (up to whitespace, a quote or a flow indicator), so the
+/// rewrite stays linear in the size of the index; a plain key of several words is not
+/// recognised, and is rewritten like a value.
+fn ends_as_mapping_key(rest: &[u8]) -> bool {
+    let key_colon = |i: usize| {
+        rest.get(i) == Some(&b':')
+            && matches!(rest.get(i + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n'))
+    };
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b':' if key_colon(i) => return true,
+            b'"' | b'\'' => return key_colon(i + 1),
+            b' ' | b'\t' | b'\r' | b'\n' | b',' | b'[' | b']' | b'{' | b'}' => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The ETag served for a rewritten index: upstream's plus a checksum of the
@@ -280,6 +301,28 @@ generated: "2024-01-01T00:00:00Z"
             String::from_utf8(out).unwrap(),
             "urls:\n- a.tgz\nu: [b.tgz,c.tgz]\nv: {\"w\": 'd/e.tgz'}\n"
         );
+    }
+
+    /// Found by fuzzing (fuzz/ `helm_index`): a mapping key that starts like a URL
+    /// (`s3://my-charts/entries:`) was renamed, here into the index's own `entries`.
+    /// Keys are left alone; values are still rewritten.
+    #[test]
+    fn rewrite_leaves_mapping_keys_alone() {
+        for index in [
+            "s3://my-charts/entries:\n  x: [1]\n",
+            "a:\n  s3://my-charts/x: 1\n",
+            "{\"s3://my-charts/x\": 1}\n",
+            "- s3://my-charts/x:\n",
+        ] {
+            assert_eq!(
+                rewrite_s3_urls(index.as_bytes(), "s3://my-charts/"),
+                None,
+                "{index:?}"
+            );
+        }
+        let index = "- s3://my-charts/a:1.tgz\n- s3://my-charts/b.tgz # note: x\n";
+        let out = rewrite_s3_urls(index.as_bytes(), "s3://my-charts/").unwrap();
+        assert_eq!(out, b"- a:1.tgz\n- b.tgz # note: x\n");
     }
 
     #[test]
