@@ -129,7 +129,10 @@ fn walk_checkpoint(b: &[u8]) {
 /// Recomputes each record header's CRC along replay's walk.
 fn fix_record_crcs(seg: &mut [u8]) {
     let mut off = 0usize;
-    while off.checked_add(HEADER_LEN).is_some_and(|end| end <= seg.len()) {
+    while off
+        .checked_add(HEADER_LEN)
+        .is_some_and(|end| end <= seg.len())
+    {
         let r = &seg[off..];
         let (k, m) = (u16_at(r, 6), u16_at(r, 8));
         if HEADER_LEN + k + m > r.len() {
