@@ -88,8 +88,9 @@
 //! | 44 | K | key |
 //! | 44+K | M | current meta (same encoding as above) |
 //!
-//! An entry whose CRC fails is skipped; a frame that runs past the declared size
-//! makes the whole copy invalid.
+//! An entry whose CRC fails (or whose lengths or reserved bytes are wrong) is skipped; a
+//! frame that runs past the declared size makes the whole copy invalid. A header with
+//! non-zero reserved bytes is invalid (76..80 lie outside its CRC).
 
 /// What is stored next to a body and served with it (the record's meta).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
