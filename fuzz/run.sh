@@ -5,7 +5,8 @@
 # cargo-fuzz on stable Rust: `--sanitizer none` needs no nightly flag (these targets fuzz
 # safe Rust: the assertions and Rust's own bounds and overflow checks are the oracle).
 # SANITIZER=address uses ASan instead; stable rustc ships its runtime, so
-# `RUSTC_BOOTSTRAP=1 SANITIZER=address fuzz/run.sh 60` works without a nightly toolchain.
+# `RUSTC_BOOTSTRAP=1 SANITIZER=address fuzz/run.sh 60` should work without a nightly
+# toolchain (not tried yet: the first campaign used `none`).
 #
 # Corpora grow in fuzz/corpus/TARGET (not committed); the seeds in fuzz/seeds/TARGET are
 # read, never written. A crash leaves fuzz/artifacts/TARGET/crash-*; the run goes on with
