@@ -130,13 +130,17 @@ pub fn parse_digests(index: &[u8]) -> Option<HashMap<String, [u8; 32]>> {
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim().strip_prefix("sha256:").unwrap_or(s.trim());
+    let s = s.trim();
+    let s = s.strip_prefix("sha256:").unwrap_or(s).as_bytes();
     if s.len() != 64 {
         return None;
     }
+    // Byte-wise: the string may hold multi-byte characters, and `from_str_radix`
+    // would take a `+` sign.
+    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
     let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }
@@ -146,24 +150,65 @@ pub fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Rewrites `s3://bucket/prefix/X` to `X` wherever it appears. Returns `None`
-/// when nothing was rewritten (serve the bytes as they are).
+/// Rewrites `s3://bucket/prefix/X` to `X` where it is a URL naming an object: the
+/// needle starts a token (at the start, after whitespace, a quote, `[`, `{` or `,`),
+/// `X` starts with a letter or digit, and the scalar is not a mapping key. Anywhere else (inside another word, before a YAML
+/// indicator such as `"`, `:` or `-`) removing it could change what the document means
+/// or make it invalid, so it is left alone. Returns `None` when nothing was rewritten
+/// (serve the bytes as they are).
 pub fn rewrite_s3_urls(index: &[u8], from: &str) -> Option<Vec<u8>> {
     let needle = from.as_bytes();
-    if needle.is_empty() || !index.windows(needle.len()).any(|w| w == needle) {
+    if needle.is_empty() {
         return None;
     }
-    let mut out = Vec::with_capacity(index.len());
-    let mut i = 0;
-    while i < index.len() {
-        if index[i..].starts_with(needle) {
-            i += needle.len();
+    let mut out: Option<Vec<u8>> = None;
+    // `index[..copied]` is already in `out`; the search resumes at `from_pos`.
+    let (mut copied, mut from_pos) = (0, 0);
+    while let Some(found) = index[from_pos..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+    {
+        let at = from_pos + found;
+        let end = at + needle.len();
+        let starts_token = at == 0
+            || matches!(
+                index[at - 1],
+                b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'[' | b'{' | b','
+            );
+        let names_object = index.get(end).is_some_and(u8::is_ascii_alphanumeric)
+            && !ends_as_mapping_key(&index[end..]);
+        if starts_token && names_object {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(index.len()));
+            o.extend_from_slice(&index[copied..at]);
+            copied = end;
+            from_pos = end;
         } else {
-            out.push(index[i]);
-            i += 1;
+            from_pos = at + 1;
         }
     }
+    let mut out = out?;
+    out.extend_from_slice(&index[copied..]);
     Some(out)
+}
+
+/// Is the token going on at the start of `rest` a mapping key (`X: ` or `X": `)? Only
+/// the token is looked at (up to whitespace, a quote or a flow indicator), so the
+/// rewrite stays linear in the size of the index; a plain key of several words is not
+/// recognised, and is rewritten like a value.
+fn ends_as_mapping_key(rest: &[u8]) -> bool {
+    let key_colon = |i: usize| {
+        rest.get(i) == Some(&b':')
+            && matches!(rest.get(i + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n'))
+    };
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b':' if key_colon(i) => return true,
+            b'"' | b'\'' => return key_colon(i + 1),
+            b' ' | b'\t' | b'\r' | b'\n' | b',' | b'[' | b']' | b'{' | b'}' => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The ETag served for a rewritten index: upstream's plus a checksum of the
@@ -225,6 +270,61 @@ generated: "2024-01-01T00:00:00Z"
         assert!(rewrite_s3_urls(b"urls: [a.tgz]", "s3://my-charts/stable/").is_none());
     }
 
+    /// Found by fuzzing (fuzz/ `helm_index`): removing the needle wherever it occurred
+    /// turned valid YAML into invalid YAML (here: a plain scalar into an unterminated
+    /// quoted one). Only a URL token naming an object in the bucket is rewritten.
+    #[test]
+    fn rewrite_keeps_valid_yaml_valid() {
+        let yaml = |b: &[u8]| serde_yaml::from_slice::<serde_yaml::Value>(b).is_ok();
+        for (index, from) in [
+            ("s3://my-charts/\"\u{1f600}5:-|\n\n", "s3://my-charts/"),
+            ("--s3://my-charts/stable/-\n", "s3://my-charts/stable/"),
+            ("a: s3://my-charts/stable/- b\n", "s3://my-charts/stable/"),
+            (
+                "[s3://my-charts/stable/, '#s3://my-charts/stable/']\n",
+                "s3://my-charts/stable/",
+            ),
+        ] {
+            assert!(yaml(index.as_bytes()), "{index:?}");
+            if let Some(out) = rewrite_s3_urls(index.as_bytes(), from) {
+                assert!(
+                    yaml(&out),
+                    "{index:?} -> {:?}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+        // Every form helm-s3 and JSON indexes use is still rewritten.
+        let index = "urls:\n- s3://b/p/a.tgz\nu: [s3://b/p/b.tgz,s3://b/p/c.tgz]\nv: {\"w\": 's3://b/p/d/e.tgz'}\n";
+        let out = rewrite_s3_urls(index.as_bytes(), "s3://b/p/").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "urls:\n- a.tgz\nu: [b.tgz,c.tgz]\nv: {\"w\": 'd/e.tgz'}\n"
+        );
+    }
+
+    /// Found by fuzzing (fuzz/ `helm_index`): a mapping key that starts like a URL
+    /// (`s3://my-charts/entries:`) was renamed, here into the index's own `entries`.
+    /// Keys are left alone; values are still rewritten.
+    #[test]
+    fn rewrite_leaves_mapping_keys_alone() {
+        for index in [
+            "s3://my-charts/entries:\n  x: [1]\n",
+            "a:\n  s3://my-charts/x: 1\n",
+            "{\"s3://my-charts/x\": 1}\n",
+            "- s3://my-charts/x:\n",
+        ] {
+            assert_eq!(
+                rewrite_s3_urls(index.as_bytes(), "s3://my-charts/"),
+                None,
+                "{index:?}"
+            );
+        }
+        let index = "- s3://my-charts/a:1.tgz\n- s3://my-charts/b.tgz # note: x\n";
+        let out = rewrite_s3_urls(index.as_bytes(), "s3://my-charts/").unwrap();
+        assert_eq!(out, b"- a:1.tgz\n- b.tgz # note: x\n");
+    }
+
     #[test]
     fn digests_are_keyed_by_object_key_after_rewrite() {
         let rewritten = rewrite_s3_urls(INDEX.as_bytes(), "s3://my-charts/stable/").unwrap();
@@ -236,6 +336,28 @@ generated: "2024-01-01T00:00:00Z"
         assert!(d.contains_key("/hello-0.1.0.tgz"));
         assert_eq!(d.len(), 2, "absolute URLs and missing digests are skipped");
         assert!(parse_digests(b"{not: [yaml").is_none());
+    }
+
+    /// Found by fuzzing (fuzz/ `helm_index`): a 64-byte digest with a multi-byte
+    /// character was sliced inside the character, a panic on upstream input. A digest
+    /// is 64 hex digits: anything else (a sign included) names no digest.
+    #[test]
+    fn malformed_digests_are_skipped_not_a_panic() {
+        let index = |digest: &str| {
+            format!("entries:\n  a:\n  - digest: {digest}\n    urls:\n    - a-1.tgz\n")
+        };
+        for digest in [
+            format!("a{}a", "\u{e9}".repeat(31)),
+            format!("{}\u{20ac}a", "0".repeat(61)),
+            format!("+{}", "f".repeat(63)),
+            format!("sha256:{}", "0g".repeat(32)),
+        ] {
+            let d = parse_digests(index(&digest).as_bytes()).expect("the index parses");
+            assert!(d.is_empty(), "{digest:?}");
+        }
+        let good = "0123456789abcdefABCDEF".repeat(3)[..64].to_string();
+        let d = parse_digests(index(&good).as_bytes()).unwrap();
+        assert_eq!(hex(&d["/a-1.tgz"]), good.to_ascii_lowercase());
     }
 
     #[test]

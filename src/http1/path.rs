@@ -10,7 +10,8 @@
 //! - The query (`?...`) is dropped; a fragment (`#`) anywhere is refused.
 //! - Percent escapes are decoded once. Refused: malformed escapes, a decoded
 //!   `%` (double encoding such as `%252e`), an encoded `/` or `\` (`%2F`,
-//!   `%5C`) and a literal `\`, decoded control characters (< 0x20, 0x7f),
+//!   `%5C`) and a literal `\`, decoded control characters (< 0x20, 0x7f, and the
+//!   C1 controls U+0080..=U+009F),
 //!   invalid UTF-8 (overlong forms such as `%c0%ae` included).
 //! - Never normalised: empty segments (`//`, a trailing `/`) and `.` / `..`
 //!   segments (literal or encoded) are refused, not resolved.
@@ -170,10 +171,15 @@ fn validate(key: &[u8]) -> Result<(), PathError> {
     if key.first() != Some(&b'/') {
         return Err(PathError::NotAbsolutePath);
     }
-    for &b in key {
+    for (i, &b) in key.iter().enumerate() {
         match b {
             b'\\' => return Err(PathError::Backslash),
             0..=0x1f | 0x7f => return Err(PathError::ControlChar),
+            // C1 controls U+0080..=U+009F, in UTF-8 `C2 80`..=`C2 9F` (any other
+            // encoding of them is invalid UTF-8, refused below).
+            0xc2 if matches!(key.get(i + 1), Some(0x80..=0x9f)) => {
+                return Err(PathError::ControlChar)
+            }
             _ => {}
         }
     }
@@ -330,6 +336,19 @@ mod tests {
         assert_eq!(no("/a\u{7f}"), PathError::ControlChar);
     }
 
+    /// Found by fuzzing (fuzz/ `http1_request`): C1 controls (U+0080..=U+009F) are
+    /// control characters too; `%C2%9B` is a terminal's CSI.
+    #[test]
+    fn c1_control_chars_are_refused() {
+        assert_eq!(no("/c/.a./%C2%9A/aA9/a"), PathError::ControlChar);
+        assert_eq!(no("/a%c2%80b"), PathError::ControlChar);
+        assert_eq!(no("/a%C2%9F"), PathError::ControlChar);
+        assert_eq!(no("/a\u{85}b"), PathError::ControlChar);
+        // Their neighbours are ordinary characters.
+        assert_eq!(ok("/a%C2%A0b"), "/a\u{a0}b");
+        assert_eq!(ok("/a%C3%80b"), "/a\u{c0}b");
+    }
+
     #[test]
     fn empty_segments_are_refused() {
         assert_eq!(no("//"), PathError::EmptySegment);
@@ -445,5 +464,144 @@ mod tests {
         assert_eq!(no("/dir/").status(), 400);
         assert_eq!(PathError::TooLong.status(), 400);
         assert_eq!(PathError::Root.status(), 404);
+    }
+
+    /// Property tests: no accepted target yields a key that escapes the repository
+    /// root, and keys are stable.
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::path::{Component, Path};
+
+        const PIECES: &[&str] = &[
+            "/",
+            "/",
+            "/",
+            ".",
+            "..",
+            "a",
+            "b.tgz",
+            "%",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%2F",
+            "%25",
+            "%5c",
+            "\\",
+            "%00",
+            "%0a",
+            "%41",
+            "%3f",
+            "%23",
+            "%c0%ae",
+            "%e2%82%ac",
+            "%c2%9b",
+            "\u{85}",
+            "\u{e9}",
+            "?",
+            "#",
+            "http://h",
+            "HTTPS://h:1",
+            "@",
+            " ",
+            "\t",
+            "\0",
+        ];
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 512,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Percent-encodes everything but unreserved characters and `/`.
+        fn encode(key: &str) -> String {
+            key.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~') {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        }
+
+        fn check(target: &str) -> Result<(), TestCaseError> {
+            let Ok(key) = object_key(target) else {
+                return Ok(());
+            };
+            prop_assert!(key.starts_with('/'), "{:?} -> {:?}", target, key);
+            prop_assert!(key.len() <= MAX_KEY_LEN);
+            prop_assert!(!key.contains('\\') && !key.contains('\0') && !key.contains('%'));
+            prop_assert!(
+                !key.chars().any(char::is_control),
+                "{:?} -> {:?}",
+                target,
+                key
+            );
+            if key != "/" {
+                prop_assert!(
+                    !key.contains("//") && !key.ends_with('/'),
+                    "{:?} -> {:?}",
+                    target,
+                    key
+                );
+                for seg in key[1..].split('/') {
+                    prop_assert!(seg != "." && seg != "..", "{:?} -> {:?}", target, key);
+                }
+            }
+            // Under any prefix, the key resolves below it.
+            let under = Path::new("/bucket/prefix").join(&key[1..]);
+            prop_assert!(under.starts_with("/bucket/prefix"));
+            prop_assert!(
+                under
+                    .components()
+                    .all(|c| matches!(c, Component::RootDir | Component::Normal(_))),
+                "{:?} -> {:?}",
+                target,
+                key
+            );
+            // Stable: the key, encoded again, names the same key; without `?` or `#` (which
+            // a target can only carry encoded) the key is its own normal form.
+            prop_assert_eq!(
+                object_key(&encode(&key)).map(Cow::into_owned),
+                Ok(key.to_string())
+            );
+            if !key.contains(['?', '#']) {
+                prop_assert_eq!(object_key(&key).map(Cow::into_owned), Ok(key.to_string()));
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn keys_from_tricky_pieces_stay_under_the_root(
+                pieces in proptest::collection::vec(proptest::sample::select(PIECES), 1..12)
+            ) {
+                check(&pieces.concat())?;
+            }
+
+            #[test]
+            fn keys_from_any_string_stay_under_the_root(target in any::<String>()) {
+                check(&target)?;
+                check(&format!("/{target}"))?;
+            }
+
+            #[test]
+            fn plain_segment_paths_are_accepted_as_is(
+                segs in proptest::collection::vec("[a-zA-Z0-9._~-]{1,12}", 1..6)
+            ) {
+                prop_assume!(segs.iter().all(|s| s != "." && s != ".."));
+                let path = format!("/{}", segs.join("/"));
+                prop_assert_eq!(object_key(&path).map(Cow::into_owned), Ok(path.clone()));
+                check(&path)?;
+            }
+        }
     }
 }
