@@ -10,9 +10,8 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chartcache::origin::{Error, Method, TlsRoots};
+use chartcache::origin::{Error, Method};
 use common::{read_all, run};
 
 fn main() {
@@ -192,7 +191,7 @@ where
 }
 
 fn tls_get_with_keep_alive_over_monoio_rustls() {
-    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
+    use chartcache::origin::client::{Endpoint, HttpClient};
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
@@ -237,13 +236,7 @@ fn tls_get_with_keep_alive_over_monoio_rustls() {
             host: "127.0.0.1".into(),
             port: addr.port(),
         },
-        ClientSettings {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            dns_refresh: Duration::from_secs(60),
-            max_idle: 2,
-            tls_roots: TlsRoots::Webpki,
-        },
+        common::test_client_settings(),
         Arc::new(client_cfg),
     )
     .unwrap();
@@ -261,7 +254,7 @@ fn tls_get_with_keep_alive_over_monoio_rustls() {
 
 fn tls_untrusted_certificate_is_connect_error() {
     // The default (webpki) roots do not trust the test CA: handshake fails.
-    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
+    use chartcache::origin::client::{Endpoint, HttpClient};
 
     let dir = tempfile::tempdir().unwrap();
     make_test_pki(dir.path()).unwrap_or_else(|e| panic!("making the test CA and leaf: {e}"));
@@ -275,13 +268,7 @@ fn tls_untrusted_certificate_is_connect_error() {
             host: "127.0.0.1".into(),
             port: addr.port(),
         },
-        ClientSettings {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            dns_refresh: Duration::from_secs(60),
-            max_idle: 2,
-            tls_roots: TlsRoots::Webpki,
-        },
+        common::test_client_settings(),
     )
     .unwrap();
     run(async {

@@ -198,23 +198,13 @@ fn a_late_surplus_response_is_never_the_answer_to_the_next_request() {
 
 #[test]
 fn the_client_closes_a_pooled_connection_that_received_bytes_while_idle() {
-    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
-    use chartcache::origin::{Method, TlsRoots};
+    use chartcache::origin::client::{Endpoint, HttpClient};
+    use chartcache::origin::Method;
 
     let poison = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nETag: \"p\"\r\n\r\npoison".to_vec();
     let (upstream, go, written) = spawn_surplus_upstream(poison);
     let endpoint = Endpoint::parse(&upstream.endpoint).unwrap();
-    let client = HttpClient::new(
-        endpoint,
-        ClientSettings {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            dns_refresh: Duration::from_secs(60),
-            max_idle: 2,
-            tls_roots: TlsRoots::Webpki,
-        },
-    )
-    .unwrap();
+    let client = HttpClient::new(endpoint, common::test_client_settings()).unwrap();
     common::run(async {
         let mut r = client.send(Method::Get, TRIGGER, &[]).await.unwrap();
         let body = common::read_all(&mut r.body).await.unwrap();
@@ -235,21 +225,15 @@ fn the_client_closes_a_pooled_connection_that_received_bytes_while_idle() {
 
 #[test]
 fn a_body_after_a_head_response_never_answers_the_next_request() {
-    use chartcache::origin::client::{ClientSettings, Endpoint, HttpClient};
-    use chartcache::origin::{Method, TlsRoots};
+    use chartcache::origin::client::{Endpoint, HttpClient};
+    use chartcache::origin::Method;
 
     // This upstream answers HEAD like GET: the body that follows the head
     // belongs to no request.
     let (upstream, go, written) = spawn_surplus_upstream(Vec::new());
     let client = HttpClient::new(
         Endpoint::parse(&upstream.endpoint).unwrap(),
-        ClientSettings {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            dns_refresh: Duration::from_secs(60),
-            max_idle: 2,
-            tls_roots: TlsRoots::Webpki,
-        },
+        common::test_client_settings(),
     )
     .unwrap();
     common::run(async {

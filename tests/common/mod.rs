@@ -336,3 +336,15 @@ pub async fn read_all(
     }
     Ok(out)
 }
+
+/// Settings for a test `HttpClient`: 5 s connect and request timeouts, a pool
+/// of 2, bundled roots.
+pub fn test_client_settings() -> chartcache::origin::client::ClientSettings {
+    chartcache::origin::client::ClientSettings {
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        dns_refresh: Duration::from_secs(60),
+        max_idle: 2,
+        tls_roots: chartcache::origin::TlsRoots::Webpki,
+    }
+}
