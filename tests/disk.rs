@@ -13,19 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{parse_response, raw_exchange, test_cli, Proxy, Response};
 
-/// Deterministic, unique bytes for object `i`.
-fn body(i: u64, len: usize) -> Vec<u8> {
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
-
 struct Obj {
     path: String,
     body: Vec<u8>,
@@ -38,7 +25,7 @@ fn upstream(n: u64, size: impl Fn(u64) -> usize) -> (tempfile::TempDir, Vec<Obj>
     let objs: Vec<Obj> = (0..n)
         .map(|i| Obj {
             path: format!("/chart-{i}.tgz"),
-            body: body(i, size(i)),
+            body: common::object_bytes(i, size(i)),
         })
         .collect();
     for o in &objs {

@@ -82,19 +82,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Deterministic, unique bytes for object `i`.
-fn body(i: u64, len: usize) -> Vec<u8> {
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
-
 fn check(r: &Response, want: &[u8], what: &str) -> Result<(), Failed> {
     if r.status != 200 || r.body != want {
         return Err(format!("{what}: status {}, {} bytes", r.status, r.body.len()).into());
@@ -131,13 +118,18 @@ fn disk_full() -> Result<(), Failed> {
     std::fs::create_dir(&up)?;
     // 10 charts cached before the disk fills, 10 asked for after.
     let old: Vec<(String, Vec<u8>)> = (0..10)
-        .map(|i| (format!("/old-{i}.tgz"), body(i, 200_000 + i as usize)))
+        .map(|i| {
+            (
+                format!("/old-{i}.tgz"),
+                common::object_bytes(i, 200_000 + i as usize),
+            )
+        })
         .collect();
     let new: Vec<(String, Vec<u8>)> = (0..10)
         .map(|i| {
             (
                 format!("/new-{i}.tgz"),
-                body(100 + i, 3 * MIB / 2 + i as usize),
+                common::object_bytes(100 + i, 3 * MIB / 2 + i as usize),
             )
         })
         .collect();

@@ -348,3 +348,16 @@ pub fn test_client_settings() -> chartcache::origin::client::ClientSettings {
         tls_roots: chartcache::origin::TlsRoots::Webpki,
     }
 }
+
+/// Deterministic, unique bytes for object `i` (xorshift64*, seeded by `i`).
+pub fn object_bytes(i: u64, len: usize) -> Vec<u8> {
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
