@@ -450,6 +450,14 @@ mod tests {
     }
 
     /// A send timeout no test here reaches.
+    /// A plain io_uring runtime with timers, for the tests that need that driver.
+    fn uring_rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>> {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+    }
+
     const T: Duration = Duration::from_secs(30);
 
     /// A segment holding a 1 MiB pseudo-random body at `OFFSET`.
@@ -531,10 +539,7 @@ mod tests {
     fn sendfile_under_io_uring_restores_blocking_mode() {
         let dir = tempfile::tempdir().unwrap();
         let (seg, body) = segment(dir.path());
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
+        let mut rt = uring_rt();
         let toggle = SocketMode::UringToggle;
         let (out, before, after) = rt.block_on(serve_once(seg.clone(), toggle, OFFSET, BODY));
         assert!(!before, "io_uring accepts blocking sockets");
@@ -702,10 +707,7 @@ mod tests {
     fn dropping_the_send_restores_blocking_mode() {
         let dir = tempfile::tempdir().unwrap();
         let (seg, _) = segment(dir.path());
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
+        let mut rt = uring_rt();
         rt.block_on(async move {
             let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
             // A client that never reads until told to stop.
@@ -735,10 +737,7 @@ mod tests {
         for sendfile in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let (seg, body) = segment(dir.path());
-            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .enable_timer()
-                .build()
-                .unwrap();
+            let mut rt = uring_rt();
             let out = rt.block_on(async {
                 let (go, wait) = std::sync::mpsc::channel::<()>();
                 let (mut stream, client) = accept_with(move |mut c| {
