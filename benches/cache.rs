@@ -27,6 +27,7 @@ fn open(dir: &Path, capacity: u64, segment: u64) -> ShardStore {
         dir: dir.to_path_buf(),
         shard: 0,
         capacity,
+        max_object: None,
     };
     ShardStore::open_with_segment_size(cfg, segment).expect("open shard")
 }

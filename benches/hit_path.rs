@@ -31,6 +31,7 @@ fn bench(c: &mut Criterion) {
         dir: dir.path().to_path_buf(),
         shard: 0,
         capacity: 64 << 20,
+        max_object: None,
     })
     .expect("open");
     let body = vec![0x1fu8; 100_000];

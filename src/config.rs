@@ -226,6 +226,11 @@ section! {
         #[arg(long, env = "CHARTCACHE_CACHE_SIZE", value_name = "SIZE")]
         cache_size: Option<String> = Some("2GiB".into()),
 
+        /// Largest object kept in the cache, e.g. 256MiB; larger ones are still fetched once for all
+        /// clients asking at the same time, just not kept [default: a quarter of cache-size / workers].
+        #[arg(long, env = "CHARTCACHE_MAX_OBJECT_SIZE", value_name = "SIZE")]
+        max_object_size: Option<String>,
+
         /// How old a cached copy may be and still be served as STALE while upstream fails [default: 7d].
         #[arg(long, env = "CHARTCACHE_MAX_STALE", value_name = "DURATION")]
         max_stale: Option<String> = Some("7d".into()),
@@ -441,6 +446,8 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// Total bytes on disk, split evenly across shards.
     pub size: u64,
+    /// Largest body kept (`None`: a quarter of each shard; see `cache::store`).
+    pub max_object_size: Option<u64>,
     /// How long an upstream 404 is remembered.
     pub negative_ttl: Duration,
     /// How old a stored copy may be and still be served (`STALE`) while
@@ -754,12 +761,22 @@ impl CacheArgs {
             n if n >= 4 << 20 => Ok(n),
             _ => Err(format!("{s} is too small; use at least 4MiB")),
         });
+        let max_object_size = match self.max_object_size {
+            None => Some(None),
+            Some(s) => p
+                .parse("max_object_size", Some(s), |s| match parse_size(&s)? {
+                    n if n >= 1 << 20 => Ok(n),
+                    _ => Err(format!("{s} is too small; use at least 1MiB")),
+                })
+                .map(Some),
+        };
         let negative_ttl = p.parse("negative_ttl", self.negative_ttl, |s| parse_duration(&s));
         let max_stale = p.parse("max_stale", self.max_stale, |s| parse_duration(&s));
         p.finish(|| {
             Some(CacheConfig {
                 dir: dir?,
                 size: size?,
+                max_object_size: max_object_size?,
                 negative_ttl: negative_ttl?,
                 max_stale: max_stale?,
             })
@@ -1369,12 +1386,13 @@ mod tests {
         let cache = CacheArgs {
             cache_dir: Some(PathBuf::from("/nonexistent/is/fine/here")),
             cache_size: Some("1MiB".into()),
+            max_object_size: Some("1KiB".into()),
             max_stale: Some("forever".into()),
             negative_ttl: Some("-1s".into()),
         };
         assert_eq!(
             fields(cache.or_defaults().validate().unwrap_err()),
-            ["cache_size", "negative_ttl", "max_stale"]
+            ["cache_size", "max_object_size", "negative_ttl", "max_stale"]
         );
 
         let RepoArgs { .. } = RepoArgs::default();

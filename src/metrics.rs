@@ -34,6 +34,8 @@ pub const CACHE_TRUNCATED_SEGMENTS: &str = "chartcache_cache_truncated_segments"
 pub const CACHE_TRUNCATED_DROPPED: &str = "chartcache_cache_truncated_records_dropped";
 pub const CACHE_NO_SPACE_ERRORS: &str = "chartcache_cache_no_space_errors";
 pub const CACHE_DISK_FULL: &str = "chartcache_cache_disk_full";
+pub const CACHE_SPOOLED: &str = "chartcache_cache_spooled";
+pub const CACHE_SPOOL_BYTES: &str = "chartcache_cache_spool_bytes";
 pub const SEND_TIMEOUTS: &str = "chartcache_client_send_timeouts";
 pub const ACCEPT_ERRORS: &str = "chartcache_accept_errors";
 
@@ -129,6 +131,8 @@ pub struct WorkerMetrics {
     pub cache_no_space_errors: AtomicU64,
     /// 1 while the worker's shard refuses new objects because the device is full.
     pub cache_disk_full: AtomicU64,
+    pub cache_spooled: AtomicU64,
+    pub cache_spool_bytes: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -302,7 +306,7 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let counters: [Described; 17] = [
+        let counters: [Described; 18] = [
             (
                 UPSTREAM_UNSOLICITED,
                 "Upstream connections closed because upstream sent bytes outside a response (beyond a body's framing, or on an idle keep-alive connection)",
@@ -386,13 +390,18 @@ impl Collector for Metrics {
                 "ENOSPC/EDQUOT errors creating or writing cache segments (admission pauses, nothing is evicted for it)",
                 |w| &w.cache_no_space_errors,
             ),
+            (
+                CACHE_SPOOLED,
+                "Objects larger than max-object-size fetched once for their concurrent clients through a spool file and not kept",
+                |w| &w.cache_spooled,
+            ),
         ];
         for (name, help, get) in counters {
             let v = self.sum(|w| get(w).load(Relaxed));
             enc.encode_descriptor(name, help, None, MetricType::Counter)?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
-        let gauges: [Described; 4] = [
+        let gauges: [Described; 5] = [
             (
                 CACHE_BYTES,
                 "Bytes on disk used by the cache (segment files at full size, checkpoints, evicted segments still being sent)",
@@ -402,6 +411,11 @@ impl Collector for Metrics {
                 CACHE_DISK_FULL,
                 "Cache shards not admitting new objects because the cache device is full (they serve what is cached, pass the rest through)",
                 |w| &w.cache_disk_full,
+            ),
+            (
+                CACHE_SPOOL_BYTES,
+                "Bytes of spool files (objects too large to keep, being sent to their clients) on the cache device, beside the cache",
+                |w| &w.cache_spool_bytes,
             ),
             (CACHE_OBJECTS, "Objects in the cache index", |w| {
                 &w.cache_objects

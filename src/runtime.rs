@@ -692,6 +692,9 @@ async fn housekeeping(w: WorkerRef) {
             .store(stats.no_space_errors, Ordering::Relaxed);
         m.cache_disk_full
             .store(u64::from(stats.disk_full), Ordering::Relaxed);
+        m.cache_spooled.store(stats.spooled, Ordering::Relaxed);
+        m.cache_spool_bytes
+            .store(stats.spool_bytes, Ordering::Relaxed);
         if let Some(upstream) = w.origin.connection_stats() {
             w.metrics
                 .upstream_unsolicited

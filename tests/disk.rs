@@ -9,7 +9,6 @@ mod common;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use common::proxy::{parse_response, raw_exchange, test_cli, Proxy, Response};
 
@@ -52,23 +51,6 @@ fn get_ok(p: &Proxy, o: &Obj) -> Response {
     assert_eq!(r.status, 200, "{}", o.path);
     assert!(r.body == o.body, "{}: wrong bytes", o.path);
     r
-}
-
-/// The value of a metric line `name value`, polled until `ok` holds (the
-/// workers publish store counters every 200 ms), at most 10 s.
-fn metric_until(p: &Proxy, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = p.metrics();
-        let v = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
-            .unwrap_or(0);
-        if ok(v) || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Where each object's body starts in the segment files (found by content).
@@ -189,15 +171,11 @@ fn truncated_under_verified_records(driver: Option<&str>) {
     for o in &objs {
         assert_eq!(get_ok(&p, o).x_cache(), "HIT", "{}", o.path);
     }
-    let n = metric_until(&p, "chartcache_cache_truncated_segments_total", |v| {
-        v >= files
-    });
+    let n = p.metric_until("chartcache_cache_truncated_segments_total", |v| v >= files);
     assert_eq!(n, files, "truncated segments counted once each");
-    let dropped = metric_until(
-        &p,
-        "chartcache_cache_truncated_records_dropped_total",
-        |v| v >= records as u64,
-    );
+    let dropped = p.metric_until("chartcache_cache_truncated_records_dropped_total", |v| {
+        v >= records as u64
+    });
     assert_eq!(dropped, records as u64);
     eprintln!(
         "truncated (verified, driver {driver:?}): {records} of {} records cut in {files} segments, {broken} broken responses, all refetched, the rest HITs",
@@ -230,9 +208,7 @@ fn truncated_segment_under_unverified_records_refetches_without_a_broken_respons
     for o in &objs {
         assert_eq!(get_ok(&p, o).x_cache(), "HIT", "{}", o.path);
     }
-    let n = metric_until(&p, "chartcache_cache_truncated_segments_total", |v| {
-        v >= files
-    });
+    let n = p.metric_until("chartcache_cache_truncated_segments_total", |v| v >= files);
     assert_eq!(n, files);
     eprintln!(
         "truncated (unverified): {} of {} records cut, 0 broken responses, all refetched",
@@ -307,7 +283,7 @@ fn evicted_segments_give_their_space_back() {
             );
         }
     }
-    let evictions = metric_until(&p, "chartcache_cache_evictions_total", |v| v > 0);
+    let evictions = p.metric_until("chartcache_cache_evictions_total", |v| v > 0);
     assert!(evictions > 0, "the cache went round");
     eprintln!(
         "space: at most {:.1} MiB on disk for a 16 MiB cache (bound {} MiB), {} objects evicted",

@@ -89,14 +89,6 @@ fn check(r: &Response, want: &[u8], what: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-/// A metric's value (0 when absent).
-fn metric(p: &Proxy, name: &str) -> u64 {
-    p.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Polls `f` (every 50 ms, at most 10 s) until it holds.
 fn until(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -179,14 +171,14 @@ fn disk_full() -> Result<(), Failed> {
         }
         served += 1;
     }
-    if !until(|| metric(&p, "chartcache_cache_disk_full") >= 1) {
+    if !until(|| p.metric("chartcache_cache_disk_full") >= 1) {
         return Err("chartcache_cache_disk_full never went up".into());
     }
-    let evicted = metric(&p, "chartcache_cache_evictions_total");
+    let evicted = p.metric("chartcache_cache_evictions_total");
     if evicted != 0 {
         return Err(format!("{evicted} objects evicted for a full disk").into());
     }
-    if metric(&p, "chartcache_cache_no_space_errors_total") == 0 {
+    if p.metric("chartcache_cache_no_space_errors_total") == 0 {
         return Err("no ENOSPC counted".into());
     }
     let ready = get(p.admin, "/readyz", &[]);
@@ -221,7 +213,7 @@ fn disk_full() -> Result<(), Failed> {
     if !cached {
         return Err(format!("{path} not cached after the space came back").into());
     }
-    if !until(|| metric(&p, "chartcache_cache_disk_full") == 0) {
+    if !until(|| p.metric("chartcache_cache_disk_full") == 0) {
         return Err("chartcache_cache_disk_full stayed up".into());
     }
     let ready = get(p.admin, "/readyz", &[]).text();

@@ -11,8 +11,13 @@ pub enum Error {
     /// [`AtPath`] inside, which keeps the original error).
     #[error("cache i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("object of {0} bytes does not fit in a segment")]
+    /// Larger than the largest kept object (or than a segment, for what must fit one).
+    #[error("object of {0} bytes is larger than the cache keeps")]
     TooLarge(u64),
+    /// A spool of this many bytes would take device space the cache may still grow
+    /// into (see [`super::store`], Large objects).
+    #[error("no room on the cache device to spool {0} bytes beside the cache")]
+    NoRoomToSpool(u64),
     /// ENOSPC / EDQUOT creating or writing a segment (admission pauses, see
     /// [`super::store`]).
     #[error("no space left on the cache device")]

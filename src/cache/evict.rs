@@ -31,25 +31,28 @@ use super::store::{dead_header, live_header, Active, ShardStore};
 
 impl ShardStore {
     /// Make room within the budget, open a new active segment and copy rescued hot
-    /// entries into it, leaving at least `reserve_for` bytes free. On an error (a full
-    /// device, say) the active segment, if any, stays.
+    /// entries into it, leaving at least `reserve_for` bytes free. The new segment has the
+    /// regular size, or is made for `reserve_for` when that is larger (a large object's
+    /// own segment: store, Large objects). On an error (a full device, say) the active
+    /// segment, if any, stays.
     pub(super) fn rotate(&mut self, reserve_for: u64) -> Result<(), Error> {
         self.held.retain(|s| !s.is_reclaimed());
+        let size = self.segment_size.max(reserve_for.next_multiple_of(4096));
         let mut rescued = Vec::new();
         let mut evicted = Vec::new();
-        while self.needs_room() {
+        while self.needs_room(size) {
             match self.evict_oldest(Some(&mut rescued)) {
                 Some(seg) => evicted.push(seg),
                 None => break,
             }
         }
-        let created = if self.needs_room() {
+        let created = if self.needs_room(size) {
             // Nothing left to evict, and evicted segments still being read hold the space.
             Err(Error::SpaceHeld)
         } else {
             let id = SegmentId(self.next_segment_id);
             self.next_segment_id += 1;
-            Segment::create(&self.dir, id, self.segment_size).map(Arc::new)
+            Segment::create(&self.dir, id, size).map(Arc::new)
         };
         let seg = match created {
             Ok(seg) => seg,
@@ -70,10 +73,10 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Would a new segment break the budget (see the module doc)?
-    fn needs_room(&self) -> bool {
+    /// Would a new segment of `size` bytes break the budget (see the module doc)?
+    fn needs_room(&self, size: u64) -> bool {
         let live = self.live_bytes();
-        live + self.segment_size > self.capacity || live + self.held_bytes() > self.capacity
+        live + size > self.capacity || live + self.held_bytes() > self.capacity
     }
 
     /// Evict the oldest segment (unlinked, not yet condemned: see [`Self::condemn`]).

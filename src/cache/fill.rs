@@ -19,7 +19,7 @@ use super::coalesce::{BodyView, FillError, FillGuard, FillState, Inflight, Infli
 use super::error::Error;
 use super::format::{unix_now, ObjectMeta};
 use super::negative::NegativeCache;
-use super::store::ShardStore;
+use super::store::{GrowingSpool, Segment, ShardStore};
 use crate::helm::{self, HelmRepo};
 use crate::metrics::WorkerMetrics;
 use crate::origin::{self, Origin, OriginRequest};
@@ -36,8 +36,8 @@ const WRITE_RUN: usize = 256 * 1024;
 /// second: see `super::fill_patience`).
 const NEWS_EVERY: Duration = Duration::from_millis(500);
 
-/// Bodies without a declared length are buffered up to this size before being
-/// stored; larger ones are passed through uncached.
+/// Bodies without a declared length are buffered in memory up to this size; larger
+/// ones go to a spool (see `store`, Large objects).
 const MAX_UNSIZED_BODY: usize = 8 << 20;
 /// The largest `index.yaml` chartcache rewrites and stores.
 const MAX_INDEX: usize = 64 << 20;
@@ -160,7 +160,17 @@ impl Filler<'_> {
         len: u64,
         body: &mut dyn origin::BodyStream,
     ) {
-        let begun = self.store.borrow_mut().begin(key, &object, len);
+        let begun = {
+            let mut store = self.store.borrow_mut();
+            match store.begin(key, &object, len) {
+                // Larger than the cache keeps: still shared with the waiters, from a spool.
+                Err(Error::TooLarge(_)) => store.begin_spool(key, &object, len).inspect(|_| {
+                    store.note_spooled();
+                    tracing::debug!(key, len, "larger than max-object-size: spooled, not kept");
+                }),
+                other => other,
+            }
+        };
         let mut rec = match begun {
             Ok(rec) => rec,
             Err(e) => {
@@ -279,7 +289,10 @@ impl Filler<'_> {
         }
     }
 
-    /// A body without `Content-Length`: buffer it (bounded), then store it.
+    /// A body without `Content-Length`: buffered in memory up to [`MAX_UNSIZED_BODY`],
+    /// beyond that written to a growing spool (see `store`, Large objects); once whole,
+    /// it is stored, or (too large to keep, or no room) served to the waiters from the
+    /// spool. Waiters hear heartbeats meanwhile: the length is only known at the end.
     async fn fill_unsized(
         &self,
         inflight: &Inflight,
@@ -287,9 +300,122 @@ impl Filler<'_> {
         object: ObjectMeta,
         body: &mut dyn origin::BodyStream,
     ) {
-        if let Some(body) = read_capped(inflight, body, MAX_UNSIZED_BODY).await {
-            self.store_buffered(inflight, key, object, body);
+        let mut buf = BytesMut::new();
+        let mut spool: Option<GrowingSpool> = None;
+        let mut last_news = Instant::now();
+        let not_shared = |e: Error| {
+            self.metrics
+                .fill_skipped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(key, error = %e, "body of unknown length not shared: passing through");
+            inflight.publish(FillState::Passthrough);
+        };
+        loop {
+            match body.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    let spooled = match spool.as_mut() {
+                        Some(sp) => self.store.borrow().spool_append(sp, &chunk),
+                        None if buf.len() + chunk.len() > MAX_UNSIZED_BODY => {
+                            buf.extend_from_slice(&chunk);
+                            let begun = self.store.borrow().begin_growing_spool(&buf);
+                            begun.map(|sp| {
+                                spool = Some(sp);
+                                buf = BytesMut::new();
+                            })
+                        }
+                        None => {
+                            buf.extend_from_slice(&chunk);
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = spooled {
+                        return not_shared(e);
+                    }
+                    if last_news.elapsed() >= NEWS_EVERY {
+                        last_news = Instant::now();
+                        inflight.heartbeat();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return inflight.publish(FillState::Failed {
+                        error: FillError::from(&e),
+                    })
+                }
+            }
         }
+        let Some(spool) = spool else {
+            return self.store_buffered(inflight, key, object, buf.freeze());
+        };
+        let len = spool.len();
+        let finished = self.store.borrow().finish_spool(spool);
+        let segment = match finished {
+            Ok(segment) => segment,
+            Err(e) => return not_shared(e),
+        };
+        let Some(pin) = segment.pin() else {
+            return not_shared(Error::Evicted); // never: spools are not condemned
+        };
+        let meta = Arc::new(object);
+        let kept = if len <= self.store.borrow().max_object() {
+            match self.keep_spooled(inflight, key, &meta, &segment, len).await {
+                Ok(view) => Some(view),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "not caching a spooled body: served once");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let view = kept.unwrap_or_else(|| {
+            self.store.borrow().note_spooled();
+            BodyView {
+                segment,
+                pin,
+                body_offset: 0,
+                body_len: len,
+                meta,
+            }
+        });
+        inflight.publish(FillState::Done { view });
+    }
+
+    /// Copies a whole spooled body into a cache record (in runs, letting the worker's
+    /// other tasks run between them) and commits it.
+    async fn keep_spooled(
+        &self,
+        inflight: &Inflight,
+        key: &str,
+        meta: &Arc<ObjectMeta>,
+        spool: &Segment,
+        len: u64,
+    ) -> Result<BodyView, Error> {
+        let mut rec = self.store.borrow_mut().begin(key, meta, len)?;
+        let mut run = vec![0u8; WRITE_RUN * 4];
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(run.len() as u64) as usize;
+            let copied = spool
+                .read_at(at, &mut run[..n])
+                .and_then(|()| self.store.borrow_mut().append(&mut rec, &run[..n]));
+            if let Err(e) = copied {
+                self.store.borrow_mut().abort(rec);
+                return Err(e);
+            }
+            at += n as u64;
+            inflight.heartbeat();
+            yield_now().await;
+        }
+        let view = BodyView {
+            segment: rec.segment.clone(),
+            pin: rec.pin.clone(),
+            body_offset: rec.body_offset,
+            body_len: len,
+            meta: Arc::clone(meta),
+        };
+        self.store.borrow_mut().commit(rec)?;
+        Ok(view)
     }
 
     /// The repository index: buffered whole, helm-s3 URLs rewritten, stored,
@@ -359,6 +485,20 @@ impl Filler<'_> {
             }
         }
     }
+}
+
+/// Lets the worker's other tasks run once (monoio has no `yield_now`).
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Reads a whole body into memory, up to `cap` bytes. On overflow or error

@@ -149,7 +149,7 @@ pub fn open(
     shards: usize,
     patience: Duration,
 ) -> Result<(Arc<Cache>, Vec<ShardParts>, DirLock), shard::Error> {
-    let (stores, lock) = shard::open_stores(&cfg.dir, cfg.size, shards)?;
+    let (stores, lock) = shard::open_stores(&cfg.dir, cfg.size, cfg.max_object_size, shards)?;
     let mut readers = Vec::with_capacity(stores.len());
     let mut senders = Vec::with_capacity(stores.len());
     let mut parts = Vec::with_capacity(stores.len());
@@ -346,6 +346,7 @@ mod tests {
         let cfg = CacheConfig {
             dir: dir.to_path_buf(),
             size: 8 << 20,
+            max_object_size: None,
             negative_ttl: Duration::from_secs(5),
             max_stale: Duration::from_secs(60),
         };

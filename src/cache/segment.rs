@@ -44,6 +44,15 @@
 //!   that already started therefore always reads the original bytes; no response is
 //!   ever completed from a hole.
 //! - a verification that reads a hole reads zeros, which never verify (magic, CRCs).
+//!
+//! # Spools
+//! A body that is shared with a fill's waiters but not kept (larger than the largest kept
+//! object: see [`super::store`], Large objects) is written to a *spool*: an unlinked file
+//! in the shard directory ([`spool_file`]: `O_TMPFILE`, or a named file unlinked at once
+//! where the filesystem lacks it), mapped like a segment ([`Segment::from_spool`]) with
+//! the id [`SPOOL_ID`], which no file and no store map carries. It is never indexed,
+//! evicted or condemned: its blocks go back when the last `Arc` (fill, waiters' sends)
+//! drops the fd, and a gauge counts its bytes until then.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
@@ -85,6 +94,12 @@ impl SegmentId {
 /// Smallest segment we create.
 pub const MIN_SEGMENT_SIZE: u64 = 4096;
 
+/// The id every spool carries (see the module doc, Spools).
+pub const SPOOL_ID: SegmentId = SegmentId(u64::MAX);
+/// Name prefix of a spool file where `O_TMPFILE` is missing: unlinked as soon as it is
+/// open; one left by a crash in between is removed when the shard opens.
+pub const SPOOL_PREFIX: &str = ".spool-";
+
 /// One segment file, mapped read-only. Kept alive by `Arc` while anyone refers to it;
 /// its bytes are only guaranteed while a [`SegmentPin`] is held.
 pub struct Segment {
@@ -102,6 +117,8 @@ pub struct Segment {
     intact: AtomicU64,
     /// The shrink was reported (logged and counted) once.
     shrink_reported: AtomicBool,
+    /// A spool's gauge of spooled bytes, given back on drop (see the module doc).
+    spool_gauge: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -178,6 +195,28 @@ impl Segment {
             reclaimed: AtomicBool::new(false),
             intact: AtomicU64::new(u64::MAX),
             shrink_reported: AtomicBool::new(false),
+            spool_gauge: None,
+        })
+    }
+
+    /// Maps a spool file ([`spool_file`], written or preallocated to its final size) as
+    /// a segment that is never named, indexed or evicted; `gauge` counts its bytes until
+    /// the last holder drops it.
+    pub fn from_spool(file: File, dir: &Path, gauge: Arc<AtomicU64>) -> Result<Segment, Error> {
+        let mut seg = Self::map(SPOOL_ID, file, dir.join("(spool)"))?;
+        gauge.fetch_add(seg.len(), Ordering::Relaxed);
+        seg.spool_gauge = Some(gauge);
+        Ok(seg)
+    }
+
+    /// Preallocates `size` bytes of a spool file (ENOSPC is [`Error::NoSpace`]).
+    pub fn preallocate_spool(file: &File, dir: &Path, size: u64) -> Result<(), Error> {
+        preallocate(file, 0, size).map_err(|e| {
+            if is_no_space(&e) {
+                Error::NoSpace
+            } else {
+                Error::io_at(dir, "preallocate spool file in", e)
+            }
         })
     }
 
@@ -379,6 +418,51 @@ impl Segment {
     }
 }
 
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.spool_gauge {
+            gauge.fetch_sub(self.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A new spool file in `dir` (see the module doc, Spools): unlinked, read-write.
+pub fn spool_file(dir: &Path) -> Result<File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let anonymous = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir);
+    match anonymous {
+        Ok(file) => return Ok(file),
+        Err(e) if is_no_space(&e) => return Err(Error::NoSpace),
+        // No O_TMPFILE on this filesystem: a named file, unlinked at once.
+        Err(_) => {}
+    }
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(format!(
+        "{SPOOL_PREFIX}{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| {
+            if is_no_space(&e) {
+                Error::NoSpace
+            } else {
+                Error::io_at(&path, "create spool file", e)
+            }
+        })?;
+    std::fs::remove_file(&path).map_err(|e| Error::io_at(&path, "unlink spool file", e))?;
+    Ok(file)
+}
+
 /// Holds a segment's bytes intact (see the module doc): taken with [`Segment::pin`],
 /// released on drop. A clone is another pin (it cannot fail: the original holds off the
 /// reclaim).
@@ -480,13 +564,18 @@ pub fn free_space(dir: &Path) -> Option<u64> {
 }
 
 /// All segment files in `dir`, sorted by id. Zero-length / unmappable leftovers of a
-/// crash during creation are removed.
+/// crash during creation are removed, and so are spool files a crash left behind.
 pub fn list(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, Error> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io_at(dir, "read cache dir", e))?;
     let mut out = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|e| Error::io_at(dir, "read cache dir", e))?;
         let name = ent.file_name();
+        if name.to_str().is_some_and(|n| n.starts_with(SPOOL_PREFIX)) {
+            // Left by a crash between creating and unlinking a spool: nobody's.
+            let _ = std::fs::remove_file(ent.path());
+            continue;
+        }
         let Some(id) = name.to_str().and_then(SegmentId::from_file_name) else {
             continue;
         };

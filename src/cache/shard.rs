@@ -74,10 +74,12 @@ pub struct DirLock {
 }
 
 /// Locks `dir`, then opens (and recovers) its `shards` shards, splitting
-/// `total_size` evenly between them.
+/// `total_size` evenly between them; each keeps bodies up to `max_object` bytes (its
+/// default when `None`: see [`super::store`], Large objects).
 pub fn open_stores(
     dir: &Path,
     total_size: u64,
+    max_object: Option<u64>,
     shards: usize,
 ) -> Result<(Vec<ShardStore>, DirLock), Error> {
     let dir_err = |source| Error::Dir {
@@ -95,6 +97,7 @@ pub fn open_stores(
             dir: path.clone(),
             shard: shard as u32,
             capacity: per_shard,
+            max_object,
         })
         .map_err(|source| Error::Store {
             shard,

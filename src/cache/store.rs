@@ -45,6 +45,22 @@
 //! [`NO_SPACE_LOG_EVERY`], counted ([`StoreStats::no_space_errors`]) and shown while
 //! it lasts ([`StoreStats::disk_full`]).
 //!
+//! # Large objects
+//! A record larger than a segment gets a segment of its own, sized to it: the active
+//! segment is sealed (its unused tail stays until it is evicted, so segment ids keep
+//! the write order replay relies on) and the oldest segments are evicted until the new
+//! one fits the budget, as for any rotation. That is allowed up to `max_object` body
+//! bytes ([`default_max_object`]: a quarter of the shard; at most half). A larger body
+//! is not kept but is still shared by every client that asked for it while it was
+//! fetched: [`ShardStore::begin_spool`] gives the fill a preallocated spool file of its
+//! own (see [`super::segment`], Spools), and a body of unknown length that outgrows
+//! memory is written to a [`GrowingSpool`], then kept (copied into a record) if it is
+//! within `max_object`, else served from the spool. A spool is only created where the
+//! device has room for it on top of everything the cache may still grow into (its
+//! unused capacity plus one segment), so spools never push the cache into ENOSPC;
+//! otherwise the fill is passed through (each client fetches for itself). Spools are
+//! counted ([`StoreStats::spooled`]) and their bytes gauged while they exist.
+//!
 //! # A segment file that shrank
 //! When a read or a send finds a segment's file shorter than written (truncated by
 //! another process or a failing disk; see [`super::segment`]), every entry of that
@@ -54,6 +70,7 @@
 //! active segment).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -82,6 +99,9 @@ pub struct StoreConfig {
     pub shard: u32,
     /// Max bytes on disk for this shard (segments + checkpoints).
     pub capacity: u64,
+    /// The largest body kept ([`default_max_object`] when `None`); larger ones are only
+    /// spooled for the waiters of their fill (see the module doc, Large objects).
+    pub max_object: Option<u64>,
 }
 
 /// Counters of one shard (any thread may read them).
@@ -109,6 +129,10 @@ pub struct StoreStats {
     pub no_space_errors: u64,
     /// Admission is paused because the device is full (see the module doc).
     pub disk_full: bool,
+    /// Fills shared through a spool, not kept (see the module doc, Large objects).
+    pub spooled: u64,
+    /// Bytes of spool files in use now.
+    pub spool_bytes: u64,
 }
 
 /// A lookup result: where the body lives. Cheap to clone.
@@ -171,6 +195,9 @@ struct Counters {
     truncated_dropped: AtomicU64,
     no_space_errors: AtomicU64,
     disk_full: AtomicBool,
+    spooled: AtomicU64,
+    /// Shared with every spool segment, which gives its bytes back when dropped.
+    spool_bytes: Arc<AtomicU64>,
 }
 
 /// Everyone's handle: lookups without locks. `Send + Sync`, shared as `Arc`.
@@ -267,6 +294,8 @@ impl ShardReader {
             truncated_dropped: c.truncated_dropped.load(Ordering::Relaxed),
             no_space_errors: c.no_space_errors.load(Ordering::Relaxed),
             disk_full: c.disk_full.load(Ordering::Relaxed),
+            spooled: c.spooled.load(Ordering::Relaxed),
+            spool_bytes: c.spool_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -303,7 +332,32 @@ pub struct PendingRecord {
     key: Arc<str>,
     meta: Arc<ObjectMeta>,
     meta_bytes: Vec<u8>,
+    /// Written to a spool: shared with the fill's waiters, never indexed.
+    spooled: bool,
 }
+
+/// A body of unknown length on its way to a spool (see the module doc, Large objects):
+/// written as it arrives, the device checked for room before every [`SPOOL_STEP`].
+pub struct GrowingSpool {
+    file: std::fs::File,
+    len: u64,
+    /// Bytes the last room check covered.
+    room_for: u64,
+}
+
+impl GrowingSpool {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A growing spool's room is checked this many bytes ahead.
+pub const SPOOL_STEP: u64 = 8 << 20;
 
 impl PendingRecord {
     /// Body bytes appended so far (readable at `body_offset..body_offset + written`).
@@ -325,6 +379,8 @@ pub struct ShardStore {
     pub(super) shard: u32,
     pub(super) capacity: u64,
     pub(super) segment_size: u64,
+    /// The largest body kept (see the module doc, Large objects).
+    max_object: u64,
     /// All live segments (the active one included), oldest first.
     pub(super) segments: BTreeMap<SegmentId, Arc<Segment>>,
     pub(super) segment_bytes: u64,
@@ -360,6 +416,18 @@ pub fn default_segment_size(capacity: u64) -> u64 {
     (capacity / 8).clamp(1 << 20, 64 << 20).min(capacity) & !4095
 }
 
+/// Default largest kept body for a shard's capacity: a quarter of it, so one object never
+/// evicts more than a quarter of the shard.
+pub fn default_max_object(capacity: u64) -> u64 {
+    capacity / 4
+}
+
+/// The largest `max_object` a capacity allows: half of it (a larger object would evict
+/// most of the shard each time it is stored).
+pub fn max_object_limit(capacity: u64) -> u64 {
+    capacity / 2
+}
+
 impl ShardStore {
     /// Open (or create) the shard in `cfg.dir` and recover its index.
     pub fn open(cfg: StoreConfig) -> Result<ShardStore, Error> {
@@ -382,6 +450,20 @@ impl ShardStore {
                 MIN_SEGMENT_SIZE
             )));
         }
+        let max_object = cfg
+            .max_object
+            .unwrap_or_else(|| default_max_object(cfg.capacity));
+        if max_object > max_object_limit(cfg.capacity) {
+            return Err(Error::InvalidConfig(format!(
+                "shard {}: max-object-size {} is more than half of this worker's cache share \
+                 ({} = cache-size / workers): lower --max-object-size to at most {} or raise \
+                 --cache-size",
+                cfg.shard,
+                max_object,
+                cfg.capacity,
+                max_object_limit(cfg.capacity)
+            )));
+        }
         let dir = cfg.dir;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io_at(&dir, "create cache dir", e))?;
         let probe = dir.join(".write-probe");
@@ -400,6 +482,7 @@ impl ShardStore {
             shard: cfg.shard,
             capacity: cfg.capacity,
             segment_size,
+            max_object,
             segments: rec.segments,
             segment_bytes,
             active: rec.active.map(|(seg, pos)| Active { seg, pos }),
@@ -442,6 +525,11 @@ impl ShardStore {
 
     pub fn segment_size(&self) -> u64 {
         self.segment_size
+    }
+
+    /// The largest body kept.
+    pub fn max_object(&self) -> u64 {
+        self.max_object
     }
 
     /// Live segments, checkpoints, and evicted segments not given back yet.
@@ -499,8 +587,9 @@ impl ShardStore {
             _ => 0,
         };
         let mut pad = pad_at(expected_at);
-        if ((buf.len() + pad) as u64).saturating_add(body_len) > self.segment_size {
-            pad = 0; // fits only unpadded
+        let unpadded = (buf.len() as u64).saturating_add(body_len);
+        if unpadded <= self.segment_size && unpadded + pad as u64 > self.segment_size {
+            pad = 0; // fits a regular segment only unpadded
         }
         buf.resize(buf.len() + pad, 0);
         let meta_bytes = buf[HEADER_LEN + key.len()..].to_vec();
@@ -513,7 +602,7 @@ impl ShardStore {
             seq: 0,
         };
         let total = head.record_len();
-        if total > self.segment_size {
+        if total > self.segment_size && body_len > self.max_object {
             return Err(Error::TooLarge(body_len));
         }
         let (seg, offset) = self.reserve(total)?;
@@ -543,7 +632,109 @@ impl ShardStore {
             key: Arc::from(key),
             meta: Arc::new(meta.clone()),
             meta_bytes,
+            spooled: false,
         })
+    }
+
+    /// Does the device have room for `bytes` of spool on top of what the cache may still
+    /// grow into (its unused capacity plus one segment)?
+    fn spool_room(&self, bytes: u64) -> bool {
+        let promised = self
+            .capacity
+            .saturating_sub(self.bytes_on_disk())
+            .saturating_add(self.segment_size);
+        super::segment::free_space(&self.dir)
+            .is_some_and(|free| free >= bytes.saturating_add(promised))
+    }
+
+    /// Start a fill of `body_len` bytes that is shared with its waiters but not kept: like
+    /// [`Self::begin`], into a preallocated spool of its own (see the module doc, Large
+    /// objects). [`Self::commit`] checks its length and indexes nothing.
+    pub fn begin_spool(
+        &mut self,
+        key: &str,
+        meta: &ObjectMeta,
+        body_len: u64,
+    ) -> Result<PendingRecord, Error> {
+        let size = body_len.max(MIN_SEGMENT_SIZE);
+        if !self.spool_room(size) {
+            return Err(Error::NoRoomToSpool(body_len));
+        }
+        let file = super::segment::spool_file(&self.dir)?;
+        Segment::preallocate_spool(&file, &self.dir, size)?;
+        let seg = self.map_spool(file)?;
+        let pin = seg.pin().ok_or(Error::Evicted)?; // never: spools are not condemned
+        Ok(PendingRecord {
+            segment: seg,
+            pin,
+            body_offset: 0,
+            body_len,
+            record_offset: 0,
+            written: 0,
+            crc: crc32fast::Hasher::new(),
+            key: Arc::from(key),
+            meta: Arc::new(meta.clone()),
+            meta_bytes: Vec::new(),
+            spooled: true,
+        })
+    }
+
+    fn map_spool(&self, file: std::fs::File) -> Result<Arc<Segment>, Error> {
+        let gauge = Arc::clone(&self.reader.counters.spool_bytes);
+        Segment::from_spool(file, &self.dir, gauge).map(Arc::new)
+    }
+
+    /// Counts a fill whose body was shared through a spool and not kept.
+    pub fn note_spooled(&self) {
+        self.reader.counters.spooled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Start a spool for a body of unknown length, holding `first` (see the module doc,
+    /// Large objects).
+    pub fn begin_growing_spool(&self, first: &[u8]) -> Result<GrowingSpool, Error> {
+        if !self.spool_room(SPOOL_STEP) {
+            return Err(Error::NoRoomToSpool(SPOOL_STEP));
+        }
+        let mut spool = GrowingSpool {
+            file: super::segment::spool_file(&self.dir)?,
+            len: 0,
+            room_for: SPOOL_STEP,
+        };
+        self.spool_append(&mut spool, first)?;
+        Ok(spool)
+    }
+
+    /// Append to a growing spool, checking the device's room every [`SPOOL_STEP`].
+    pub fn spool_append(&self, spool: &mut GrowingSpool, data: &[u8]) -> Result<(), Error> {
+        let end = spool.len + data.len() as u64;
+        if end > spool.room_for {
+            let step = SPOOL_STEP.max(data.len() as u64);
+            if !self.spool_room(step) {
+                return Err(Error::NoRoomToSpool(end));
+            }
+            spool.room_for = end + step;
+        }
+        spool.file.write_all_at(data, spool.len).map_err(|e| {
+            if super::error::is_no_space(&e) {
+                Error::NoSpace
+            } else {
+                Error::io_at(&self.dir, "write spool file in", e)
+            }
+        })?;
+        spool.len = end;
+        Ok(())
+    }
+
+    /// A complete growing spool, mapped: a segment holding the body at offset 0 (padded
+    /// with zeros to the smallest segment size).
+    pub fn finish_spool(&self, spool: GrowingSpool) -> Result<Arc<Segment>, Error> {
+        if spool.len < MIN_SEGMENT_SIZE {
+            spool
+                .file
+                .set_len(MIN_SEGMENT_SIZE)
+                .map_err(|e| Error::io_at(&self.dir, "extend spool file in", e))?;
+        }
+        self.map_spool(spool.file)
     }
 
     /// Append body bytes (written to the file before this returns).
@@ -566,6 +757,15 @@ impl ShardStore {
 
     /// Seal the record and index it (replacing any older entry for the key).
     pub fn commit(&mut self, rec: PendingRecord) -> Result<(), Error> {
+        if rec.spooled {
+            return match rec.written == rec.body_len {
+                true => Ok(()),
+                false => Err(Error::LengthMismatch {
+                    declared: rec.body_len,
+                    written: rec.written,
+                }),
+            };
+        }
         let seg_id = rec.segment.id();
         self.pending.remove(&(seg_id, rec.record_offset));
         if rec.written != rec.body_len {
@@ -598,7 +798,8 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Give up a fill: the space stays dead and is never indexed.
+    /// Give up a fill: the space stays dead and is never indexed (a spool is freed when
+    /// its last holder lets go).
     pub fn abort(&mut self, rec: PendingRecord) {
         self.pending.remove(&(rec.segment.id(), rec.record_offset));
     }
@@ -853,6 +1054,7 @@ pub(crate) mod testutil {
             dir: dir.to_path_buf(),
             shard: 0,
             capacity,
+            max_object: None,
         };
         ShardStore::open_with_segment_size(cfg, SEG).unwrap()
     }
@@ -1033,8 +1235,9 @@ mod tests {
     fn too_large_and_too_long_fields() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(dir.path(), 1 << 20);
+        // Above max-object-size (a quarter of the shard).
         assert!(matches!(
-            s.begin("/big", &meta("x"), SEG),
+            s.begin("/big", &meta("x"), (1 << 18) + 1),
             Err(Error::TooLarge(_))
         ));
         assert!(matches!(
@@ -1046,7 +1249,7 @@ mod tests {
             s.begin(&long, &meta("x"), 1),
             Err(Error::FieldTooLong("key"))
         ));
-        // The largest object that fits works.
+        // The largest object that fits a regular segment works.
         let m = meta("x");
         let max = SEG - (HEADER_LEN + 4 + format::meta_len(&m)) as u64;
         put(&mut s, "/max", &body(3, max as usize), "x");
@@ -1066,6 +1269,7 @@ mod tests {
             dir: file.join("shard"),
             shard: 0,
             capacity: 1 << 20,
+            max_object: None,
         };
         let err = ShardStore::open(cfg).err().unwrap();
         assert!(matches!(err, Error::Io(_)));
@@ -1074,6 +1278,7 @@ mod tests {
             dir: dir.path().join("tiny"),
             shard: 0,
             capacity: 1000,
+            max_object: None,
         };
         assert!(matches!(
             ShardStore::open(cfg),
@@ -1200,5 +1405,133 @@ mod tests {
         assert_eq!(hit.meta.stored_at, 1_800_000_000);
         assert!(hit.verify());
         assert_eq!(s.stats().objects, 2);
+    }
+
+    /// Writes `body` as a record for `key` (begin → append → commit).
+    fn store_whole(s: &mut ShardStore, key: &str, body: &[u8]) -> Result<(), Error> {
+        let mut rec = s.begin(key, &meta("\"big\""), body.len() as u64)?;
+        s.append(&mut rec, body)?;
+        s.commit(rec)
+    }
+
+    #[test]
+    fn an_object_larger_than_a_segment_gets_its_own_and_survives_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 1 << 20; // segments of 64 KiB; max object 256 KiB
+        let mut s = open(dir.path(), cap);
+        assert_eq!(s.max_object(), cap / 4);
+        put(&mut s, "/small-before", &body(1, 1000), "\"a\"");
+        let big = body(7, 200_000);
+        store_whole(&mut s, "/big.tgz", &big).unwrap();
+        // Written after it: a later segment (ids keep the write order).
+        put(&mut s, "/small-after", &body(2, 1000), "\"b\"");
+        let check = |s: &ShardStore| {
+            let r = s.reader();
+            let hit = r.lookup("/big.tgz").expect("kept");
+            assert!(hit.verify());
+            assert_eq!(hit.body(), big);
+            assert!(hit.segment.len() >= 200_000 && hit.segment.len() < 200_000 + 2 * 4096);
+            assert_eq!(get(&r, "/small-before").unwrap(), body(1, 1000));
+            assert_eq!(get(&r, "/small-after").unwrap(), body(2, 1000));
+        };
+        check(&s);
+        // Replayed from the log, then from a checkpoint.
+        drop(s);
+        let mut s = open(dir.path(), cap);
+        check(&s);
+        s.checkpoint().unwrap();
+        drop(s);
+        let mut s = open(dir.path(), cap);
+        check(&s);
+        // Churn: the large one is evicted in its turn and the budget holds throughout.
+        for i in 0..200u64 {
+            put(&mut s, &format!("/churn-{i}"), &body(i, 30_000), "\"c\"");
+            assert!(
+                s.bytes_on_disk() <= cap + SEG,
+                "{} on disk",
+                s.bytes_on_disk()
+            );
+        }
+        assert!(s.reader().lookup("/big.tgz").is_none());
+    }
+
+    #[test]
+    fn above_max_object_a_fill_is_spooled_never_indexed_and_its_space_goes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 1 << 20;
+        let mut s = open(dir.path(), cap);
+        let big = body(9, 300_000); // > 256 KiB
+        assert!(matches!(
+            s.begin("/huge.tgz", &meta("\"h\""), big.len() as u64),
+            Err(Error::TooLarge(_))
+        ));
+        let mut rec = s
+            .begin_spool("/huge.tgz", &meta("\"h\""), big.len() as u64)
+            .unwrap();
+        assert_eq!(s.stats().spool_bytes, 300_000);
+        s.append(&mut rec, &big[..1000]).unwrap();
+        s.append(&mut rec, &big[1000..]).unwrap();
+        let segment = rec.segment.clone();
+        s.commit(rec).unwrap();
+        let mut back = vec![0u8; big.len()];
+        segment.read_at(0, &mut back).unwrap();
+        assert_eq!(back, big);
+        assert!(s.reader().lookup("/huge.tgz").is_none());
+        // No file in the shard directory, and the bytes go with the last holder.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("spool")), "{names:?}");
+        drop(segment);
+        assert_eq!(s.stats().spool_bytes, 0);
+        // A short spooled body does not commit.
+        let mut rec = s.begin_spool("/huge.tgz", &meta("\"h\""), 300_000).unwrap();
+        s.append(&mut rec, &big[..10]).unwrap();
+        assert!(matches!(s.commit(rec), Err(Error::LengthMismatch { .. })));
+    }
+
+    #[test]
+    fn a_growing_spool_holds_a_body_of_unknown_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1 << 20);
+        let b = body(3, 100_000);
+        let mut spool = s.begin_growing_spool(&b[..10]).unwrap();
+        s.spool_append(&mut spool, &b[10..]).unwrap();
+        assert_eq!(spool.len(), 100_000);
+        let seg = s.finish_spool(spool).unwrap();
+        let mut back = vec![0u8; b.len()];
+        seg.read_at(0, &mut back).unwrap();
+        assert_eq!(back, b);
+        assert_eq!(s.stats().spool_bytes, seg.len());
+        // A tiny one is padded up to a mappable size.
+        let spool = s.begin_growing_spool(b"tiny").unwrap();
+        assert_eq!(s.finish_spool(spool).unwrap().len(), MIN_SEGMENT_SIZE);
+    }
+
+    #[test]
+    fn a_spool_left_by_a_crash_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1 << 20));
+        let left = dir
+            .path()
+            .join(format!("{}1-2", super::super::segment::SPOOL_PREFIX));
+        std::fs::write(&left, b"x").unwrap();
+        drop(open(dir.path(), 1 << 20));
+        assert!(!left.exists());
+    }
+
+    #[test]
+    fn max_object_above_half_the_shard_is_refused_naming_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            dir: dir.path().to_path_buf(),
+            shard: 0,
+            capacity: 8 << 20,
+            max_object: Some(5 << 20),
+        };
+        let err = ShardStore::open(cfg).err().unwrap().to_string();
+        assert!(err.contains("--max-object-size"), "{err}");
+        assert!(err.contains("4194304"), "{err}");
     }
 }

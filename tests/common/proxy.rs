@@ -98,6 +98,27 @@ impl Proxy {
         get(self.admin, "/metrics", &[]).text()
     }
 
+    /// The value of an unlabelled metric (0 when absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Polls an unlabelled metric (every 50 ms, at most 10 s: the workers publish store
+    /// counters every 200 ms) until `ok` holds; returns the last value.
+    pub fn metric_until(&self, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let v = self.metric(name);
+            if ok(v) || std::time::Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn stop(&mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown();
