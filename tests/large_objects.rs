@@ -221,3 +221,81 @@ fn large_objects_are_kept_up_to_max_object_size_and_coalesced_above_it() {
     );
     assert!(p.metric("chartcache_cache_bytes") <= 96 * MIB as u64);
 }
+
+/// Chunked chart bodies are checked against the index digest like sized ones:
+/// a mismatch is served once (`BYPASS`) and never kept, also when the body was
+/// spooled; a match is kept.
+#[test]
+fn chunked_charts_are_digest_checked_in_memory_and_spooled() {
+    let sha = |b: &[u8]| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let good = object_bytes(20, 9 * MIB); // spooled (over 8 MiB), then kept
+    let small_bad = object_bytes(21, 20_000);
+    let big_bad = object_bytes(22, 9 * MIB);
+    let entry = |name: &str, digest: &str| {
+        format!("  {name}:\n  - name: {name}\n    version: 1.0.0\n    digest: {digest}\n    urls:\n    - {name}-1.0.0.tgz\n")
+    };
+    let index = format!(
+        "apiVersion: v1\nentries:\n{}{}{}",
+        entry("good", &sha(&good)),
+        entry("smallbad", &sha(b"other bytes")),
+        entry("bigbad", &sha(b"other bytes")),
+    );
+    let objects = HashMap::from([
+        (
+            "/index.yaml",
+            Object {
+                body: index.into_bytes(),
+                chunked: false,
+            },
+        ),
+        (
+            "/good-1.0.0.tgz",
+            Object {
+                body: good.clone(),
+                chunked: true,
+            },
+        ),
+        (
+            "/smallbad-1.0.0.tgz",
+            Object {
+                body: small_bad.clone(),
+                chunked: true,
+            },
+        ),
+        (
+            "/bigbad-1.0.0.tgz",
+            Object {
+                body: big_bad.clone(),
+                chunked: true,
+            },
+        ),
+    ]);
+    let up = spawn_gated(objects);
+    up.release.store(true, Ordering::SeqCst);
+    let p = proxy(&up.url);
+    assert_eq!(p.get("/index.yaml").status, 200);
+    for (path, body) in [
+        ("/smallbad-1.0.0.tgz", &small_bad),
+        ("/bigbad-1.0.0.tgz", &big_bad),
+    ] {
+        for round in 1..=2 {
+            let r = p.get(path);
+            assert_eq!(r.status, 200, "{path}");
+            assert_eq!(r.x_cache(), "BYPASS", "{path}: served once, unverified");
+            assert!(r.body == *body, "{path}: the bytes upstream sent");
+            assert_eq!(up.gets(path), round, "{path}: never kept");
+        }
+    }
+    assert_eq!(p.metric("chartcache_chart_digest_mismatches_total"), 4);
+    assert_eq!(p.get("/good-1.0.0.tgz").x_cache(), "MISS");
+    let hit = p.get("/good-1.0.0.tgz");
+    assert_eq!(hit.x_cache(), "HIT", "a verified chunked body is kept");
+    assert!(hit.body == good);
+    assert_eq!(up.gets("/good-1.0.0.tgz"), 1);
+}

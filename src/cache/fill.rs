@@ -196,11 +196,7 @@ impl Filler<'_> {
         };
         // With a digest to check, waiters get the body only once it is
         // verified (they could not be told "don't trust this" afterwards).
-        let expected = if self.verify_digests {
-            self.helm.digests.get(key)
-        } else {
-            None
-        };
+        let expected = self.expected_digest(key);
         let mut hasher = expected.map(|_| Sha256::new());
         if expected.is_none() {
             inflight.publish(FillState::Streaming {
@@ -245,18 +241,8 @@ impl Filler<'_> {
             }
         };
         if let (None, Some(expected), Some(h)) = (&failure, expected, hasher) {
-            let actual: [u8; 32] = h.finalize().into();
-            if actual != expected {
+            if !self.digest_matches(key, &expected, h) {
                 self.store.borrow_mut().abort(rec);
-                self.metrics
-                    .digest_mismatch
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(
-                    key,
-                    expected = %helm::hex(&expected),
-                    actual = %helm::hex(&actual),
-                    "chart bytes do not match the index digest: served once uncached"
-                );
                 inflight.publish(FillState::Unverified { view });
                 return;
             }
@@ -291,8 +277,9 @@ impl Filler<'_> {
 
     /// A body without `Content-Length`: buffered in memory up to [`MAX_UNSIZED_BODY`],
     /// beyond that written to a growing spool (see `store`, Large objects); once whole,
-    /// it is stored, or (too large to keep, or no room) served to the waiters from the
-    /// spool. Waiters hear heartbeats meanwhile: the length is only known at the end.
+    /// it is checked against the index digest, then stored, or (too large to keep, or
+    /// no room) served to the waiters from the spool. Waiters hear heartbeats
+    /// meanwhile: the length is only known at the end.
     async fn fill_unsized(
         &self,
         inflight: &Inflight,
@@ -302,6 +289,7 @@ impl Filler<'_> {
     ) {
         let mut buf = BytesMut::new();
         let mut spool: Option<GrowingSpool> = None;
+        let mut hasher = self.expected_digest(key).map(|d| (d, Sha256::new()));
         let mut last_news = Instant::now();
         let not_shared = |e: Error| {
             self.metrics
@@ -313,6 +301,9 @@ impl Filler<'_> {
         loop {
             match body.next_chunk().await {
                 Ok(Some(chunk)) => {
+                    if let Some((_, h)) = hasher.as_mut() {
+                        h.update(&chunk);
+                    }
                     let spooled = match spool.as_mut() {
                         Some(sp) => self.store.borrow().spool_append(sp, &chunk),
                         None if buf.len() + chunk.len() > MAX_UNSIZED_BODY => {
@@ -344,19 +335,39 @@ impl Filler<'_> {
                 }
             }
         }
-        let Some(spool) = spool else {
-            return self.store_buffered(inflight, key, object, buf.freeze());
+        let digest_ok = match hasher {
+            Some((expected, h)) => self.digest_matches(key, &expected, h),
+            None => true,
         };
-        let len = spool.len();
-        let finished = self.store.borrow().finish_spool(spool);
-        let segment = match finished {
-            Ok(segment) => segment,
+        let spool = match spool {
+            None if digest_ok => return self.store_buffered(inflight, key, object, buf.freeze()),
+            // Served once, never stored: it needs a segment to be served from.
+            None => self.store.borrow().begin_growing_spool(&buf),
+            Some(spool) => Ok(spool),
+        };
+        let finished = spool.and_then(|sp| {
+            let len = sp.len();
+            self.store.borrow().finish_spool(sp).map(|seg| (seg, len))
+        });
+        let (segment, len) = match finished {
+            Ok(done) => done,
             Err(e) => return not_shared(e),
         };
         let Some(pin) = segment.pin() else {
             return not_shared(Error::Evicted); // never: spools are not condemned
         };
         let meta = Arc::new(object);
+        let spooled = |segment, pin, meta| BodyView {
+            segment,
+            pin,
+            body_offset: 0,
+            body_len: len,
+            meta,
+        };
+        if !digest_ok {
+            let view = spooled(segment, pin, meta);
+            return inflight.publish(FillState::Unverified { view });
+        }
         let kept = if len <= self.store.borrow().max_object() {
             match self.keep_spooled(inflight, key, &meta, &segment, len).await {
                 Ok(view) => Some(view),
@@ -370,15 +381,34 @@ impl Filler<'_> {
         };
         let view = kept.unwrap_or_else(|| {
             self.store.borrow().note_spooled();
-            BodyView {
-                segment,
-                pin,
-                body_offset: 0,
-                body_len: len,
-                meta,
-            }
+            spooled(segment, pin, meta)
         });
         inflight.publish(FillState::Done { view });
+    }
+
+    /// The index digest a chart body must match (when digests are checked).
+    fn expected_digest(&self, key: &str) -> Option<[u8; 32]> {
+        self.verify_digests
+            .then(|| self.helm.digests.get(key))
+            .flatten()
+    }
+
+    /// Does the body hashed by `h` match `expected`? A mismatch is counted and logged.
+    fn digest_matches(&self, key: &str, expected: &[u8; 32], h: Sha256) -> bool {
+        let actual: [u8; 32] = h.finalize().into();
+        if actual == *expected {
+            return true;
+        }
+        self.metrics
+            .digest_mismatch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            key,
+            expected = %helm::hex(expected),
+            actual = %helm::hex(&actual),
+            "chart bytes do not match the index digest: served once uncached"
+        );
+        false
     }
 
     /// Copies a whole spooled body into a cache record (in runs, letting the worker's
