@@ -321,9 +321,10 @@ fn run_refresher(
     };
     rt.block_on(async move {
         let provider = make().await;
-        // Bounded by `start_refresher`'s wait too; this just stops a hung first
-        // attempt from outliving its caller by much.
-        let first = resolve(&provider, schedule.startup_timeout).await;
+        // `start_refresher`'s wait is what bounds startup (and says so); this just
+        // stops a hung first attempt from outliving its caller by much. A second
+        // longer, so that the caller's own timeout always speaks first.
+        let first = resolve(&provider, schedule.startup_timeout + Duration::from_secs(1)).await;
         let mut delay = match (first, cell.upgrade()) {
             (Ok(creds), Some(cell)) => {
                 let delay = next_refresh_delay(creds.expiry(), SystemTime::now(), &schedule);
