@@ -160,13 +160,7 @@ pub fn write(
     let mut buf = Vec::with_capacity(CheckpointHeader::serialized_len() + entries.len());
     buf.extend_from_slice(&header.encode());
     buf.extend_from_slice(entries);
-    let no_space = |e: std::io::Error, what| {
-        if super::error::is_no_space(&e) {
-            Error::NoSpace
-        } else {
-            Error::io_at(&p, what, e)
-        }
-    };
+    let no_space = |e: std::io::Error, what| Error::space_or_io(&p, what, e);
     file.write_all_at(&buf, 0)
         .map_err(|e| no_space(e, "write checkpoint"))?;
     file.set_len(buf.len() as u64)

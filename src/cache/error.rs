@@ -69,6 +69,16 @@ impl Error {
             },
         ))
     }
+
+    /// [`Error::NoSpace`] for ENOSPC / EDQUOT (admission pauses on it: see
+    /// [`super::store`]), else [`Error::io_at`].
+    pub fn space_or_io(path: &Path, what: &'static str, source: std::io::Error) -> Error {
+        if is_no_space(&source) {
+            Error::NoSpace
+        } else {
+            Error::io_at(path, what, source)
+        }
+    }
 }
 
 /// ENOSPC or EDQUOT: the device (or the user's quota) is full.

@@ -139,20 +139,10 @@ impl Segment {
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| {
-                if is_no_space(&e) {
-                    Error::NoSpace
-                } else {
-                    Error::io_at(&path, "create segment", e)
-                }
-            })?;
+            .map_err(|e| Error::space_or_io(&path, "create segment", e))?;
         if let Err(e) = preallocate(&file, 0, size) {
             let _ = std::fs::remove_file(&path);
-            return Err(if is_no_space(&e) {
-                Error::NoSpace
-            } else {
-                Error::io_at(&path, "preallocate segment", e)
-            });
+            return Err(Error::space_or_io(&path, "preallocate segment", e));
         }
         Self::map(id, file, path)
     }
@@ -211,13 +201,7 @@ impl Segment {
 
     /// Preallocates `size` bytes of a spool file (ENOSPC is [`Error::NoSpace`]).
     pub fn preallocate_spool(file: &File, dir: &Path, size: u64) -> Result<(), Error> {
-        preallocate(file, 0, size).map_err(|e| {
-            if is_no_space(&e) {
-                Error::NoSpace
-            } else {
-                Error::io_at(dir, "preallocate spool file in", e)
-            }
-        })
+        preallocate(file, 0, size).map_err(|e| Error::space_or_io(dir, "preallocate spool file in", e))
     }
 
     pub fn id(&self) -> SegmentId {
@@ -313,13 +297,7 @@ impl Segment {
         if self.check_size().is_some() {
             return Err(Error::Truncated(self.path.clone()));
         }
-        self.file.write_all_at(data, offset).map_err(|e| {
-            if is_no_space(&e) {
-                Error::NoSpace
-            } else {
-                Error::io_at(&self.path, "write segment", e)
-            }
-        })?;
+        self.file.write_all_at(data, offset).map_err(|e| Error::space_or_io(&self.path, "write segment", e))?;
         // Shrunk between the check and the write: the write may have extended the file
         // again over a hole of zeros anywhere before `offset`, so trust none of it.
         let shrunk = !self.condemned.load(Ordering::SeqCst)
@@ -348,11 +326,8 @@ impl Segment {
         }
         if punch_hole(&self.file, from, len - from).is_ok() {
             // Re-reserve the blocks so later pwrites cannot hit ENOSPC halfway.
-            return match preallocate(&self.file, from, len - from) {
-                Ok(()) => Ok(()),
-                Err(e) if is_no_space(&e) => Err(Error::NoSpace),
-                Err(e) => Err(Error::io_at(&self.path, "preallocate segment", e)),
-            };
+            return preallocate(&self.file, from, len - from)
+                .map_err(|e| Error::space_or_io(&self.path, "preallocate segment", e));
         }
         let zeros = vec![0u8; 1 << 20];
         let mut pos = from;
@@ -452,13 +427,7 @@ pub fn spool_file(dir: &Path) -> Result<File, Error> {
         .write(true)
         .create_new(true)
         .open(&path)
-        .map_err(|e| {
-            if is_no_space(&e) {
-                Error::NoSpace
-            } else {
-                Error::io_at(&path, "create spool file", e)
-            }
-        })?;
+        .map_err(|e| Error::space_or_io(&path, "create spool file", e))?;
     std::fs::remove_file(&path).map_err(|e| Error::io_at(&path, "unlink spool file", e))?;
     Ok(file)
 }

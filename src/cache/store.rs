@@ -714,13 +714,10 @@ impl ShardStore {
             }
             spool.room_for = end + step;
         }
-        spool.file.write_all_at(data, spool.len).map_err(|e| {
-            if super::error::is_no_space(&e) {
-                Error::NoSpace
-            } else {
-                Error::io_at(&self.dir, "write spool file in", e)
-            }
-        })?;
+        spool
+            .file
+            .write_all_at(data, spool.len)
+            .map_err(|e| Error::space_or_io(&self.dir, "write spool file in", e))?;
         spool.len = end;
         Ok(())
     }
