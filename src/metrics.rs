@@ -108,7 +108,8 @@ pub struct WorkerMetrics {
     pub upstream_errors: AtomicU64,
     /// Published by the worker's housekeeping from its origin's client stats.
     pub upstream_unsolicited: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// Per bucket (not cumulative: the encoder sums them), the last one `+Inf`.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
     latency_count: AtomicU64,
     pub coalesced_waiters: AtomicU64,
@@ -156,11 +157,11 @@ impl WorkerMetrics {
             self.upstream_errors.fetch_add(1, Relaxed);
         }
         let secs = latency.as_secs_f64();
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency_buckets[i].fetch_add(1, Relaxed);
-            }
-        }
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Relaxed);
         self.latency_sum_micros
             .fetch_add(latency.as_micros() as u64, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
@@ -296,8 +297,10 @@ impl Collector for Metrics {
                 None,
                 MetricType::Histogram,
             )?;
+            // Per-bucket counts: the encoder makes them cumulative.
             let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
                 .iter()
+                .chain([f64::INFINITY].iter())
                 .enumerate()
                 .map(|(i, b)| (*b, self.sum(|w| w.latency_buckets[i].load(Relaxed))))
                 .collect();
@@ -467,6 +470,38 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.upstream_total(), 1);
+    }
+
+    #[test]
+    fn the_latency_histogram_is_cumulative_and_ends_in_inf_equal_to_count() {
+        let m = Metrics::new(2);
+        let ms = std::time::Duration::from_millis;
+        for (w, d) in [
+            (0, ms(3)),
+            (0, ms(30)),
+            (1, ms(30)),
+            (1, ms(700)),
+            (0, ms(60_000)),
+        ] {
+            m.worker(w).upstream(Some(200), d);
+        }
+        let text = m.render();
+        let bucket = |le: &str| -> u64 {
+            let line = format!("chartcache_upstream_latency_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+                .unwrap_or_else(|| panic!("no bucket {le}: {text}"))
+        };
+        assert_eq!(bucket("0.005"), 1);
+        assert_eq!(bucket("0.025"), 1);
+        assert_eq!(bucket("0.05"), 3);
+        assert_eq!(bucket("1.0"), 4);
+        assert_eq!(bucket("10.0"), 4);
+        assert_eq!(bucket("+Inf"), 5);
+        assert!(
+            text.contains("chartcache_upstream_latency_seconds_count 5"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -201,7 +201,8 @@ impl Segment {
 
     /// Preallocates `size` bytes of a spool file (ENOSPC is [`Error::NoSpace`]).
     pub fn preallocate_spool(file: &File, dir: &Path, size: u64) -> Result<(), Error> {
-        preallocate(file, 0, size).map_err(|e| Error::space_or_io(dir, "preallocate spool file in", e))
+        preallocate(file, 0, size)
+            .map_err(|e| Error::space_or_io(dir, "preallocate spool file in", e))
     }
 
     pub fn id(&self) -> SegmentId {
@@ -297,7 +298,9 @@ impl Segment {
         if self.check_size().is_some() {
             return Err(Error::Truncated(self.path.clone()));
         }
-        self.file.write_all_at(data, offset).map_err(|e| Error::space_or_io(&self.path, "write segment", e))?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| Error::space_or_io(&self.path, "write segment", e))?;
         // Shrunk between the check and the write: the write may have extended the file
         // again over a hole of zeros anywhere before `offset`, so trust none of it.
         let shrunk = !self.condemned.load(Ordering::SeqCst)
