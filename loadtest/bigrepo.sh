@@ -197,7 +197,7 @@ PY
       REPUB_PID=
       if [ "$phase" = refresh ]; then
         python3 "$REPO/loadtest/republish.py" "$d/s3/charts/index.yaml" \
-          --every "$REPUBLISH_EVERY" --for $((WARMUP + DURATION + 2)) --log "$publog" &
+          --every "$REPUBLISH_EVERY" --for $((WARMUP + DURATION)) --log "$publog" &
         REPUB_PID=$!; PIDS+=("$REPUB_PID")
       fi
       common=(--url "$URL" --label "$phase" --duration "${DURATION}s" --warmup "${WARMUP}s"
@@ -216,6 +216,9 @@ PY
         || echo "note: hits run $size/$phase/round $round failed" >&2
       wait "$INDEX_PID" || echo "note: index run $size/$phase/round $round failed (runs/index-$size-$phase-r$round.txt)" >&2
       if [ -n "$REPUB_PID" ]; then stop_pids "$REPUB_PID"; fi
+      # Settle: one more index request takes in a publish not yet fetched (and waits for a
+      # refill still running), so the next phase starts clean.
+      curl -s -o /dev/null -H "$HELM_UA" --max-time 120 "$URL/index.yaml" || true
       refills1=$(upstream_200 "$METRICS")
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$phase" "$(wc -l <"$publog")" \
         $((refills1 - refills0)) "$(vm_kb "$CC_PID" VmRSS)" "$(vm_kb "$CC_PID" VmHWM)" >>"$phases_tsv"

@@ -11,8 +11,8 @@ it; the time includes the transfer (loopback) and Helm's decoding (YAML, or JSON
 starts with `{` — Helm >= 3.13). The process's peak RSS (getrusage of the child) is reported
 too: Helm's memory on a big YAML index is part of the problem.
 
-One untimed run against the last repository comes first (the first process to use the library
-pages its code in from disk).
+One untimed run per repository comes first (the first process to use the library pages its
+code in from disk; the YAML and JSON decoders are different code).
 
 Client: PyPI's helm-sdkpy (Helm v4 as a shared library via cffi; `.ci/install-helm.sh`
 installs it), the same client tests/helm.rs uses; the `helm` binary cannot be installed from
@@ -122,11 +122,13 @@ def main():
             ap.error(f"expected LABEL=URL, got {r!r}")
         repos.append((label, url))
     failed = 0
-    # One untimed run first: the first process to use the library pages its code in from disk.
-    try:
-        run_one(repos[-1][0], repos[-1][1], a.timeout)
-    except (RuntimeError, ValueError, OSError) as e:
-        print(f"helm_timing: warm-up run against {repos[-1][1]}: {e}", file=sys.stderr)
+    # One untimed run per repository first: the first process to use the library pages its
+    # code in from disk, and the YAML and JSON decoders are different code.
+    for label, url in repos:
+        try:
+            run_one(label, url, a.timeout)
+        except (RuntimeError, ValueError, OSError) as e:
+            print(f"helm_timing: warm-up run against {url}: {e}", file=sys.stderr)
     for rep in range(1, a.reps + 1):
         order = repos if rep % 2 else list(reversed(repos))
         for label, url in order:
