@@ -3,7 +3,7 @@
 #
 #   loadtest/bigrepo.sh [--sizes 15k,50m] [-r ROUNDS] [-d SECONDS] [-w WARMUP] [--rate R]
 #                       [-c CONNECTIONS] [--index-rate R] [--republish-every S]
-#                       [--helm-reps N] [--no-helm] [--bin BIN] [--profile P] [--keep]
+#                       [--helm-reps N] [--no-helm] [--no-nginx] [--bin BIN] [--profile P] [--keep]
 #
 # For each size (gen_bigrepo.py presets: 15k = 15,000 versions, 14.6 MB index.yaml; 50m =
 # 20,000 versions, 49 MB), on a fresh S3 server (examples/s3_server.rs, SigV4, as compare.sh)
@@ -27,7 +27,9 @@
 #    `repo add` + `repo update` against chartcache for three repositories holding the same
 #    index: `served` (/index.yaml: what chartcache gives a Helm client, YAML today), `yaml`
 #    (a copy at /yaml/index.yaml, a plain cached object) and `json` (the same document as
-#    compact JSON at /json/index.yaml, a plain cached object);
+#    compact JSON at /json/index.yaml, a plain cached object), and the same two files from nginx
+#    static (`nginx-yaml`, `nginx-json`: the reference a plain web server gives; nginx is
+#    apt-get installed when missing and running as root, --no-nginx skips it);
 # 5. writes everything under loadtest/results/<UTC stamp>/ (summary.txt, summary.json,
 #    machine.json, runs/*.json, helm-*.jsonl, latency plots) and prints the summary.
 # Everything it starts is stopped on exit. Defaults: -r 2 -d 12 -w 2 --rate 4000 -c 64
@@ -35,7 +37,7 @@
 set -euo pipefail
 
 SIZES=15k,50m ROUNDS=2 DURATION=12 WARMUP=2 RATE=4000 CONNECTIONS=64 INDEX_RATE=2
-REPUBLISH_EVERY=3 HELM_REPS=2 WITH_HELM=1 PROFILE=release KEEP=0 CC_BIN=
+REPUBLISH_EVERY=3 HELM_REPS=2 WITH_HELM=1 WITH_NGINX=1 PROFILE=release KEEP=0 CC_BIN=
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -49,6 +51,7 @@ while [ $# -gt 0 ]; do
     --republish-every) REPUBLISH_EVERY=$2; shift 2 ;;
     --helm-reps) HELM_REPS=$2; shift 2 ;;
     --no-helm) WITH_HELM=0; shift ;;
+    --no-nginx) WITH_NGINX=0; shift ;;
     --bin) CC_BIN=$(realpath "$2"); shift 2 ;;
     --profile) PROFILE=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
@@ -67,6 +70,16 @@ for t in python3 curl; do command -v "$t" >/dev/null || { echo "needs $t" >&2; e
 if [ "$WITH_HELM" = 1 ] && ! python3 -c 'import cffi, helm_sdkpy' 2>/dev/null; then
   log "installing helm-sdkpy (.ci/install-helm.sh)"
   PYTHON=python3 bash "$REPO/.ci/install-helm.sh" >&2 || { echo "note: no Helm client; skipping Helm timing" >&2; WITH_HELM=0; }
+fi
+
+[ "$WITH_HELM" = 1 ] || WITH_NGINX=0
+if [ "$WITH_NGINX" = 1 ] && ! command -v nginx >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing nginx"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null || true
+  fi
+  command -v nginx >/dev/null || { echo "note: no nginx; skipping the nginx Helm rows" >&2; WITH_NGINX=0; }
 fi
 
 # ---- build -----------------------------------------------------------------------------------
@@ -229,10 +242,41 @@ PY
 
   # ---- 4. Helm ---------------------------------------------------------------------------------
   if [ "$WITH_HELM" = 1 ]; then
+    helm_repos=(served="$URL" yaml="$URL/yaml" json="$URL/json")
+    NGX_PID=
+    if [ "$WITH_NGINX" = 1 ]; then
+      # nginx static over the same files: the reference a plain web server gives Helm.
+      read -r NGX_PORT <<<"$(free_ports 1)"
+      mkdir -p "$d/nginx/tmp"
+      NGINX_USER=""; [ "$(id -u)" = 0 ] && NGINX_USER="user root;"
+      cat >"$d/nginx/nginx.conf" <<EOF
+$NGINX_USER
+worker_processes 2;
+pid $d/nginx/nginx.pid;
+error_log $d/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  client_body_temp_path $d/nginx/tmp/body; proxy_temp_path $d/nginx/tmp/proxy;
+  fastcgi_temp_path $d/nginx/tmp/fcgi; uwsgi_temp_path $d/nginx/tmp/uwsgi; scgi_temp_path $d/nginx/tmp/scgi;
+  server { listen 127.0.0.1:$NGX_PORT; root $d/s3/charts; }
+}
+EOF
+      nginx -p "$d/nginx" -e "$d/nginx/error.log" -c "$d/nginx/nginx.conf" -g 'daemon off;' \
+        >"$d/nginx/stdout.log" 2>&1 &
+      NGX_PID=$!; PIDS+=("$NGX_PID")
+      if wait_ready "http://127.0.0.1:$NGX_PORT/index.yaml" "$NGX_PID"; then
+        helm_repos+=(nginx-yaml="http://127.0.0.1:$NGX_PORT" nginx-json="http://127.0.0.1:$NGX_PORT/json")
+      else
+        echo "note: nginx did not start; skipping its Helm rows" >&2
+        tail -n 5 "$d/nginx/error.log" >&2 || true
+      fi
+    fi
     log "[$size] helm repo add / update ($HELM_REPS reps)"
-    python3 "$REPO/loadtest/helm_timing.py" --reps "$HELM_REPS" --timeout 600 \
-      served="$URL" yaml="$URL/yaml" json="$URL/json" | tee "$OUT/helm-$size.jsonl" >&2 \
-      || echo "note: a Helm run failed for $size" >&2
+    python3 "$REPO/loadtest/helm_timing.py" --reps "$HELM_REPS" --timeout 600 "${helm_repos[@]}" \
+      | tee "$OUT/helm-$size.jsonl" >&2 || echo "note: a Helm run failed for $size" >&2
+    if [ -n "$NGX_PID" ]; then stop_pids "$NGX_PID"; fi
   fi
 
   printf '{"rss_kb_after_fill": %s, "hwm_kb_after_fill": %s, "hwm_kb_end": %s, "index_bytes": %s}\n' \

@@ -177,7 +177,8 @@ def main():
                 s["helm"][label] = row
                 lines.append(f"  {label:<10} {row['add_s']:>8.2f}s {row['update_s']:>11.2f}s {mib(row['peak_rss_kb']):>16}")
             lines.append("  served = /index.yaml as chartcache serves it to Helm; yaml = the same file at "
-                         "/yaml/index.yaml; json = the same document as compact JSON at /json/index.yaml")
+                         "/yaml/index.yaml; json = the same document as compact JSON at /json/index.yaml; "
+                         "nginx-* = those two files from nginx static")
         summary["sizes"][size] = s
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
