@@ -56,7 +56,8 @@ if [ -n "$BASELINE_BIN" ]; then SERVERS="$SERVERS,chartcache-baseline"; fi
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
-log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+# shellcheck source=loadtest/lib.sh
+. "$REPO/loadtest/lib.sh"    # log, scratch_dir/cleanup, free_ports, wait_ready
 has() { case ",$SERVERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # ---- tools -----------------------------------------------------------------------------------
@@ -96,50 +97,8 @@ fi
 LOADTEST="$BIN/chartcache-loadtest"
 
 # ---- scratch space and cleanup ---------------------------------------------------------------
-TMP=$(mktemp -d /tmp/chartcache-compare.XXXXXX)
-PIDS=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 30); do
-    alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do
-    pkill -KILL -P "$pid" 2>/dev/null || true
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  if [ "$KEEP" = 1 ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# n free loopback ports (bound together so they differ, then released).
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
+scratch_dir chartcache-compare
 read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN FLOOR_PORT CCS_PORT CCS_ADMIN CCC_PORT CCC_ADMIN CCB_PORT CCB_ADMIN <<<"$(free_ports 16)"
-
-# Waits until URL answers 200 or the process PID dies (10 s at most).
-wait_ready() {
-  local url=$1 pid=$2
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    curl -sf -o /dev/null "$url" && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # ---- chart repository ------------------------------------------------------------------------
 log "generating $CHARTS charts"

@@ -44,20 +44,21 @@ def build_tgz(name, version, blob):
         f"apiVersion: v2\nname: {name}\nversion: {version}\n"
         f"description: load-test chart {name}\ntype: application\nappVersion: \"1.0\"\n"
     ).encode()
-    values = b"replicaCount: 1\n"
+    return tgz(name, [("Chart.yaml", chart_yaml), ("values.yaml", b"replicaCount: 1\n"), ("files/blob.bin", blob)])
+
+
+def tgz(name, files, level=1):
+    """A reproducible chart archive: each `(path, bytes)` of `files` under `name/`, mtimes 0,
+    gzip level `level` (also used by gen_bigrepo.py)."""
     buf = io.BytesIO()
     # mtime fixed so output is reproducible.
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz:
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=level, mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode="w") as tar:
-            def add(path, data):
+            for path, data in files:
                 info = tarfile.TarInfo(f"{name}/{path}")
                 info.size = len(data)
                 info.mtime = 0
                 tar.addfile(info, io.BytesIO(data))
-
-            add("Chart.yaml", chart_yaml)
-            add("values.yaml", values)
-            add("files/blob.bin", blob)
     return buf.getvalue()
 
 
