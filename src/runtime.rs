@@ -192,7 +192,13 @@ pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Ser
             what: "cannot start the access-log thread",
             source,
         })?;
-    let helm = Arc::new(crate::helm::HelmRepo::for_repo(&cfg.repo));
+    let helm = Arc::new(
+        crate::helm::HelmRepo::for_repo(&cfg.repo).map_err(|source| Error::Worker {
+            worker: 0,
+            what: "cannot start the index-processing thread",
+            source,
+        })?,
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));

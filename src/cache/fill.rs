@@ -20,7 +20,9 @@ use super::error::Error;
 use super::format::{unix_now, ObjectMeta};
 use super::negative::NegativeCache;
 use super::store::ShardStore;
-use crate::helm::{self, HelmRepo};
+use super::store::Hit;
+use crate::helm::process::{self, Input};
+use crate::helm::{self, HelmRepo, ProcessedIndex};
 use crate::metrics::WorkerMetrics;
 use crate::origin::{self, Origin, OriginRequest};
 
@@ -41,6 +43,12 @@ const NEWS_EVERY: Duration = Duration::from_millis(500);
 const MAX_UNSIZED_BODY: usize = 8 << 20;
 /// The largest `index.yaml` chartcache rewrites and stores.
 const MAX_INDEX: usize = 64 << 20;
+/// An index (and its JSON form) goes to the segment in writes of this size, with
+/// a yield after each: one run is a fraction of a millisecond of `pwrite` + CRC.
+const INDEX_WRITE_RUN: usize = 1 << 20;
+/// The index processor's answer is awaited this long at most (it needs well under
+/// a second for a 64 MiB index; longer means it is stuck).
+const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A shard owner's filling context.
 pub struct Filler<'a> {
@@ -101,13 +109,11 @@ impl Filler<'_> {
                     .flatten();
                 match hit {
                     Some(hit) => {
-                        if key == helm::INDEX_KEY && self.helm.digests.is_empty() && hit.verify() {
-                            // After a restart: learn the digests from the stored index.
-                            if let Ok(index) = hit.read_body() {
-                                self.helm.digests.update_from_index(&index);
-                            }
+                        inflight.publish(FillState::NotModified(hit.clone()));
+                        if key == helm::INDEX_KEY {
+                            // After a restart: learn from the stored index (answered first).
+                            self.learn_stored_index(hit).await;
                         }
-                        inflight.publish(FillState::NotModified(hit));
                     }
                     // The stored copy vanished (evicted, purged) meanwhile.
                     None => inflight.publish(FillState::Passthrough),
@@ -123,7 +129,7 @@ impl Filler<'_> {
                 };
                 if key == helm::INDEX_KEY {
                     return self
-                        .fill_index(&inflight, &key, object, body.as_mut())
+                        .fill_index(&inflight, &key, object, meta.content_length, body.as_mut())
                         .await;
                 }
                 match meta.content_length {
@@ -292,31 +298,224 @@ impl Filler<'_> {
         }
     }
 
-    /// The repository index: buffered whole, helm-s3 URLs rewritten, stored,
-    /// and its digests learned.
+    /// The repository index: buffered whole, then handed to the index processor
+    /// (off this worker: URLs rewritten, digests and the JSON form derived), then
+    /// both forms stored in bounded runs. The stored index keeps being served until
+    /// the new one is committed.
     async fn fill_index(
         &self,
         inflight: &Inflight,
         key: &str,
         mut object: ObjectMeta,
+        declared_len: Option<u64>,
         body: &mut dyn origin::BodyStream,
     ) {
-        let Some(mut served) = read_capped(inflight, body, MAX_INDEX).await else {
+        let Some(raw) = read_index(inflight, body, declared_len).await else {
             return;
         };
-        if let Some(from) = &self.helm.rewrite_from {
-            if let Some(rewritten) = helm::rewrite_s3_urls(&served, from) {
-                object.etag = Some(helm::served_etag(object.etag.as_deref(), &rewritten));
-                served = Bytes::from(rewritten);
+        let job = process::Job {
+            rewrite: true,
+            json: true,
+        };
+        let p = match self.process_index(Some(inflight), Input::Bytes(raw), job).await {
+            Ok(p) => p,
+            Err(message) => {
+                tracing::warn!(key, %message, "index not processed: the stored copy stays");
+                inflight.publish(FillState::Failed {
+                    error: FillError {
+                        status: 503,
+                        message: message.to_string(),
+                        upstream_status: None,
+                    },
+                });
+                return;
+            }
+        };
+        if p.rewritten {
+            object.etag = Some(helm::etag::served_etag_crc(object.etag.as_deref(), p.yaml_crc));
+        }
+        *self.helm.learned.lock().unwrap_or_else(|e| e.into_inner()) = object.etag.clone();
+        self.apply_digests(key, &p);
+        if let (Ok(json), Some(etag)) = (&p.json, &object.etag) {
+            // The JSON form first: a request that finds the new YAML finds it too.
+            self.store_json(json, etag, &object).await;
+        }
+        let yaml = p.yaml;
+        drop(p.json);
+        match self.store_in_runs(key, &object, &yaml).await {
+            Ok(view) => inflight.publish(FillState::Done { view }),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "index not stored: served from memory");
+                let meta = origin::ResponseMeta {
+                    status: 200,
+                    etag: object.etag,
+                    last_modified: object.last_modified,
+                    content_type: object.content_type,
+                    content_length: Some(yaml.len() as u64),
+                };
+                inflight.publish(FillState::Response { meta, body: yaml });
             }
         }
-        if !self.helm.digests.update_from_index(&served) {
-            tracing::warn!(
-                key,
-                "index.yaml does not parse as a Helm index: chart digests not checked"
-            );
+    }
+
+    /// After a 304 for the index (the first after a restart): learn its digests,
+    /// and store its JSON form if missing, from the stored copy — read and parsed
+    /// on the index processor. Applied only if nothing newer was learned meanwhile.
+    async fn learn_stored_index(&self, hit: Hit) {
+        let etag = hit.meta.etag.clone();
+        let learned = self.helm.learned.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if learned.is_some() && learned == etag {
+            return;
         }
-        self.store_buffered(inflight, key, object, served);
+        let json_stored = etag.as_ref().is_some_and(|e| self.stored_json_matches(e));
+        let object = (*hit.meta).clone();
+        let load = Input::Load(Box::new(move || hit.read_body().ok().map(Bytes::from)));
+        let job = process::Job {
+            rewrite: false,
+            json: !json_stored,
+        };
+        let p = match self.process_index(None, load, job).await {
+            Ok(p) => p,
+            Err(message) => {
+                tracing::warn!(%message, "stored index not processed: chart digests not checked");
+                return;
+            }
+        };
+        // Still the stored index, and nothing newer learned while it was processed?
+        let current = self.store.borrow().reader().lookup(helm::INDEX_KEY);
+        if current.is_none_or(|h| h.meta.etag != etag) {
+            return;
+        }
+        {
+            let mut learned = self.helm.learned.lock().unwrap_or_else(|e| e.into_inner());
+            if learned.is_some() {
+                return;
+            }
+            learned.clone_from(&etag);
+        }
+        self.apply_digests(helm::INDEX_KEY, &p);
+        if let (Ok(json), Some(etag)) = (&p.json, &etag) {
+            self.store_json(json, etag, &object).await;
+        }
+    }
+
+    /// Hands `input` to the index processor and waits for its answer, telling
+    /// `inflight`'s waiters the fill is alive meanwhile. Bounded by
+    /// [`PROCESS_DEADLINE`].
+    async fn process_index(
+        &self,
+        inflight: Option<&Inflight>,
+        input: Input,
+        job: process::Job,
+    ) -> Result<ProcessedIndex, String> {
+        let mut answer = self
+            .helm
+            .processor
+            .submit(input, job)
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        loop {
+            match monoio::time::timeout(NEWS_EVERY, &mut answer).await {
+                Ok(Ok(p)) => {
+                    tracing::debug!(took = ?p.took, waited = ?started.elapsed(), bytes = p.yaml.len(), "index processed");
+                    return Ok(p);
+                }
+                Ok(Err(_)) => return Err("the index processor gave no answer".into()),
+                Err(_) if started.elapsed() >= PROCESS_DEADLINE => {
+                    return Err(format!("index processing took longer than {PROCESS_DEADLINE:?}"))
+                }
+                Err(_) => {
+                    if let Some(i) = inflight {
+                        i.heartbeat();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs the digests of a processed index (the old table is freed on the
+    /// processor thread).
+    fn apply_digests(&self, key: &str, p: &ProcessedIndex) {
+        match &p.summary {
+            Ok(summary) => {
+                let old = self.helm.digests.replace(Arc::new(summary.digests.clone()));
+                self.helm.processor.dispose(old);
+                tracing::info!(
+                    key,
+                    charts = summary.charts,
+                    versions = summary.versions,
+                    digests = summary.digests.len(),
+                    took = ?p.took,
+                    json = p.json.is_ok(),
+                    "index processed"
+                );
+            }
+            Err(e) => tracing::warn!(
+                key,
+                error = %e,
+                "index.yaml is not a Helm index: chart digests not checked"
+            ),
+        }
+        if let Err(Some(why)) = &p.json {
+            tracing::info!(key, reason = why, "no JSON form for this index: YAML served to every client");
+        }
+    }
+
+    /// Is the stored JSON form the one of the YAML whose served ETag is `yaml_etag`?
+    fn stored_json_matches(&self, yaml_etag: &str) -> bool {
+        let want = helm::json_etag(yaml_etag);
+        self.store
+            .borrow()
+            .reader()
+            .lookup(helm::INDEX_JSON_KEY)
+            .is_some_and(|h| h.meta.etag.as_deref() == Some(want.as_str()))
+    }
+
+    /// Stores the JSON form of the index whose served ETag is `yaml_etag`
+    /// (under [`helm::INDEX_JSON_KEY`], on this shard: the index's owner).
+    async fn store_json(&self, json: &Bytes, yaml_etag: &str, yaml: &ObjectMeta) {
+        let meta = ObjectMeta {
+            status: 200,
+            etag: Some(helm::json_etag(yaml_etag)),
+            last_modified: yaml.last_modified.clone(),
+            content_type: Some("application/json".into()),
+            stored_at: yaml.stored_at,
+        };
+        if let Err(e) = self.store_in_runs(helm::INDEX_JSON_KEY, &meta, json).await {
+            tracing::warn!(error = %e, "JSON form of the index not stored: YAML served to every client");
+        }
+    }
+
+    /// Stores a body that is in memory as one record, appended in runs of
+    /// [`INDEX_WRITE_RUN`] with a yield after each, so writing a 50 MB index never
+    /// holds this worker for longer than one run.
+    async fn store_in_runs(
+        &self,
+        key: &str,
+        object: &ObjectMeta,
+        body: &Bytes,
+    ) -> Result<BodyView, Error> {
+        let mut rec = self
+            .store
+            .borrow_mut()
+            .begin(key, object, body.len() as u64)?;
+        for run in body.chunks(INDEX_WRITE_RUN) {
+            let appended = self.store.borrow_mut().append(&mut rec, run);
+            if let Err(e) = appended {
+                self.store.borrow_mut().abort(rec);
+                return Err(e);
+            }
+            yield_now().await;
+        }
+        let view = BodyView {
+            segment: rec.segment.clone(),
+            pin: rec.pin.clone(),
+            body_offset: rec.body_offset,
+            body_len: body.len() as u64,
+            meta: Arc::new(object.clone()),
+        };
+        self.store.borrow_mut().commit(rec)?;
+        Ok(view)
     }
 
     /// Stores a body that is wholly in memory, then publishes it (`Done`, or
@@ -359,6 +558,59 @@ impl Filler<'_> {
             }
         }
     }
+}
+
+/// Reads a whole index body into memory (up to [`MAX_INDEX`], sized once from the
+/// declared length). On overflow or error it publishes the outcome
+/// (`Passthrough` / `Failed`) and returns `None`.
+async fn read_index(
+    inflight: &Inflight,
+    body: &mut dyn origin::BodyStream,
+    declared_len: Option<u64>,
+) -> Option<Bytes> {
+    if declared_len.is_some_and(|l| l > MAX_INDEX as u64) {
+        inflight.publish(FillState::Passthrough);
+        return None;
+    }
+    let mut buf = BytesMut::with_capacity(declared_len.unwrap_or(0) as usize);
+    let mut last_news = Instant::now();
+    loop {
+        match body.next_chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_INDEX {
+                    inflight.publish(FillState::Passthrough);
+                    return None;
+                }
+                buf.extend_from_slice(&chunk);
+                if last_news.elapsed() >= NEWS_EVERY {
+                    last_news = Instant::now();
+                    inflight.heartbeat();
+                }
+            }
+            Ok(None) => return Some(buf.freeze()),
+            Err(e) => {
+                inflight.publish(FillState::Failed {
+                    error: FillError::from(&e),
+                });
+                return None;
+            }
+        }
+    }
+}
+
+/// Lets the worker's other tasks (and its completion queue) run before going on.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Reads a whole body into memory, up to `cap` bytes. On overflow or error
