@@ -414,9 +414,13 @@ impl Filler<'_> {
             .submit(input, job)
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
+        let _processing = Gauge::up(&self.metrics.index_processing);
         loop {
             match monoio::time::timeout(NEWS_EVERY, &mut answer).await {
                 Ok(Ok(p)) => {
+                    self.metrics
+                        .index_processed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(took = ?p.took, waited = ?started.elapsed(), bytes = p.yaml.len(), "index processed");
                     return Ok(p);
                 }
@@ -595,6 +599,22 @@ async fn read_index(
                 return None;
             }
         }
+    }
+}
+
+/// A gauge held up while this value lives.
+struct Gauge<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a std::sync::atomic::AtomicU64) -> Gauge<'a> {
+        g.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -36,7 +36,8 @@
 //! - [`walk`]: one pass over the first document as events, aliases expanded.
 //! - [`index`]: the extractor (digests by object key).
 //! - [`json`]: the JSON writer; [`scalar`]: YAML 1.1 typing and Go formatting.
-//! - [`rewrite`]: helm-s3 URL rewriting; [`etag`]: ETags of both forms.
+//! - [`rewrite`]: helm-s3 URL rewriting; [`etag`]: ETags of both forms;
+//!   [`form`]: which form a client gets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,11 +45,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub mod etag;
+pub mod form;
 pub mod index;
 pub mod json;
 pub mod process;
 pub mod rewrite;
 pub mod scalar;
+#[doc(hidden)]
+pub mod synthetic;
 pub mod walk;
 
 pub use etag::{json_etag, served_etag, upstream_etag};

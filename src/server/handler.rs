@@ -114,6 +114,11 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         Err(_) => req.target.as_str(),
     };
     let mut x = Exchange::new(w, conn, req, path);
+    if path == crate::helm::INDEX_KEY {
+        let format = w.cfg.repo.index_format;
+        x.json_index = crate::helm::form::wants_json(format, req.user_agent.as_deref());
+        x.vary = crate::helm::form::vary(format);
+    }
     let result = match (&key, req.method) {
         (_, Method::Other) => x.method_not_allowed().await,
         (Err(e), _) if e.status() == 404 => x.respond_simple(404, &format!("not found: {e}")).await,
@@ -168,6 +173,10 @@ struct Exchange<'a> {
     /// The object head announces `Transfer-Encoding: chunked` (a relayed
     /// body of unknown length to an HTTP/1.1 client).
     chunked: bool,
+    /// The index, to a client that gets its JSON form (where stored).
+    json_index: bool,
+    /// `Vary` of this object's responses (the index's form depends on a header).
+    vary: Option<&'static str>,
 }
 
 impl<'a> Exchange<'a> {
@@ -185,6 +194,8 @@ impl<'a> Exchange<'a> {
             keep_alive: req.keep_alive && !w.is_draining(),
             http10: req.minor_version == 0,
             chunked: false,
+            json_index: false,
+            vary: None,
         }
     }
 
@@ -310,6 +321,12 @@ impl<'a> Exchange<'a> {
     /// Streams a fill (in progress or done) to this client from the segment mmap
     /// (pinned by the view).
     async fn stream_fill(&mut self, view: BodyView, mut fill: FillWait) -> std::io::Result<()> {
+        // An index fill publishes only when both forms are committed.
+        if let Some(json) = self.json_form(&view.meta) {
+            if self.serve_stored_form(&Stored::from(&json)).await? {
+                return Ok(());
+            }
+        }
         let meta = &view.meta;
         let head_only = if not_modified(
             self.req.if_none_match.as_deref(),
@@ -368,6 +385,31 @@ impl<'a> Exchange<'a> {
     /// because its segment file shrank is reported to the cache, which drops what is
     /// gone; the connection is closed (the caller sees the error).
     async fn serve_stored(&mut self, s: &Stored<'_>) -> std::io::Result<bool> {
+        if let Some(json) = self.json_form(s.meta) {
+            if self.serve_stored_form(&Stored::from(&json)).await? {
+                return Ok(true);
+            }
+            // Evicted in between: the YAML form serves every client.
+        }
+        self.serve_stored_form(s).await
+    }
+
+    /// For a client that gets the index's JSON form: the stored JSON form of the
+    /// YAML version described by `yaml` (none if there is no such form, or the
+    /// stored one belongs to another version).
+    fn json_form(&self, yaml: &ObjectMeta) -> Option<Hit> {
+        if !self.json_index {
+            return None;
+        }
+        let want = crate::helm::json_etag(yaml.etag.as_deref()?);
+        self.w
+            .cache
+            .lookup_beside(crate::helm::INDEX_KEY, crate::helm::INDEX_JSON_KEY)
+            .filter(|h| h.meta.etag.as_deref() == Some(want.as_str()))
+    }
+
+    /// [`Self::serve_stored`] for exactly this stored body.
+    async fn serve_stored_form(&mut self, s: &Stored<'_>) -> std::io::Result<bool> {
         let meta = s.meta;
         if not_modified(
             self.req.if_none_match.as_deref(),
@@ -584,6 +626,9 @@ impl<'a> Exchange<'a> {
         if self.keep_alive && self.http10 {
             // HTTP/1.0 closes by default: keeping the connection must be said.
             extra.push(("Connection", "keep-alive"));
+        }
+        if let Some(vary) = self.vary.filter(|_| !overridden("vary")) {
+            extra.push(("Vary", vary));
         }
         let ct = content_type(self.key, meta.content_type.as_deref());
         let mut head = std::mem::take(&mut self.conn.head_buf);
