@@ -110,10 +110,17 @@ fn helm_gets_json_others_yaml_each_with_its_etag_vary_and_304() {
         Some(js.body.len().to_string().as_str())
     );
     let json_etag = js.header("etag").unwrap().to_string();
-    assert!(json_etag.starts_with('"') && json_etag != yaml_etag, "{json_etag}");
+    assert!(
+        json_etag.starts_with('"') && json_etag != yaml_etag,
+        "{json_etag}"
+    );
     let doc: serde_json::Value = serde_json::from_slice(&js.body).expect("the JSON form is JSON");
     assert_eq!(doc, as_helm_reads_it());
-    assert!(!js.text().contains("\": ") && !js.text().contains('\n'), "compact: {}", js.text());
+    assert!(
+        !js.text().contains("\": ") && !js.text().contains('\n'),
+        "compact: {}",
+        js.text()
+    );
 
     // Helm 3.12 and clients without a User-Agent read YAML.
     let old = p.get_with("/index.yaml", &[("User-Agent", "Helm/3.12.3")]);
@@ -122,12 +129,18 @@ fn helm_gets_json_others_yaml_each_with_its_etag_vary_and_304() {
 
     // 304 per form: each form's ETag revalidates that form only.
     let r = p.get_with("/index.yaml", &[HELM, ("If-None-Match", &json_etag)]);
-    assert_eq!((r.status, r.header("etag")), (304, Some(json_etag.as_str())));
+    assert_eq!(
+        (r.status, r.header("etag")),
+        (304, Some(json_etag.as_str()))
+    );
     assert_eq!(r.header("vary"), Some("User-Agent"));
     let r = p.get_with("/index.yaml", &[HELM, ("If-None-Match", &yaml_etag)]);
     assert_eq!((r.status, r.body.clone()), (200, js.body.clone()));
     let r = p.get_with("/index.yaml", &[CURL, ("If-None-Match", &yaml_etag)]);
-    assert_eq!((r.status, r.header("etag")), (304, Some(yaml_etag.as_str())));
+    assert_eq!(
+        (r.status, r.header("etag")),
+        (304, Some(yaml_etag.as_str()))
+    );
     let r = p.get_with("/index.yaml", &[CURL, ("If-None-Match", &json_etag)]);
     assert_eq!((r.status, r.body.clone()), (200, yaml.body.clone()));
 
@@ -144,7 +157,9 @@ fn helm_gets_json_others_yaml_each_with_its_etag_vary_and_304() {
     s3.put_object(
         "charts",
         "stable/index.yaml",
-        index().replace("version: 1.9.0", "version: 1.9.1").as_bytes(),
+        index()
+            .replace("version: 1.9.0", "version: 1.9.1")
+            .as_bytes(),
     );
     let js2 = p.get_with("/index.yaml", &[HELM]);
     assert_eq!(js2.x_cache(), "MISS");
@@ -230,7 +245,15 @@ fn a_hit_is_answered_while_a_big_index_is_processed() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(doc["entries"].as_object().unwrap().len(), 21_000 / 50);
-    assert_eq!(doc["entries"]["chart0000"][0]["urls"][0], "chart0000-0.4.9.tgz");
-    assert!(answered_meanwhile >= 1, "no hit was answered while the index was processed");
-    assert!(p.metrics().contains("chartcache_index_versions_processed_total 1"));
+    assert_eq!(
+        doc["entries"]["chart0000"][0]["urls"][0],
+        "chart0000-0.4.9.tgz"
+    );
+    assert!(
+        answered_meanwhile >= 1,
+        "no hit was answered while the index was processed"
+    );
+    assert!(p
+        .metrics()
+        .contains("chartcache_index_versions_processed_total 1"));
 }

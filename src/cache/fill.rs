@@ -7,6 +7,13 @@
 //! declared `Content-Length`, otherwise the record is aborted (never indexed)
 //! and waiters that were streaming it see `Failed` and close their
 //! connections.
+//!
+//! The repository index is the exception to streaming: it is buffered whole
+//! (bounded), handed to the index processor thread ([`crate::helm::process`]) —
+//! nothing is parsed, rewritten or converted on this worker — and its two forms
+//! (YAML, and the JSON form under [`helm::INDEX_JSON_KEY`] on this same shard) are
+//! appended in bounded runs with a yield after each, JSON first, then published.
+//! Until then the stored index keeps being served.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -19,8 +26,8 @@ use super::coalesce::{BodyView, FillError, FillGuard, FillState, Inflight, Infli
 use super::error::Error;
 use super::format::{unix_now, ObjectMeta};
 use super::negative::NegativeCache;
-use super::store::ShardStore;
 use super::store::Hit;
+use super::store::ShardStore;
 use crate::helm::process::{self, Input};
 use crate::helm::{self, HelmRepo, ProcessedIndex};
 use crate::metrics::WorkerMetrics;
@@ -317,7 +324,10 @@ impl Filler<'_> {
             rewrite: true,
             json: true,
         };
-        let p = match self.process_index(Some(inflight), Input::Bytes(raw), job).await {
+        let p = match self
+            .process_index(Some(inflight), Input::Bytes(raw), job)
+            .await
+        {
             Ok(p) => p,
             Err(message) => {
                 tracing::warn!(key, %message, "index not processed: the stored copy stays");
@@ -332,7 +342,10 @@ impl Filler<'_> {
             }
         };
         if p.rewritten {
-            object.etag = Some(helm::etag::served_etag_crc(object.etag.as_deref(), p.yaml_crc));
+            object.etag = Some(helm::etag::served_etag_crc(
+                object.etag.as_deref(),
+                p.yaml_crc,
+            ));
         }
         *self.helm.learned.lock().unwrap_or_else(|e| e.into_inner()) = object.etag.clone();
         self.apply_digests(key, &p);
@@ -363,7 +376,12 @@ impl Filler<'_> {
     /// on the index processor. Applied only if nothing newer was learned meanwhile.
     async fn learn_stored_index(&self, hit: Hit) {
         let etag = hit.meta.etag.clone();
-        let learned = self.helm.learned.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let learned = self
+            .helm
+            .learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if learned.is_some() && learned == etag {
             return;
         }
@@ -426,7 +444,9 @@ impl Filler<'_> {
                 }
                 Ok(Err(_)) => return Err("the index processor gave no answer".into()),
                 Err(_) if started.elapsed() >= PROCESS_DEADLINE => {
-                    return Err(format!("index processing took longer than {PROCESS_DEADLINE:?}"))
+                    return Err(format!(
+                        "index processing took longer than {PROCESS_DEADLINE:?}"
+                    ))
                 }
                 Err(_) => {
                     if let Some(i) = inflight {
@@ -461,7 +481,11 @@ impl Filler<'_> {
             ),
         }
         if let Err(Some(why)) = &p.json {
-            tracing::info!(key, reason = why, "no JSON form for this index: YAML served to every client");
+            tracing::info!(
+                key,
+                reason = why,
+                "no JSON form for this index: YAML served to every client"
+            );
         }
     }
 

@@ -258,7 +258,12 @@ impl JsonWriter {
         write_json_string(&mut self.out, s);
     }
 
-    fn scalar_value(&mut self, value: &str, plain: bool, target: Target) -> Result<(), Unsupported> {
+    fn scalar_value(
+        &mut self,
+        value: &str,
+        plain: bool,
+        target: Target,
+    ) -> Result<(), Unsupported> {
         if !plain {
             self.string(value);
             return Ok(());
@@ -404,7 +409,14 @@ pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
         };
         out.extend_from_slice(&bytes[start..i]);
         if esc.is_empty() {
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 15) as usize],
+            ]);
         } else {
             out.extend_from_slice(esc);
         }

@@ -90,7 +90,10 @@ pub fn process(raw: Bytes, rewrite_from: Option<&str>, job: Job) -> ProcessedInd
     };
     let yaml_crc = if rewritten { crc32fast::hash(&yaml) } else { 0 };
     let (summary, json) = match std::str::from_utf8(&yaml) {
-        Err(e) => (Err(IndexError::from(e)), Err(Some("the index is not UTF-8"))),
+        Err(e) => (
+            Err(IndexError::from(e)),
+            Err(Some("the index is not UTF-8")),
+        ),
         Ok(text) => {
             let mut x = Extractor::default();
             let mut w = job.json.then(|| JsonWriter::new(text.len()));
@@ -99,7 +102,10 @@ pub fn process(raw: Bytes, rewrite_from: Option<&str>, job: Job) -> ProcessedInd
                 None => walk(text, &mut [&mut x]),
             };
             match walked {
-                Err(e) => (Err(IndexError::from(e)), Err(Some("the index does not parse"))),
+                Err(e) => (
+                    Err(IndexError::from(e)),
+                    Err(Some("the index does not parse")),
+                ),
                 Ok(()) => {
                     let json = match w {
                         Some(w) => w.finish().map(Bytes::from).map_err(Some),
@@ -222,13 +228,22 @@ mod tests {
         };
         let p = process(Bytes::from(index()), Some("s3://b/p/"), job);
         assert!(p.rewritten);
-        assert!(std::str::from_utf8(&p.yaml).unwrap().contains("    - a-1.0.0.tgz\n"));
+        assert!(std::str::from_utf8(&p.yaml)
+            .unwrap()
+            .contains("    - a-1.0.0.tgz\n"));
         let s = p.summary.unwrap();
         assert_eq!((s.charts, s.versions, s.digests.len()), (1, 1, 1));
         let json: serde_json::Value = serde_json::from_slice(&p.json.unwrap()).unwrap();
         assert_eq!(json["entries"]["a"][0]["urls"][0], "a-1.0.0.tgz");
         // Stored already rewritten: nothing to rewrite, no JSON asked for.
-        let again = process(p.yaml.clone(), Some("s3://b/p/"), Job { rewrite: false, json: false });
+        let again = process(
+            p.yaml.clone(),
+            Some("s3://b/p/"),
+            Job {
+                rewrite: false,
+                json: false,
+            },
+        );
         assert!(!again.rewritten);
         assert!(matches!(again.json, Err(None)));
     }
@@ -254,9 +269,15 @@ mod tests {
             rewrite: false,
             json: true,
         };
-        let answer = proc.submit(Input::Bytes(Bytes::from(index())), job).unwrap();
+        let answer = proc
+            .submit(Input::Bytes(Bytes::from(index())), job)
+            .unwrap();
         let p = answer.blocking_recv().expect("processed");
-        assert_eq!(p.summary.unwrap().digests.len(), 0, "URL is absolute without a rewrite");
+        assert_eq!(
+            p.summary.unwrap().digests.len(),
+            0,
+            "URL is absolute without a rewrite"
+        );
         assert!(p.json.is_ok());
         let load = Input::Load(Box::new(|| Some(Bytes::from(index()))));
         assert!(proc.submit(load, job).unwrap().blocking_recv().is_ok());

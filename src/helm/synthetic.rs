@@ -30,7 +30,14 @@ pub fn index(versions: usize, url_prefix: &str) -> String {
 /// The sha256 digest `index` writes for one chart version (hex).
 pub fn digest(name: &str, version: &str) -> String {
     let seed = crc32fast::hash(format!("{name}-{version}").as_bytes());
-    (0..8).map(|i| format!("{:08x}", seed.rotate_left(i * 4) ^ i.wrapping_mul(0x9e37_79b9))).collect()
+    (0..8)
+        .map(|i| {
+            format!(
+                "{:08x}",
+                seed.rotate_left(i * 4) ^ i.wrapping_mul(0x9e37_79b9)
+            )
+        })
+        .collect()
 }
 
 fn version_entry(out: &mut String, name: &str, version: &str, url_prefix: &str) {
@@ -87,6 +94,10 @@ mod tests {
             super::super::hex(&d["/chart0001-0.0.7.tgz"]),
             digest("chart0001", "0.0.7")
         );
-        assert!((800..1100).contains(&(y.len() / 200)), "{} bytes a version", y.len() / 200);
+        assert!(
+            (800..1100).contains(&(y.len() / 200)),
+            "{} bytes a version",
+            y.len() / 200
+        );
     }
 }

@@ -18,6 +18,10 @@
 //!    fetched for this client instead, `MISS`). A send that fails because the
 //!    segment file shrank (or cannot be read) closes the connection and tells
 //!    the cache, which drops what is gone, so it happens once.
+//!    For `/index.yaml`, a client that decodes JSON natively (Helm ≥ 3.13, see
+//!    [`crate::helm::form`]) is served the index's stored JSON form instead of the
+//!    YAML it belongs to (found by its ETag; a missing one means the YAML), with its
+//!    own ETag, 304s and ranges, and `Vary: User-Agent` on both forms.
 //! 4. **Bypass**: stream upstream's answer through, nothing stored (`BYPASS`).
 //!    Only 200, 304 (to the client's own conditional) and 404 pass; anything
 //!    else is a 502, logged with the key and upstream's status. A body of
