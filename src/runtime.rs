@@ -577,7 +577,7 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
         FillContext {
             origin: origin.clone(),
             metrics: ctx.metrics.worker(ctx.id),
-            helm: ctx.helm,
+            helm: ctx.helm.clone(),
             verify_digests: ctx.cfg.repo.verify_digests,
         },
     );
@@ -589,6 +589,7 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
         cache: ctx.cache,
         owner,
         metrics: ctx.metrics.worker(ctx.id),
+        helm: ctx.helm,
         access_log: AccessLog::new(
             ctx.log_sink,
             ctx.cfg.log_format,

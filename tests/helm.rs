@@ -6,7 +6,7 @@
 //! Its own harness (`harness = false`, [`common::harness`]) so that a test
 //! that cannot run is never counted as passed: `tests/helm/helm_check.py
 //! --probe` asks once whether the client is usable; if not, the tests are
-//! reported *ignored* (cargo's summary says `4 ignored`; the reason goes to
+//! reported *ignored* (cargo's summary says `5 ignored`; the reason goes to
 //! stderr) — except under `CI`, where they fail, because `.ci/run` installs
 //! the client. The interpreter is `$CHARTCACHE_HELM_PYTHON` (default
 //! `python3`), the one `.ci/install-helm.sh` installs into (its `$PYTHON`).
@@ -47,6 +47,8 @@ fn main() {
             ("helm_works_with_a_helm_s3_index_of_s3_urls", || {
                 helm_through_chartcache(true, None)
             }),
+            // `helm repo add one http://HOST/-/charts/hello`: a repository of one chart.
+            ("helm_through_a_chart_view", helm_through_a_chart_view),
         ],
     );
 }
@@ -126,5 +128,33 @@ fn helm_through_chartcache(s3_urls: bool, index_format: Option<&str>) -> Result<
     // Helm fetched the index and the chart through chartcache, signed.
     assert!(s3.get_count("/helm-charts/stable/index.yaml") >= 1);
     assert_eq!(s3.get_count("/helm-charts/stable/hello-0.2.0.tgz"), 1);
+    Ok(())
+}
+
+fn helm_through_a_chart_view() -> Result<(), Failed> {
+    let s3 = spawn_s3(AK, SK);
+    for entry in std::fs::read_dir(examples_repo()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        s3.put_object("helm-charts", &name, &std::fs::read(&path).unwrap());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cli = test_cli("s3://helm-charts", &tmp.path().join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    let p = Proxy::start_in(cli, Some(tmp));
+    let url = format!("http://{}/-/charts/hello", p.addr);
+    let py = python();
+    let out = Command::new(&py)
+        .arg(helm_check_script())
+        .args([url.as_str(), "hello", "0.2.0", "--timeout", "120"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", py.to_string_lossy()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "helm failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("\"version\": \"0.2.0\""), "{stdout}");
+    // The chart Helm fetched under the view is the repository's object.
+    assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "HIT");
+    assert_eq!(s3.get_count("/helm-charts/hello-0.2.0.tgz"), 1);
     Ok(())
 }

@@ -11,8 +11,9 @@
 //! The repository index is the exception to streaming: it is buffered whole
 //! (bounded), handed to the index processor thread ([`crate::helm::process`]) —
 //! nothing is parsed, rewritten or converted on this worker — and its two forms
-//! (YAML, and the JSON form under [`helm::INDEX_JSON_KEY`] on this same shard) are
-//! appended in bounded runs with a yield after each, JSON first, then published.
+//! (YAML, and the JSON form and per-chart views under [`helm::INDEX_JSON_KEYS`] /
+//! [`helm::INDEX_VIEWS_KEYS`] on this same shard) are appended in bounded runs with
+//! a yield after each, derived forms first, then published.
 //! Until then the stored index keeps being served.
 
 use std::cell::RefCell;
@@ -116,11 +117,12 @@ impl Filler<'_> {
                     .flatten();
                 match hit {
                     Some(hit) => {
-                        inflight.publish(FillState::NotModified(hit.clone()));
                         if key == helm::INDEX_KEY {
-                            // After a restart: learn from the stored index (answered first).
-                            self.learn_stored_index(hit).await;
+                            // After a restart: learn from the stored index (digests,
+                            // views) before answering, once per process.
+                            self.learn_stored_index(&inflight, hit.clone()).await;
                         }
+                        inflight.publish(FillState::NotModified(hit));
                     }
                     // The stored copy vanished (evicted, purged) meanwhile.
                     None => inflight.publish(FillState::Passthrough),
@@ -349,14 +351,29 @@ impl Filler<'_> {
         }
         *self.helm.learned.lock().unwrap_or_else(|e| e.into_inner()) = object.etag.clone();
         self.apply_digests(key, &p);
-        if let (Ok(json), Some(etag)) = (&p.json, &object.etag) {
-            // The JSON form first: a request that finds the new YAML finds it too.
-            self.store_json(json, etag, &object).await;
+        // The derived forms first, in the slot the current ones are not in: a request
+        // that finds the new YAML finds them too, and until then the current ones
+        // keep being served with the current YAML.
+        let mut table = None;
+        if let Some(etag) = &object.etag {
+            let slot = self
+                .helm
+                .slot
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(1)
+                % 2;
+            table = self
+                .store_derived(&p, etag, &object, slot, [true, true])
+                .await;
         }
         let yaml = p.yaml;
         drop(p.json);
+        drop(p.views);
         match self.store_in_runs(key, &object, &yaml).await {
-            Ok(view) => inflight.publish(FillState::Done { view }),
+            Ok(view) => {
+                self.helm.views.store(table.map(Arc::new));
+                inflight.publish(FillState::Done { view })
+            }
             Err(e) => {
                 tracing::warn!(key, error = %e, "index not stored: served from memory");
                 let meta = origin::ResponseMeta {
@@ -371,10 +388,11 @@ impl Filler<'_> {
         }
     }
 
-    /// After a 304 for the index (the first after a restart): learn its digests,
-    /// and store its JSON form if missing, from the stored copy — read and parsed
-    /// on the index processor. Applied only if nothing newer was learned meanwhile.
-    async fn learn_stored_index(&self, hit: Hit) {
+    /// After a 304 for the index (the first after a restart): learn its digests and
+    /// its views' table, and store its JSON form and views if missing, from the
+    /// stored copy — read and parsed on the index processor. Applied only if
+    /// nothing newer was learned meanwhile.
+    async fn learn_stored_index(&self, inflight: &Inflight, hit: Hit) {
         let etag = hit.meta.etag.clone();
         let learned = self
             .helm
@@ -383,16 +401,28 @@ impl Filler<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if learned.is_some() && learned == etag {
-            return;
+            // Learned already; again only if its views were evicted since.
+            let views_gone = self.helm.views.load().as_ref().is_some_and(|t| {
+                let etag = helm::views_etag(&t.yaml_etag);
+                self.stored_slot(&helm::INDEX_VIEWS_KEYS, &etag).is_none()
+            });
+            if !views_gone {
+                return;
+            }
+            self.helm
+                .learned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
         }
-        let json_stored = etag.as_ref().is_some_and(|e| self.stored_json_matches(e));
         let object = (*hit.meta).clone();
         let load = Input::Load(Box::new(move || hit.read_body().ok().map(Bytes::from)));
+        // The JSON form is always derived: the views' table lives in memory only.
         let job = process::Job {
             rewrite: false,
-            json: !json_stored,
+            json: true,
         };
-        let p = match self.process_index(None, load, job).await {
+        let p = match self.process_index(Some(inflight), load, job).await {
             Ok(p) => p,
             Err(message) => {
                 tracing::warn!(%message, "stored index not processed: chart digests not checked");
@@ -412,8 +442,15 @@ impl Filler<'_> {
             learned.clone_from(&etag);
         }
         self.apply_digests(helm::INDEX_KEY, &p);
-        if let (Ok(json), Some(etag)) = (&p.json, &etag) {
-            self.store_json(json, etag, &object).await;
+        if let Some(etag) = &etag {
+            let json = self.stored_slot(&helm::INDEX_JSON_KEYS, &helm::json_etag(etag));
+            let views = self.stored_slot(&helm::INDEX_VIEWS_KEYS, &helm::views_etag(etag));
+            // Missing ones go to slot 0 (what a fresh process writes first is slot 1).
+            let slot = views.unwrap_or(0);
+            let table = self
+                .store_derived(&p, etag, &object, slot, [json.is_none(), views.is_none()])
+                .await;
+            self.helm.views.store(table.map(Arc::new));
         }
     }
 
@@ -489,29 +526,62 @@ impl Filler<'_> {
         }
     }
 
-    /// Is the stored JSON form the one of the YAML whose served ETag is `yaml_etag`?
-    fn stored_json_matches(&self, yaml_etag: &str) -> bool {
-        let want = helm::json_etag(yaml_etag);
-        self.store
-            .borrow()
-            .reader()
-            .lookup(helm::INDEX_JSON_KEY)
-            .is_some_and(|h| h.meta.etag.as_deref() == Some(want.as_str()))
+    /// Which of `keys` (beside the index) holds a record with this ETag.
+    fn stored_slot(&self, keys: &[&str; 2], etag: &str) -> Option<usize> {
+        let store = self.store.borrow();
+        let reader = store.reader();
+        keys.iter().position(|key| {
+            reader
+                .lookup(key)
+                .is_some_and(|h| h.meta.etag.as_deref() == Some(etag))
+        })
     }
 
-    /// Stores the JSON form of the index whose served ETag is `yaml_etag`
-    /// (under [`helm::INDEX_JSON_KEY`], on this shard: the index's owner).
-    async fn store_json(&self, json: &Bytes, yaml_etag: &str, yaml: &ObjectMeta) {
-        let meta = ObjectMeta {
+    /// Stores the forms derived from the index whose served ETag is `yaml_etag`
+    /// in `slot` (those asked for, `[json, views]`, and present): the JSON form
+    /// under [`helm::INDEX_JSON_KEYS`], the per-chart views under
+    /// [`helm::INDEX_VIEWS_KEYS`] — on this shard, the index's owner. Returns the
+    /// views' table, to publish once the YAML it belongs to is stored.
+    async fn store_derived(
+        &self,
+        p: &ProcessedIndex,
+        yaml_etag: &str,
+        yaml: &ObjectMeta,
+        slot: usize,
+        [json, views]: [bool; 2],
+    ) -> Option<helm::view::ViewTable> {
+        let meta = |etag: String| ObjectMeta {
             status: 200,
-            etag: Some(helm::json_etag(yaml_etag)),
+            etag: Some(etag),
             last_modified: yaml.last_modified.clone(),
             content_type: Some("application/json".into()),
             stored_at: yaml.stored_at,
         };
-        if let Err(e) = self.store_in_runs(helm::INDEX_JSON_KEY, &meta, json).await {
-            tracing::warn!(error = %e, "JSON form of the index not stored: YAML served to every client");
+        if let (true, Ok(body)) = (json, &p.json) {
+            let m = meta(helm::json_etag(yaml_etag));
+            if let Err(e) = self
+                .store_in_runs(helm::INDEX_JSON_KEYS[slot], &m, body)
+                .await
+            {
+                tracing::warn!(error = %e, "JSON form of the index not stored: YAML served to every client");
+            }
         }
+        let v = p.views.as_ref()?;
+        if views {
+            let m = meta(helm::views_etag(yaml_etag));
+            if let Err(e) = self
+                .store_in_runs(helm::INDEX_VIEWS_KEYS[slot], &m, &v.body)
+                .await
+            {
+                tracing::warn!(error = %e, "per-chart views not stored: answered 503");
+                return None;
+            }
+        }
+        Some(helm::view::ViewTable {
+            yaml_etag: yaml_etag.to_string(),
+            slot,
+            table: v.table.clone(),
+        })
     }
 
     /// Stores a body that is in memory as one record, appended in runs of

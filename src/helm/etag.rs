@@ -16,6 +16,8 @@ const ETAG_MARK: &str = "-cc";
 /// Suffix of the JSON form's ETag; the number changes whenever the JSON written
 /// for the same YAML could change (a converter fix), so no client keeps an old one.
 const JSON_MARK: &str = "-json1";
+/// Suffix of the views record's ETag (versioned like [`JSON_MARK`]).
+const VIEWS_MARK: &str = "-views1";
 
 /// The ETag served for a rewritten index: upstream's plus a checksum of the
 /// served bytes, so it changes whenever they do.
@@ -50,11 +52,21 @@ pub fn upstream_etag(served: &str) -> String {
 
 /// The ETag of the JSON form of the YAML index whose (served) ETag is `yaml`.
 pub fn json_etag(yaml: &str) -> String {
+    derived_etag(yaml, JSON_MARK)
+}
+
+/// The ETag of the per-chart views record of the YAML index whose (served) ETag is
+/// `yaml` (each view's own ETag derives from it: [`super::view::view_etag`]).
+pub fn views_etag(yaml: &str) -> String {
+    derived_etag(yaml, VIEWS_MARK)
+}
+
+fn derived_etag(yaml: &str, mark: &str) -> String {
     let (weak, inner) = match yaml.strip_prefix("W/") {
         Some(rest) => ("W/", rest),
         None => ("", yaml),
     };
-    format!("{weak}\"{}{JSON_MARK}\"", inner.trim_matches('"'))
+    format!("{weak}\"{}{mark}\"", inner.trim_matches('"'))
 }
 
 #[cfg(test)]

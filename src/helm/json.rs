@@ -18,6 +18,8 @@
 //! complex or null mapping key, NaN or infinities (not JSON), a document that is
 //! not a mapping. Aliases arrive expanded, as go-yaml expands them.
 
+use std::ops::Range;
+
 use super::scalar::{as_go_string, go_key, resolve, Resolved};
 use super::walk::{Ev, ScalarTag, Sink};
 
@@ -181,8 +183,41 @@ enum Frame {
     },
 }
 
+/// Where the parts a per-chart view needs were written in the JSON text.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Ranges {
+    /// The root's `apiVersion` value.
+    pub api_version: Option<Range<usize>>,
+    /// The root's `generated` value.
+    pub generated: Option<Range<usize>>,
+    /// Each chart under `entries`: its name and its value (the list of versions).
+    pub charts: Vec<(String, Range<usize>)>,
+}
+
+/// The JSON form and its [`Ranges`].
+#[derive(Debug)]
+pub struct JsonForm {
+    pub text: Vec<u8>,
+    pub ranges: Ranges,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootField {
+    ApiVersion,
+    Generated,
+    Entries,
+    Other,
+}
+
 /// The JSON-writing [`Sink`].
 pub struct JsonWriter {
+    ranges: Ranges,
+    /// The root field whose value is being written, and where it starts.
+    root_value: Option<(RootField, usize)>,
+    /// The chart under `entries` whose value is being written, and where it starts.
+    chart_value: Option<(String, usize)>,
+    /// Stack depth of the `entries` mapping while it is open.
+    entries_depth: Option<usize>,
     out: Vec<u8>,
     /// Why the JSON form was given up (the walk goes on for the other sinks).
     failed: Option<Unsupported>,
@@ -197,6 +232,10 @@ impl JsonWriter {
     pub fn new(size_hint: usize) -> JsonWriter {
         JsonWriter {
             out: Vec::with_capacity(size_hint),
+            ranges: Ranges::default(),
+            root_value: None,
+            chart_value: None,
+            entries_depth: None,
             failed: None,
             stack: Vec::new(),
             done: false,
@@ -205,11 +244,14 @@ impl JsonWriter {
     }
 
     /// The JSON text, once the walk is over.
-    pub fn finish(self) -> Result<Vec<u8>, Unsupported> {
+    pub fn finish(self) -> Result<JsonForm, Unsupported> {
         if let Some(why) = self.failed {
             Err(why)
         } else if self.done {
-            Ok(self.out)
+            Ok(JsonForm {
+                text: self.out,
+                ranges: self.ranges,
+            })
         } else {
             Err("the document is not a complete mapping")
         }
@@ -320,23 +362,67 @@ impl Sink for JsonWriter {
 }
 
 impl JsonWriter {
+    /// A value ended at the current depth: note it if a view needs it.
+    fn value_done(&mut self) {
+        let depth = self.stack.len();
+        let end = self.out.len();
+        if depth == 1 {
+            match self.root_value.take() {
+                Some((RootField::ApiVersion, start)) => self.ranges.api_version = Some(start..end),
+                Some((RootField::Generated, start)) => self.ranges.generated = Some(start..end),
+                _ => {}
+            }
+        } else if self.entries_depth == Some(depth) {
+            if let Some((name, start)) = self.chart_value.take() {
+                self.ranges.charts.push((name, start..end));
+            }
+        }
+    }
+
+    /// A key was written: note where its value starts if a view needs it.
+    fn key_done(&mut self, key: &str) {
+        let depth = self.stack.len();
+        let start = self.out.len();
+        if depth == 1 {
+            let field = match key {
+                "apiVersion" => RootField::ApiVersion,
+                "generated" => RootField::Generated,
+                "entries" => RootField::Entries,
+                _ => RootField::Other,
+            };
+            self.root_value = Some((field, start));
+        } else if self.entries_depth == Some(depth) {
+            self.chart_value = Some((key.to_string(), start));
+        }
+    }
+
+    fn close(&mut self, byte: u8) {
+        if self.entries_depth == Some(self.stack.len()) {
+            self.entries_depth = None;
+        }
+        self.stack.pop();
+        self.out.push(byte);
+        self.done = self.stack.is_empty();
+        self.value_done();
+    }
+
     fn write(&mut self, ev: &Ev<'_>) -> Result<(), Unsupported> {
         match ev {
             Ev::TaggedCollection => Err("a tagged collection"),
             Ev::MapEnd => {
-                self.stack.pop();
-                self.out.push(b'}');
-                self.done = self.stack.is_empty();
+                self.close(b'}');
                 Ok(())
             }
             Ev::SeqEnd => {
-                self.stack.pop();
-                self.out.push(b']');
-                self.done = self.stack.is_empty();
+                self.close(b']');
                 Ok(())
             }
             Ev::MapStart => {
                 let target = self.position()?.ok_or("a complex mapping key")?;
+                if self.stack.len() == 1 && matches!(self.root_value, Some((RootField::Entries, _)))
+                {
+                    self.entries_depth = Some(2);
+                }
                 self.out.push(b'{');
                 self.stack.push(Frame::Map {
                     target,
@@ -381,10 +467,15 @@ impl JsonWriter {
                             *value_target = target.value_of(&key);
                             *want_key = false;
                         }
+                        self.key_done(&key);
                         Ok(())
                     }
                     Some(_) if self.stack.is_empty() => Err("the document is a scalar"),
-                    Some(target) => self.scalar_value(value, plain, target),
+                    Some(target) => {
+                        self.scalar_value(value, plain, target)?;
+                        self.value_done();
+                        Ok(())
+                    }
                 }
             }
         }
@@ -435,7 +526,7 @@ mod tests {
         let mut w = JsonWriter::new(yaml.len());
         walk(yaml, &mut [&mut w]).map_err(|e| e.to_string())?;
         w.finish()
-            .map(|v| String::from_utf8(v).unwrap())
+            .map(|v| String::from_utf8(v.text).unwrap())
             .map_err(str::to_string)
     }
 
@@ -503,5 +594,30 @@ generated: 2024-01-01
         }
         assert_eq!(json("a: &x [1]\nb: *x\n").unwrap(), r#"{"a":[1],"b":[1]}"#);
         assert_eq!(json("{}").unwrap(), "{}");
+    }
+
+    #[test]
+    fn ranges_locate_what_a_chart_view_needs() {
+        let y = "apiVersion: v1\nentries:\n  a: [{version: 1}]\n  b:\n  - {version: 2, x: {z: [1]}}\n  c: ~\nother: {apiVersion: no}\ngenerated: \"2024\"\n";
+        let mut w = JsonWriter::new(y.len());
+        walk(y, &mut [&mut w]).unwrap();
+        let f = w.finish().unwrap();
+        let t = |r: &Range<usize>| std::str::from_utf8(&f.text[r.clone()]).unwrap().to_string();
+        assert_eq!(t(f.ranges.api_version.as_ref().unwrap()), "\"v1\"");
+        assert_eq!(t(f.ranges.generated.as_ref().unwrap()), "\"2024\"");
+        let charts: Vec<(String, String)> = f
+            .ranges
+            .charts
+            .iter()
+            .map(|(n, r)| (n.clone(), t(r)))
+            .collect();
+        assert_eq!(
+            charts,
+            [
+                ("a".to_string(), "[{\"version\":1}]".to_string()),
+                ("b".into(), "[{\"version\":2,\"x\":{\"z\":[1]}}]".into()),
+                ("c".into(), "null".into()),
+            ]
+        );
     }
 }

@@ -16,6 +16,8 @@
 //!    read-mostly by all workers) so a chart fill can be checked against them: a
 //!    half-finished upload or a `push --force` race is caught before a node pins the
 //!    bad bytes for a day.
+//! 5. **Per-chart views** ([`view`]): each chart's part of the JSON form, built
+//!    with it and stored beside it.
 //! 4. **The JSON form.** Helm ≥ 3.13 decodes an index that is JSON with Go's JSON
 //!    decoder, 4–5× faster than YAML; [`json`] writes the JSON that decodes to what
 //!    Helm reads from the YAML (its YAML 1.1 typing included, [`scalar`]).
@@ -36,7 +38,9 @@
 //! - [`walk`]: one pass over the first document as events, aliases expanded.
 //! - [`index`]: the extractor (digests by object key).
 //! - [`json`]: the JSON writer; [`scalar`]: YAML 1.1 typing and Go formatting.
-//! - [`rewrite`]: helm-s3 URL rewriting; [`etag`]: ETags of both forms;
+//! - [`view`]: per-chart views (`/-/charts/<name>/index.yaml`), built with the
+//!   JSON form.
+//! - [`rewrite`]: helm-s3 URL rewriting; [`etag`]: ETags of every form;
 //!   [`form`]: which form a client gets.
 
 use std::collections::HashMap;
@@ -53,20 +57,28 @@ pub mod rewrite;
 pub mod scalar;
 #[doc(hidden)]
 pub mod synthetic;
+pub mod view;
 pub mod walk;
 
-pub use etag::{json_etag, served_etag, upstream_etag};
+pub use etag::{json_etag, served_etag, upstream_etag, views_etag};
 pub use process::{IndexProcessor, ProcessedIndex};
 pub use rewrite::rewrite_s3_urls;
 
 /// The repository index key.
 pub const INDEX_KEY: &str = "/index.yaml";
 
-/// The cache key of the index's JSON form: stored beside the YAML on the index's
-/// owner shard; a control character makes it a key no request can name
-/// (`http1::path` refuses them), and it starts with [`INDEX_KEY`], so a prefix
-/// purge of the index removes both forms.
-pub const INDEX_JSON_KEY: &str = "/index.yaml\u{1}json";
+/// The cache keys of the index's JSON form: stored beside the YAML on the index's
+/// owner shard; a control character makes them keys no request can name
+/// (`http1::path` refuses them), and they start with [`INDEX_KEY`], so a prefix
+/// purge of the index removes every form. Two slots, written in turn: a new
+/// version's form is stored while the previous one (in the other slot) keeps being
+/// served with the previous YAML, until the new YAML is committed. Which slot holds
+/// the form of a given YAML version is told by the ETags ([`etag`]).
+pub const INDEX_JSON_KEYS: [&str; 2] = ["/index.yaml\u{1}json0", "/index.yaml\u{1}json1"];
+
+/// The cache keys of the index's per-chart views (see [`view`]), in two slots like
+/// [`INDEX_JSON_KEYS`].
+pub const INDEX_VIEWS_KEYS: [&str; 2] = ["/index.yaml\u{1}views0", "/index.yaml\u{1}views1"];
 
 /// Helm repository state shared by all workers.
 pub struct HelmRepo {
@@ -79,6 +91,10 @@ pub struct HelmRepo {
     /// form) were derived from in this process; `None` until the first one, which
     /// after a restart is the stored index (see `cache::fill`).
     pub learned: std::sync::Mutex<Option<String>>,
+    /// Where each chart's view is in the stored views record (see [`view`]).
+    pub views: arc_swap::ArcSwapOption<view::ViewTable>,
+    /// Counts index versions stored: the slot of derived forms to write next.
+    pub slot: std::sync::atomic::AtomicUsize,
 }
 
 impl HelmRepo {
@@ -89,6 +105,8 @@ impl HelmRepo {
             rewrite_from,
             digests: Digests::default(),
             learned: std::sync::Mutex::new(None),
+            views: arc_swap::ArcSwapOption::empty(),
+            slot: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use super::index::{Extractor, IndexSummary, NotAnIndex};
 use super::json::JsonWriter;
 use super::rewrite::rewrite_s3_urls;
+use super::view::{self, Views};
 use super::walk::{walk, WalkError};
 
 /// Jobs waiting for the processor, at most.
@@ -73,6 +74,8 @@ pub struct ProcessedIndex {
     pub summary: Result<IndexSummary, IndexError>,
     /// The JSON form, or why there is none (`Err(None)`: not asked for).
     pub json: Result<Bytes, Option<&'static str>>,
+    /// The per-chart views (built with the JSON form).
+    pub views: Option<Views>,
     /// Time spent on the processor.
     pub took: Duration,
 }
@@ -108,7 +111,7 @@ pub fn process(raw: Bytes, rewrite_from: Option<&str>, job: Job) -> ProcessedInd
                 ),
                 Ok(()) => {
                     let json = match w {
-                        Some(w) => w.finish().map(Bytes::from).map_err(Some),
+                        Some(w) => w.finish().map_err(Some),
                         None => Err(None),
                     };
                     (x.finish().map_err(IndexError::from), json)
@@ -116,12 +119,19 @@ pub fn process(raw: Bytes, rewrite_from: Option<&str>, job: Job) -> ProcessedInd
             }
         }
     };
+    // Views only of a Helm index (a mapping), like the digests.
+    let views = match (&json, &summary) {
+        (Ok(form), Ok(_)) => Some(view::build(form)),
+        _ => None,
+    };
+    let json = json.map(|form| Bytes::from(form.text));
     ProcessedIndex {
         yaml,
         rewritten,
         yaml_crc,
         summary,
         json,
+        views,
         took: started.elapsed(),
     }
 }

@@ -53,6 +53,7 @@ use crate::access_log::Entry;
 use crate::cache::{
     Answer, BodyView, FillError, FillWait, Hit, Lookup, ObjectMeta, Segment, SegmentPin, Want,
 };
+use crate::helm::{self, view, view::ViewPath};
 use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
 use crate::http1::path::object_key;
 use crate::http1::render::{chunk_prefix, render, simple, ResponseHead, LAST_CHUNK};
@@ -109,6 +110,15 @@ impl<'a> From<&'a BodyView> for Stored<'a> {
     }
 }
 
+/// A stored body served in place of the YAML index (see `Exchange::index_form`).
+struct IndexForm {
+    hit: Hit,
+    /// The part of `hit`'s body that is served.
+    range: std::ops::Range<usize>,
+    /// Its own metadata (a view's), else `hit`'s.
+    meta: Option<ObjectMeta>,
+}
+
 /// Handles one parsed request. Returns whether the connection may be reused.
 pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
     let started = Instant::now();
@@ -117,14 +127,27 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         Ok(k) => k.as_ref(),
         Err(_) => req.target.as_str(),
     };
-    let mut x = Exchange::new(w, conn, req, path);
-    if path == crate::helm::INDEX_KEY {
+    // `/-/charts/<name>/…`: a chart's view of the index, or a repository object.
+    let (object, view) = match key.as_ref().ok().and_then(|k| view::parse_path(k)) {
+        None => (path, None),
+        Some(ViewPath::Index { chart }) => (helm::INDEX_KEY, Some(chart)),
+        Some(ViewPath::Object { key }) => (key, None),
+        Some(ViewPath::Invalid) => ("", None),
+    };
+    let mut x = Exchange::new(w, conn, req, object);
+    x.shown = path;
+    x.view = view;
+    if object == helm::INDEX_KEY {
         let format = w.cfg.repo.index_format;
-        x.json_index = crate::helm::form::wants_json(format, req.user_agent.as_deref());
-        x.vary = crate::helm::form::vary(format);
+        x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
+        x.vary = helm::form::vary(format);
     }
     let result = match (&key, req.method) {
         (_, Method::Other) => x.method_not_allowed().await,
+        (Ok(_), _) if object.is_empty() => {
+            let msg = "not found: chart views are /-/charts/NAME/index.yaml";
+            x.respond_simple(404, msg).await
+        }
         (Err(e), _) if e.status() == 404 => x.respond_simple(404, &format!("not found: {e}")).await,
         (Err(e), _) => {
             w.metrics.bad_requests.fetch_add(1, Relaxed);
@@ -132,8 +155,8 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
             x.respond_simple(400, &format!("bad request path: {e}"))
                 .await
         }
-        (Ok(key), _) => {
-            let rule = w.cfg.repo.policy.decide(key);
+        (Ok(_), _) => {
+            let rule = w.cfg.repo.policy.decide(object);
             x.overrides = &rule.headers;
             match rule.action {
                 Action::Bypass => x.bypass(CacheResult::Bypass).await,
@@ -177,6 +200,11 @@ struct Exchange<'a> {
     /// The object head announces `Transfer-Encoding: chunked` (a relayed
     /// body of unknown length to an HTTP/1.1 client).
     chunked: bool,
+    /// What the access log calls the request (the path asked for; `key` is the
+    /// object it is served from).
+    shown: &'a str,
+    /// A chart's view of the index (`key` is then the index).
+    view: Option<&'a str>,
     /// The index, to a client that gets its JSON form (where stored).
     json_index: bool,
     /// `Vary` of this object's responses (the index's form depends on a header).
@@ -198,6 +226,8 @@ impl<'a> Exchange<'a> {
             keep_alive: req.keep_alive && !w.is_draining(),
             http10: req.minor_version == 0,
             chunked: false,
+            shown: key,
+            view: None,
             json_index: false,
             vary: None,
         }
@@ -219,7 +249,7 @@ impl<'a> Exchange<'a> {
         w.metrics.request(self.cache, self.status, self.bytes);
         w.access_log.log(&Entry {
             method: &self.req.method_name,
-            path: self.key,
+            path: self.shown,
             status: self.status,
             bytes: self.bytes,
             duration: started.elapsed(),
@@ -268,7 +298,7 @@ impl<'a> Exchange<'a> {
                     return Ok(());
                 }
                 // Evicted between the lookup and the send: fetch it for this client.
-                return self.bypass(CacheResult::Miss).await;
+                return self.refetch().await;
             }
             Lookup::NotFound => {
                 self.cache = CacheResult::Hit;
@@ -288,7 +318,12 @@ impl<'a> Exchange<'a> {
                 if self.serve_stored(&Stored::from(&hit)).await? {
                     return Ok(());
                 }
-                self.bypass(CacheResult::Miss).await
+                self.refetch().await
+            }
+            Answer::Response { .. } | Answer::Passthrough if self.view.is_some() => {
+                self.cache = CacheResult::Miss;
+                self.respond_simple(503, "the index is not stored: no chart views")
+                    .await
             }
             Answer::Response { meta, body } => {
                 self.cache = CacheResult::Miss;
@@ -309,6 +344,17 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// A stored copy vanished before it could be sent: fetch it for this client
+    /// (never for a chart view: its index is fetched, not served whole).
+    async fn refetch(&mut self) -> std::io::Result<()> {
+        if self.view.is_some() {
+            return self
+                .respond_simple(503, "the index was evicted meanwhile: try again")
+                .await;
+        }
+        self.bypass(CacheResult::Miss).await
+    }
+
     /// Upstream failed: serve the stored copy as STALE if allowed, else the error.
     async fn failed(&mut self, fill: &FillWait, error: &FillError) -> std::io::Result<()> {
         if let Some(hit) = fill.stale_copy(error, self.w.cfg.cache.max_stale) {
@@ -325,11 +371,12 @@ impl<'a> Exchange<'a> {
     /// Streams a fill (in progress or done) to this client from the segment mmap
     /// (pinned by the view).
     async fn stream_fill(&mut self, view: BodyView, mut fill: FillWait) -> std::io::Result<()> {
-        // An index fill publishes only when both forms are committed.
-        if let Some(json) = self.json_form(&view.meta) {
-            if self.serve_stored_form(&Stored::from(&json)).await? {
-                return Ok(());
-            }
+        // An index fill publishes only once every form is committed.
+        if self.key == helm::INDEX_KEY && (self.view.is_some() || self.json_index) {
+            return match self.serve_stored(&Stored::from(&view)).await? {
+                true => Ok(()),
+                false => self.refetch().await,
+            };
         }
         let meta = &view.meta;
         let head_only = if not_modified(
@@ -389,27 +436,103 @@ impl<'a> Exchange<'a> {
     /// because its segment file shrank is reported to the cache, which drops what is
     /// gone; the connection is closed (the caller sees the error).
     async fn serve_stored(&mut self, s: &Stored<'_>) -> std::io::Result<bool> {
-        if let Some(json) = self.json_form(s.meta) {
-            if self.serve_stored_form(&Stored::from(&json)).await? {
-                return Ok(true);
-            }
-            // Evicted in between: the YAML form serves every client.
+        if self.key != helm::INDEX_KEY {
+            return self.serve_stored_form(s).await;
         }
-        self.serve_stored_form(s).await
+        match self.index_form(s.meta) {
+            Ok(None) => self.serve_stored_form(s).await,
+            Ok(Some(form)) => {
+                let meta = form.meta.as_ref().unwrap_or(&form.hit.meta);
+                let derived = Stored {
+                    segment: &form.hit.segment,
+                    pin: None,
+                    body_offset: form.hit.body_offset + form.range.start,
+                    body_len: form.range.len() as u64,
+                    meta,
+                };
+                if self.serve_stored_form(&derived).await? {
+                    return Ok(true);
+                }
+                // Evicted in between: the YAML form serves every client of the
+                // full index; a view has nothing else to serve.
+                if self.view.is_some() {
+                    self.respond_simple(503, "chart view evicted meanwhile: try again")
+                        .await?;
+                    return Ok(true);
+                }
+                self.serve_stored_form(s).await
+            }
+            Err((status, message)) => {
+                self.respond_simple(status, message).await?;
+                Ok(true)
+            }
+        }
     }
 
-    /// For a client that gets the index's JSON form: the stored JSON form of the
-    /// YAML version described by `yaml` (none if there is no such form, or the
-    /// stored one belongs to another version).
-    fn json_form(&self, yaml: &ObjectMeta) -> Option<Hit> {
-        if !self.json_index {
-            return None;
+    /// What this request is served instead of the stored YAML index described by
+    /// `yaml`: a chart's view (or why there is none), or, for a client that gets
+    /// it, the JSON form of that YAML version (`Ok(None)`: the YAML itself, also
+    /// when its JSON form is not stored).
+    fn index_form(&self, yaml: &ObjectMeta) -> Result<Option<IndexForm>, (u16, &'static str)> {
+        let cache = &self.w.cache;
+        let beside = |key: &str, etag: &str| {
+            cache
+                .lookup_beside(helm::INDEX_KEY, key)
+                .filter(|h| h.meta.etag.as_deref() == Some(etag))
+        };
+        let Some(chart) = self.view else {
+            if !self.json_index {
+                return Ok(None);
+            }
+            let Some(etag) = yaml.etag.as_deref().map(helm::json_etag) else {
+                return Ok(None);
+            };
+            let hit = helm::INDEX_JSON_KEYS.iter().find_map(|k| beside(k, &etag));
+            return Ok(hit.map(|hit| IndexForm {
+                range: 0..hit.body_len,
+                hit,
+                meta: None,
+            }));
+        };
+        const NOT_READY: (u16, &str) = (
+            503,
+            "per-chart views of this index are not available (being prepared, or the index has no JSON form)",
+        );
+        let table = self.w.helm.views.load();
+        let (Some(table), Some(yaml_etag)) = (table.as_ref(), yaml.etag.as_deref()) else {
+            return Err(NOT_READY);
+        };
+        if table.yaml_etag != yaml_etag {
+            return Err(NOT_READY);
         }
-        let want = crate::helm::json_etag(yaml.etag.as_deref()?);
-        self.w
-            .cache
-            .lookup_beside(crate::helm::INDEX_KEY, crate::helm::INDEX_JSON_KEY)
-            .filter(|h| h.meta.etag.as_deref() == Some(want.as_str()))
+        let range = table
+            .table
+            .get(chart)
+            .ok_or((404, "not found: no such chart in the index"))?;
+        let views_etag = helm::views_etag(yaml_etag);
+        let hit = beside(helm::INDEX_VIEWS_KEYS[table.slot], &views_etag).ok_or(NOT_READY)?;
+        if range.end > hit.body_len {
+            return Err(NOT_READY);
+        }
+        let meta = ObjectMeta {
+            status: 200,
+            etag: Some(view::view_etag(&views_etag, chart, self.json_index)),
+            last_modified: yaml.last_modified.clone(),
+            content_type: Some(
+                if self.json_index {
+                    "application/json"
+                } else {
+                    "text/yaml"
+                }
+                .into(),
+            ),
+            stored_at: yaml.stored_at,
+        };
+        Ok(Some(IndexForm {
+            hit,
+            range: range.clone(),
+            meta: Some(meta),
+        }))
     }
 
     /// [`Self::serve_stored`] for exactly this stored body.
