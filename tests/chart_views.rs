@@ -51,7 +51,7 @@ fn a_view_is_its_chart_part_of_the_index_in_the_clients_form() {
     let v = p.get_with("/-/charts/app/index.yaml", &[HELM]);
     assert_eq!(v.status, 200);
     assert_eq!(v.header("content-type"), Some("application/json"));
-    assert_eq!(v.header("vary"), Some("User-Agent"));
+    assert_eq!(v.header("vary"), Some("User-Agent, Accept-Encoding"));
     let doc = json(&v.body);
     assert_eq!(doc["apiVersion"], "v1");
     assert_eq!(doc["generated"], full["generated"]);

@@ -95,7 +95,7 @@ fn helm_gets_json_others_yaml_each_with_its_etag_vary_and_304() {
     let yaml = p.get_with("/index.yaml", &[CURL]);
     assert_eq!(yaml.status, 200);
     assert_eq!(yaml.header("content-type"), Some("text/yaml"));
-    assert_eq!(yaml.header("vary"), Some("User-Agent"));
+    assert_eq!(yaml.header("vary"), Some("User-Agent, Accept-Encoding"));
     let yaml_text = yaml.text();
     assert!(yaml_text.contains("    - app-1.10.0.tgz\n") && !yaml_text.contains("s3://"));
     let yaml_etag = yaml.header("etag").unwrap().to_string();
@@ -104,7 +104,7 @@ fn helm_gets_json_others_yaml_each_with_its_etag_vary_and_304() {
     assert_eq!(js.status, 200);
     assert_eq!(js.x_cache(), "REVALIDATED");
     assert_eq!(js.header("content-type"), Some("application/json"));
-    assert_eq!(js.header("vary"), Some("User-Agent"));
+    assert_eq!(js.header("vary"), Some("User-Agent, Accept-Encoding"));
     assert_eq!(
         js.header("content-length"),
         Some(js.body.len().to_string().as_str())
@@ -133,7 +133,7 @@ fn helm_gets_json_others_yaml_each_with_its_etag_vary_and_304() {
         (r.status, r.header("etag")),
         (304, Some(json_etag.as_str()))
     );
-    assert_eq!(r.header("vary"), Some("User-Agent"));
+    assert_eq!(r.header("vary"), Some("User-Agent, Accept-Encoding"));
     let r = p.get_with("/index.yaml", &[HELM, ("If-None-Match", &yaml_etag)]);
     assert_eq!((r.status, r.body.clone()), (200, js.body.clone()));
     let r = p.get_with("/index.yaml", &[CURL, ("If-None-Match", &yaml_etag)]);
@@ -178,7 +178,7 @@ fn index_format_yaml_serves_yaml_to_helm_too() {
     let p = proxy(&s3, Some("yaml"), 2, "64MiB");
     let r = p.get_with("/index.yaml", &[HELM]);
     assert_eq!(r.header("content-type"), Some("text/yaml"));
-    assert_eq!(r.header("vary"), None);
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
     assert!(r.text().starts_with("apiVersion: v1\n"));
 }
 
@@ -197,6 +197,70 @@ fn slow_get(addr: std::net::SocketAddr, path: &str, ua: (&str, &str)) -> common:
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     common::proxy::parse_response(&raw, false).expect("a response")
+}
+
+fn gunzip(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out)
+        .expect("a gzip body");
+    out
+}
+
+#[test]
+fn gzip_forms_for_clients_that_ask_with_their_own_etags() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    let p = proxy(&s3, None, 2, "64MiB");
+    let yaml = p.get_with("/index.yaml", &[CURL]);
+    let js = p.get_with("/index.yaml", &[HELM]);
+    const GZ: (&str, &str) = ("Accept-Encoding", "gzip");
+    // The gzip forms are stored right after the index: wait until they are.
+    let mut gz = p.get_with("/index.yaml", &[CURL, GZ]);
+    for _ in 0..500 {
+        if gz.header("content-encoding").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        gz = p.get_with("/index.yaml", &[CURL, GZ]);
+    }
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(gz.header("content-type"), Some("text/yaml"));
+    assert_eq!(gz.header("vary"), Some("User-Agent, Accept-Encoding"));
+    assert_eq!(
+        gz.header("content-length"),
+        Some(gz.body.len().to_string().as_str())
+    );
+    assert_eq!(gunzip(&gz.body), yaml.body);
+    let gz_etag = gz.header("etag").unwrap().to_string();
+    assert_ne!(Some(gz_etag.as_str()), yaml.header("etag"));
+
+    let jgz = p.get_with("/index.yaml", &[HELM, GZ]);
+    assert_eq!(jgz.header("content-encoding"), Some("gzip"));
+    assert_eq!(jgz.header("content-type"), Some("application/json"));
+    assert_eq!(gunzip(&jgz.body), js.body);
+    let jgz_etag = jgz.header("etag").unwrap().to_string();
+    assert!(![
+        yaml.header("etag"),
+        js.header("etag"),
+        Some(gz_etag.as_str())
+    ]
+    .contains(&Some(jgz_etag.as_str())));
+
+    // 304 and Range per encoding; q=0 and other codings get the identity form.
+    let r = p.get_with("/index.yaml", &[CURL, GZ, ("If-None-Match", &gz_etag)]);
+    assert_eq!(
+        (r.status, r.header("content-encoding")),
+        (304, Some("gzip"))
+    );
+    let r = p.get_with("/index.yaml", &[CURL, ("If-None-Match", &gz_etag)]);
+    assert_eq!((r.status, r.body.clone()), (200, yaml.body.clone()));
+    let r = p.get_with("/index.yaml", &[CURL, GZ, ("Range", "bytes=0-1")]);
+    assert_eq!((r.status, &r.body[..]), (206, &[0x1f, 0x8b][..]));
+    for ae in ["gzip;q=0", "br", "identity"] {
+        let r = p.get_with("/index.yaml", &[CURL, ("Accept-Encoding", ae)]);
+        assert_eq!(r.header("content-encoding"), None, "{ae}");
+        assert_eq!(r.body, yaml.body, "{ae}");
+    }
 }
 
 /// A value of `chartcache_index_processing` in a metrics scrape.

@@ -355,24 +355,28 @@ impl Filler<'_> {
         // that finds the new YAML finds them too, and until then the current ones
         // keep being served with the current YAML.
         let mut table = None;
+        let slot = self
+            .helm
+            .slot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1)
+            % 2;
         if let Some(etag) = &object.etag {
-            let slot = self
-                .helm
-                .slot
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                .wrapping_add(1)
-                % 2;
             table = self
                 .store_derived(&p, etag, &object, slot, [true, true])
                 .await;
         }
         let yaml = p.yaml;
-        drop(p.json);
+        let json = p.json.ok();
         drop(p.views);
         match self.store_in_runs(key, &object, &yaml).await {
             Ok(view) => {
                 self.helm.views.store(table.map(Arc::new));
-                inflight.publish(FillState::Done { view })
+                inflight.publish(FillState::Done { view });
+                // Then the gzip forms (clients that ask get the identity form meanwhile).
+                if let Some(etag) = &object.etag {
+                    self.store_gzip(yaml, json, etag, &object, slot).await;
+                }
             }
             Err(e) => {
                 tracing::warn!(key, error = %e, "index not stored: served from memory");
@@ -582,6 +586,60 @@ impl Filler<'_> {
             slot,
             table: v.table.clone(),
         })
+    }
+
+    /// Compresses the YAML form and the JSON form (if any) of the index whose
+    /// served ETag is `yaml_etag` on the index processor, and stores them in `slot`
+    /// of [`helm::INDEX_GZIP_KEYS`].
+    async fn store_gzip(
+        &self,
+        yaml: Bytes,
+        json: Option<Bytes>,
+        yaml_etag: &str,
+        object: &ObjectMeta,
+        slot: usize,
+    ) {
+        let mut forms = vec![(0, yaml_etag.to_string(), object.content_type.clone(), yaml)];
+        if let Some(json) = json {
+            forms.push((
+                1,
+                helm::json_etag(yaml_etag),
+                Some("application/json".into()),
+                json,
+            ));
+        }
+        let bodies = forms.iter().map(|f| f.3.clone()).collect();
+        let answer = match self.helm.processor.submit_compress(bodies) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "index not compressed: served uncompressed");
+                return;
+            }
+        };
+        // The processor holds the bodies now; they are freed when it is done.
+        for f in &mut forms {
+            f.3 = Bytes::new();
+        }
+        let compressed = match monoio::time::timeout(PROCESS_DEADLINE, answer).await {
+            Ok(Ok(c)) => c,
+            _ => {
+                tracing::warn!("index compression gave no answer: served uncompressed");
+                return;
+            }
+        };
+        for ((form, etag, content_type, _), gz) in forms.into_iter().zip(compressed) {
+            let meta = ObjectMeta {
+                status: 200,
+                etag: Some(helm::gzip_etag(&etag)),
+                last_modified: object.last_modified.clone(),
+                content_type,
+                stored_at: object.stored_at,
+            };
+            let key = helm::INDEX_GZIP_KEYS[form][slot];
+            if let Err(e) = self.store_in_runs(key, &meta, &gz).await {
+                tracing::warn!(key, error = %e, "compressed index form not stored");
+            }
+        }
     }
 
     /// Stores a body that is in memory as one record, appended in runs of

@@ -18,6 +18,8 @@ const ETAG_MARK: &str = "-cc";
 const JSON_MARK: &str = "-json1";
 /// Suffix of the views record's ETag (versioned like [`JSON_MARK`]).
 const VIEWS_MARK: &str = "-views1";
+/// Suffix of a gzip-compressed form's ETag (after its form's own).
+const GZIP_MARK: &str = "-gz";
 
 /// The ETag served for a rewritten index: upstream's plus a checksum of the
 /// served bytes, so it changes whenever they do.
@@ -61,6 +63,11 @@ pub fn views_etag(yaml: &str) -> String {
     derived_etag(yaml, VIEWS_MARK)
 }
 
+/// The ETag of the gzip-compressed form of a form whose ETag is `form`.
+pub fn gzip_etag(form: &str) -> String {
+    derived_etag(form, GZIP_MARK)
+}
+
 fn derived_etag(yaml: &str, mark: &str) -> String {
     let (weak, inner) = match yaml.strip_prefix("W/") {
         Some(rest) => ("W/", rest),
@@ -92,5 +99,6 @@ mod tests {
         assert_eq!(json_etag("W/\"abc\""), "W/\"abc-json1\"");
         // Revalidation always uses the YAML form's ETag, never this one.
         assert_ne!(json_etag("\"abc\""), "\"abc\"");
+        assert_eq!(gzip_etag(&json_etag("\"abc\"")), "\"abc-json1-gz\"");
     }
 }

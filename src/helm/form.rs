@@ -5,7 +5,8 @@
 //! Helm says who it is in `User-Agent: Helm/<version>`; everything else (older
 //! Helm, curl, other tools) gets the YAML, which every client reads. With
 //! [`IndexFormat::Auto`] the answer depends on `User-Agent`, so index responses
-//! carry `Vary: User-Agent` ([`vary`]).
+//! carry `Vary: User-Agent` ([`vary`]), and on `Accept-Encoding` (a client that
+//! accepts gzip gets the full index's gzip form, once it is stored).
 
 use crate::config::IndexFormat;
 
@@ -18,9 +19,13 @@ pub fn wants_json(format: IndexFormat, user_agent: Option<&str>) -> bool {
     }
 }
 
-/// The `Vary` header value of index responses under `format`.
-pub fn vary(format: IndexFormat) -> Option<&'static str> {
-    (format == IndexFormat::Auto).then_some("User-Agent")
+/// The `Vary` header value of index responses under `format` (the gzip form is
+/// chosen by `Accept-Encoding`).
+pub fn vary(format: IndexFormat) -> &'static str {
+    match format {
+        IndexFormat::Auto => "User-Agent, Accept-Encoding",
+        IndexFormat::Yaml | IndexFormat::Json => "Accept-Encoding",
+    }
 }
 
 /// `Helm/3.13…` and later, `Helm/4…`, with or without a `v` before the version.
@@ -63,7 +68,7 @@ mod tests {
         assert!(!wants_json(IndexFormat::Auto, None));
         assert!(wants_json(IndexFormat::Json, Some("curl/8")));
         assert!(!wants_json(IndexFormat::Yaml, Some("Helm/4.3")));
-        assert_eq!(vary(IndexFormat::Auto), Some("User-Agent"));
-        assert_eq!(vary(IndexFormat::Yaml), None);
+        assert_eq!(vary(IndexFormat::Auto), "User-Agent, Accept-Encoding");
+        assert_eq!(vary(IndexFormat::Yaml), "Accept-Encoding");
     }
 }

@@ -60,7 +60,7 @@ pub mod synthetic;
 pub mod view;
 pub mod walk;
 
-pub use etag::{json_etag, served_etag, upstream_etag, views_etag};
+pub use etag::{gzip_etag, json_etag, served_etag, upstream_etag, views_etag};
 pub use process::{IndexProcessor, ProcessedIndex};
 pub use rewrite::rewrite_s3_urls;
 
@@ -75,6 +75,13 @@ pub const INDEX_KEY: &str = "/index.yaml";
 /// served with the previous YAML, until the new YAML is committed. Which slot holds
 /// the form of a given YAML version is told by the ETags ([`etag`]).
 pub const INDEX_JSON_KEYS: [&str; 2] = ["/index.yaml\u{1}json0", "/index.yaml\u{1}json1"];
+
+/// The cache keys of the gzip-compressed YAML (`[0]`) and JSON (`[1]`) forms, in
+/// two slots each like [`INDEX_JSON_KEYS`].
+pub const INDEX_GZIP_KEYS: [[&str; 2]; 2] = [
+    ["/index.yaml\u{1}yaml.gz0", "/index.yaml\u{1}yaml.gz1"],
+    ["/index.yaml\u{1}json.gz0", "/index.yaml\u{1}json.gz1"],
+];
 
 /// The cache keys of the index's per-chart views (see [`view`]), in two slots like
 /// [`INDEX_JSON_KEYS`].

@@ -21,7 +21,11 @@
 //!    For `/index.yaml`, a client that decodes JSON natively (Helm ≥ 3.13, see
 //!    [`crate::helm::form`]) is served the index's stored JSON form instead of the
 //!    YAML it belongs to (found by its ETag; a missing one means the YAML), with its
-//!    own ETag, 304s and ranges, and `Vary: User-Agent` on both forms.
+//!    own ETag, 304s and ranges, and `Vary: User-Agent, Accept-Encoding` on both
+//!    forms; a client that accepts gzip gets the form's stored gzip version
+//!    (`Content-Encoding: gzip`, its own ETag). `/-/charts/NAME/index.yaml` serves a
+//!    chart's view of the index the same way ([`crate::helm::view`]), and
+//!    `/-/charts/NAME/FILE` the repository object `/FILE`.
 //! 4. **Bypass**: stream upstream's answer through, nothing stored (`BYPASS`).
 //!    Only 200, 304 (to the client's own conditional) and 404 pass; anything
 //!    else is a 502, logged with the key and upstream's status. A body of
@@ -117,6 +121,8 @@ struct IndexForm {
     range: std::ops::Range<usize>,
     /// Its own metadata (a view's), else `hit`'s.
     meta: Option<ObjectMeta>,
+    /// The body is gzip-compressed (`Content-Encoding: gzip`).
+    gzip: bool,
 }
 
 /// Handles one parsed request. Returns whether the connection may be reused.
@@ -140,7 +146,7 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
     if object == helm::INDEX_KEY {
         let format = w.cfg.repo.index_format;
         x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
-        x.vary = helm::form::vary(format);
+        x.vary = Some(helm::form::vary(format));
     }
     let result = match (&key, req.method) {
         (_, Method::Other) => x.method_not_allowed().await,
@@ -209,6 +215,8 @@ struct Exchange<'a> {
     json_index: bool,
     /// `Vary` of this object's responses (the index's form depends on a header).
     vary: Option<&'static str>,
+    /// `Content-Encoding` of the body being served (a stored gzip form).
+    content_encoding: Option<&'static str>,
 }
 
 impl<'a> Exchange<'a> {
@@ -230,6 +238,7 @@ impl<'a> Exchange<'a> {
             view: None,
             json_index: false,
             vary: None,
+            content_encoding: None,
         }
     }
 
@@ -371,8 +380,10 @@ impl<'a> Exchange<'a> {
     /// Streams a fill (in progress or done) to this client from the segment mmap
     /// (pinned by the view).
     async fn stream_fill(&mut self, view: BodyView, mut fill: FillWait) -> std::io::Result<()> {
-        // An index fill publishes only once every form is committed.
-        if self.key == helm::INDEX_KEY && (self.view.is_some() || self.json_index) {
+        // An index fill publishes once every form but the gzip ones is committed.
+        if self.key == helm::INDEX_KEY
+            && (self.view.is_some() || self.json_index || self.req.accepts_gzip)
+        {
             return match self.serve_stored(&Stored::from(&view)).await? {
                 true => Ok(()),
                 false => self.refetch().await,
@@ -450,7 +461,10 @@ impl<'a> Exchange<'a> {
                     body_len: form.range.len() as u64,
                     meta,
                 };
-                if self.serve_stored_form(&derived).await? {
+                self.content_encoding = form.gzip.then_some("gzip");
+                let served = self.serve_stored_form(&derived).await;
+                self.content_encoding = None;
+                if served? {
                     return Ok(true);
                 }
                 // Evicted in between: the YAML form serves every client of the
@@ -481,17 +495,41 @@ impl<'a> Exchange<'a> {
                 .filter(|h| h.meta.etag.as_deref() == Some(etag))
         };
         let Some(chart) = self.view else {
-            if !self.json_index {
-                return Ok(None);
-            }
-            let Some(etag) = yaml.etag.as_deref().map(helm::json_etag) else {
+            let Some(yaml_etag) = yaml.etag.as_deref() else {
                 return Ok(None);
             };
-            let hit = helm::INDEX_JSON_KEYS.iter().find_map(|k| beside(k, &etag));
-            return Ok(hit.map(|hit| IndexForm {
+            // The client's form (JSON if it gets it and it is stored), then its gzip form.
+            let json_etag = helm::json_etag(yaml_etag);
+            let json = self
+                .json_index
+                .then(|| {
+                    helm::INDEX_JSON_KEYS
+                        .iter()
+                        .find_map(|k| beside(k, &json_etag))
+                })
+                .flatten();
+            let form_etag = if json.is_some() {
+                &json_etag
+            } else {
+                yaml_etag
+            };
+            if self.req.accepts_gzip {
+                let keys = &helm::INDEX_GZIP_KEYS[usize::from(json.is_some())];
+                let gz_etag = helm::gzip_etag(form_etag);
+                if let Some(hit) = keys.iter().find_map(|k| beside(k, &gz_etag)) {
+                    return Ok(Some(IndexForm {
+                        range: 0..hit.body_len,
+                        hit,
+                        meta: None,
+                        gzip: true,
+                    }));
+                }
+            }
+            return Ok(json.map(|hit| IndexForm {
                 range: 0..hit.body_len,
                 hit,
                 meta: None,
+                gzip: false,
             }));
         };
         const NOT_READY: (u16, &str) = (
@@ -532,6 +570,7 @@ impl<'a> Exchange<'a> {
             hit,
             range: range.clone(),
             meta: Some(meta),
+            gzip: false,
         }))
     }
 
@@ -756,6 +795,9 @@ impl<'a> Exchange<'a> {
         }
         if let Some(vary) = self.vary.filter(|_| !overridden("vary")) {
             extra.push(("Vary", vary));
+        }
+        if let Some(coding) = self.content_encoding {
+            extra.push(("Content-Encoding", coding));
         }
         let ct = content_type(self.key, meta.content_type.as_deref());
         let mut head = std::mem::take(&mut self.conn.head_buf);
