@@ -6,7 +6,9 @@
 //! - `helm_index/extract_and_json`: the same pass also writing the JSON form
 //!   (what a republish costs).
 //! - `helm_index/rewrite`: helm-s3 `s3://` URL rewriting of every version.
-//! - `helm_index/process`: the whole pipeline (rewrite, then extract + JSON).
+//! - `helm_index/process`: the whole pipeline (rewrite, then extract + JSON +
+//!   per-chart views).
+//! - `helm_index/gzip_json`: compressing the JSON form (done after it is served).
 
 use bytes::Bytes;
 use chartcache::helm::index::Extractor;
@@ -54,6 +56,20 @@ fn bench(c: &mut Criterion) {
             assert!(p.summary.is_ok() && p.json.is_ok());
             p
         })
+    });
+    let json = process(
+        Bytes::from(relative.clone()),
+        None,
+        Job {
+            rewrite: false,
+            json: true,
+        },
+    )
+    .json
+    .unwrap();
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    g.bench_function("gzip_json", |b| {
+        b.iter(|| chartcache::helm::process::gzip(&json))
     });
     g.finish();
 }

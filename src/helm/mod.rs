@@ -26,13 +26,17 @@
 //! The index is parsed with `saphyr-parser` (0.3, maintained, YAML 1.2 conformant
 //! event parser; plain scalars borrowed from the input) — no document tree — in
 //! place of `serde_yaml` 0.9 (deprecated, unmaintained). On a generated
-//! 15,000-version index of 14.3 MB (`benches/helm_index.rs`, this machine kind,
-//! 2 cores): digests + JSON form in one pass **~115 ms**, digests alone ~100 ms,
-//! against **~230 ms** for `serde_yaml` deserializing the same digests (and the
-//! JSON form needing a second parse). A purpose-built line scanner would be faster
-//! still, but would need a conformant fallback for every YAML form; off the worker
-//! threads, one conformant parser is the simpler trade.
-//!
+//! 15,000-version index of 14.1 MB ([`synthetic`], `benches/helm_index.rs`, this
+//! machine kind, 2 shared cores, same hour): digests alone **203 ms**, digests and
+//! the JSON form in the same pass **245 ms**, the whole pipeline (s3:// rewrite 36 ms,
+//! digests, JSON form, per-chart views) **283 ms** — against **272 ms** for
+//! `serde_yaml` deserializing the digests alone (and ~380 ms for a `serde_yaml::Value`
+//! tree, which a JSON form would need). ~60 % of the pass is saphyr's scanner; a
+//! purpose-built scanner for go-yaml's block style could be several times faster,
+//! but would need a conformant fallback for every other YAML form — off the worker
+//! threads, one conformant parser was the simpler trade. gzip of the JSON form
+//! (level 6): 129 ms, after the version is already served.
+
 //! # Layout
 //! - [`process`]: the processing thread and the pipeline it runs.
 //! - [`walk`]: one pass over the first document as events, aliases expanded.
