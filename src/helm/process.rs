@@ -99,11 +99,14 @@ pub fn gzip(body: &[u8]) -> Bytes {
 /// extracts the digests and writes the JSON form.
 pub fn process(raw: Bytes, rewrite_from: Option<&str>, job: Job) -> ProcessedIndex {
     let started = Instant::now();
-    let (yaml, rewritten) = match rewrite_from.filter(|_| job.rewrite) {
-        Some(from) => match rewrite_s3_urls(&raw, from) {
-            Some(out) => (Bytes::from(out), true),
-            None => (raw, false),
-        },
+    let out = rewrite_from
+        .filter(|_| job.rewrite)
+        .and_then(|from| rewrite_s3_urls(&raw, from));
+    let (yaml, rewritten) = match out {
+        Some(out) => {
+            drop(raw); // the upstream copy is not needed once rewritten
+            (Bytes::from(out), true)
+        }
         None => (raw, false),
     };
     let yaml_crc = if rewritten { crc32fast::hash(&yaml) } else { 0 };
