@@ -373,3 +373,80 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzzed {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text made of the characters that matter to YAML (indicators, quotes,
+    /// indentation, scalars that type as numbers or booleans).
+    fn yamlish() -> impl Strategy<Value = String> {
+        let atoms = prop::sample::select(vec![
+            "a",
+            "b:",
+            ": ",
+            "- ",
+            "\n",
+            "  ",
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            "'",
+            "\"",
+            "#",
+            "&x ",
+            "*x",
+            "!t ",
+            "|\n",
+            ">-\n",
+            "? ",
+            "1.10",
+            "yes",
+            "~",
+            "0x1F",
+            ".nan",
+            "<<: ",
+            "entries:\n",
+            "  c:\n  - ",
+            "digest: ",
+            "urls: [",
+            "s3://b/p/u.tgz",
+            "\t",
+            "\\",
+            "é",
+            "---\n",
+            "...\n",
+            "%YAML 1.2\n",
+        ]);
+        prop::collection::vec(atoms, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Any input is answered, never a panic; whatever JSON is written is JSON,
+        /// and so is every per-chart view.
+        #[test]
+        fn any_input_gives_valid_json_or_none(text in yamlish()) {
+            // The rewrite keeps YAML that parses parseable (the fuzz target's check).
+            if super::super::yaml_parses(text.as_bytes()) {
+                if let Some(out) = rewrite_s3_urls(text.as_bytes(), "s3://b/p/") {
+                    prop_assert!(super::super::yaml_parses(&out), "{text:?}");
+                }
+            }
+            let job = Job { rewrite: true, json: true };
+            let p = process(Bytes::from(text), Some("s3://b/p/"), job);
+            if let Ok(json) = &p.json {
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(json).is_ok(),
+                    "{:?}", String::from_utf8_lossy(json));
+            }
+            if let Some(v) = &p.views {
+                for range in v.table.values() {
+                    prop_assert!(serde_json::from_slice::<serde_json::Value>(&v.body[range.clone()]).is_ok());
+                }
+            }
+        }
+    }
+}
