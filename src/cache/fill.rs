@@ -326,7 +326,7 @@ impl Filler<'_> {
             rewrite: true,
             json: true,
         };
-        let p = match self
+        let mut p = match self
             .process_index(Some(inflight), Input::Bytes(raw), job)
             .await
         {
@@ -350,7 +350,7 @@ impl Filler<'_> {
             ));
         }
         *self.helm.learned.lock().unwrap_or_else(|e| e.into_inner()) = object.etag.clone();
-        self.apply_digests(key, &p);
+        self.apply_digests(key, &mut p);
         // The derived forms first, in the slot the current ones are not in: a request
         // that finds the new YAML finds them too, and until then the current ones
         // keep being served with the current YAML.
@@ -368,7 +368,8 @@ impl Filler<'_> {
         }
         let yaml = p.yaml;
         let json = p.json.ok();
-        drop(p.views);
+        // Freeing tens of MB is not this worker's job either.
+        self.helm.processor.dispose((p.views, p.summary));
         match self.store_in_runs(key, &object, &yaml).await {
             Ok(view) => {
                 self.helm.views.store(table.map(Arc::new));
@@ -426,7 +427,7 @@ impl Filler<'_> {
             rewrite: false,
             json: true,
         };
-        let p = match self.process_index(Some(inflight), load, job).await {
+        let mut p = match self.process_index(Some(inflight), load, job).await {
             Ok(p) => p,
             Err(message) => {
                 tracing::warn!(%message, "stored index not processed: chart digests not checked");
@@ -445,7 +446,7 @@ impl Filler<'_> {
             }
             learned.clone_from(&etag);
         }
-        self.apply_digests(helm::INDEX_KEY, &p);
+        self.apply_digests(helm::INDEX_KEY, &mut p);
         if let Some(etag) = &etag {
             let json = self.stored_slot(&helm::INDEX_JSON_KEYS, &helm::json_etag(etag));
             let views = self.stored_slot(&helm::INDEX_VIEWS_KEYS, &helm::views_etag(etag));
@@ -456,6 +457,7 @@ impl Filler<'_> {
                 .await;
             self.helm.views.store(table.map(Arc::new));
         }
+        self.helm.processor.dispose(p);
     }
 
     /// Hands `input` to the index processor and waits for its answer, telling
@@ -500,16 +502,18 @@ impl Filler<'_> {
 
     /// Installs the digests of a processed index (the old table is freed on the
     /// processor thread).
-    fn apply_digests(&self, key: &str, p: &ProcessedIndex) {
-        match &p.summary {
+    fn apply_digests(&self, key: &str, p: &mut ProcessedIndex) {
+        match &mut p.summary {
             Ok(summary) => {
-                let old = self.helm.digests.replace(Arc::new(summary.digests.clone()));
+                let digests = std::mem::take(&mut summary.digests);
+                let count = digests.len();
+                let old = self.helm.digests.replace(Arc::new(digests));
                 self.helm.processor.dispose(old);
                 tracing::info!(
                     key,
                     charts = summary.charts,
                     versions = summary.versions,
-                    digests = summary.digests.len(),
+                    digests = count,
                     took = ?p.took,
                     json = p.json.is_ok(),
                     "index processed"
@@ -730,6 +734,7 @@ async fn read_index(
     }
     let mut buf = BytesMut::with_capacity(declared_len.unwrap_or(0) as usize);
     let mut last_news = Instant::now();
+    let mut since_yield = 0;
     loop {
         match body.next_chunk().await {
             Ok(Some(chunk)) => {
@@ -738,6 +743,13 @@ async fn read_index(
                     return None;
                 }
                 buf.extend_from_slice(&chunk);
+                // A body that is always ready (a local file, a fast peer) would
+                // otherwise be read whole without letting the worker serve anyone.
+                since_yield += chunk.len();
+                if since_yield >= INDEX_WRITE_RUN {
+                    since_yield = 0;
+                    yield_now().await;
+                }
                 if last_news.elapsed() >= NEWS_EVERY {
                     last_news = Instant::now();
                     inflight.heartbeat();
