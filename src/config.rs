@@ -301,6 +301,13 @@ section! {
         #[arg(skip)]
         verify_digests: Option<bool> = Some(true),
 
+        /// How /index.yaml is served: auto (compact JSON to Helm >= 3.13 and Helm 4, which
+        /// decode it natively and much faster; YAML to every other client, with
+        /// Vary: User-Agent), yaml (always YAML) or json (always JSON where the index has a
+        /// JSON form) [default: auto].
+        #[arg(long, env = "CHARTCACHE_INDEX_FORMAT", value_name = "FORMAT")]
+        index_format: Option<String> = Some("auto".into()),
+
         /// Route rules, file only (`[[rules]]`); none: [`Policy::envoy_default`].
         #[arg(skip)]
         rules: Option<Vec<RuleConfig>>,
@@ -472,6 +479,15 @@ impl std::fmt::Debug for AdminConfig {
     }
 }
 
+/// Which form of the index clients get (see `helm::form`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexFormat {
+    /// JSON to clients known to decode it natively (Helm >= 3.13), YAML to the rest.
+    Auto,
+    Yaml,
+    Json,
+}
+
 /// One served repository (today the only one, at `/`).
 #[derive(Debug, Clone)]
 pub struct RepoConfig {
@@ -481,6 +497,7 @@ pub struct RepoConfig {
     pub rewrite_s3_urls: bool,
     /// Check filled charts against the index's sha256 digests.
     pub verify_digests: bool,
+    pub index_format: IndexFormat,
 }
 
 /// The validated configuration.
@@ -863,6 +880,12 @@ impl RepoArgs {
         };
         let rewrite_s3_urls = switch(self.no_rewrite_s3_urls, self.rewrite_s3_urls);
         let verify_digests = switch(self.no_verify_digests, self.verify_digests);
+        let index_format = p.parse("index_format", self.index_format, |s| match s.as_str() {
+            "auto" => Ok(IndexFormat::Auto),
+            "yaml" => Ok(IndexFormat::Yaml),
+            "json" => Ok(IndexFormat::Json),
+            other => Err(format!("{other:?} is not one of auto, yaml, json")),
+        });
         p.finish(|| {
             Some(RepoConfig {
                 origin: OriginConfig {
@@ -881,6 +904,7 @@ impl RepoArgs {
                 policy,
                 rewrite_s3_urls,
                 verify_digests,
+                index_format: index_format?,
             })
         })
     }
@@ -1271,6 +1295,7 @@ mod tests {
             ("upstream_timeout", ["1s", "2s", "3s"]),
             ("retries", ["3", "4", "5"]),
             ("region", ["xx-test-1", "xx-test-2", "xx-test-3"]),
+            ("index_format", ["yaml", "json", "yaml"]),
         ];
         for (key, [in_file, in_env, in_flag]) in cases {
             let env = &format!("CHARTCACHE_{}", key.to_uppercase());

@@ -38,6 +38,8 @@ pub const CACHE_SPOOLED: &str = "chartcache_cache_spooled";
 pub const CACHE_SPOOL_BYTES: &str = "chartcache_cache_spool_bytes";
 pub const SEND_TIMEOUTS: &str = "chartcache_client_send_timeouts";
 pub const ACCEPT_ERRORS: &str = "chartcache_accept_errors";
+pub const INDEX_PROCESSED: &str = "chartcache_index_versions_processed";
+pub const INDEX_PROCESSING: &str = "chartcache_index_processing";
 
 /// How a response was produced (the `X-Cache` value, and a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,10 @@ pub struct WorkerMetrics {
     pub access_log_dropped: AtomicU64,
     pub send_timeouts: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Index versions the index processor answered for this (owner) worker.
+    pub index_processed: AtomicU64,
+    /// Index bodies handed to the index processor and not answered yet.
+    pub index_processing: AtomicU64,
     /// Gauges published by the shard owner.
     pub cache_bytes: AtomicU64,
     pub cache_objects: AtomicU64,
@@ -309,7 +315,12 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let counters: [Described; 18] = [
+        let counters: [Described; 19] = [
+            (
+                INDEX_PROCESSED,
+                "index.yaml versions processed off the workers (URLs rewritten, digests and the JSON form derived)",
+                |w| &w.index_processed,
+            ),
             (
                 UPSTREAM_UNSOLICITED,
                 "Upstream connections closed because upstream sent bytes outside a response (beyond a body's framing, or on an idle keep-alive connection)",
@@ -404,7 +415,12 @@ impl Collector for Metrics {
             enc.encode_descriptor(name, help, None, MetricType::Counter)?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
-        let gauges: [Described; 5] = [
+        let gauges: [Described; 6] = [
+            (
+                INDEX_PROCESSING,
+                "index.yaml bodies being processed on the index thread right now (hits keep being served meanwhile)",
+                |w| &w.index_processing,
+            ),
             (
                 CACHE_BYTES,
                 "Bytes on disk used by the cache (segment files at full size, checkpoints, evicted segments still being sent)",

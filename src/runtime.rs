@@ -192,7 +192,13 @@ pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Ser
             what: "cannot start the access-log thread",
             source,
         })?;
-    let helm = Arc::new(crate::helm::HelmRepo::for_repo(&cfg.repo));
+    let helm = Arc::new(
+        crate::helm::HelmRepo::for_repo(&cfg.repo).map_err(|source| Error::Worker {
+            worker: 0,
+            what: "cannot start the index-processing thread",
+            source,
+        })?,
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -571,7 +577,7 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
         FillContext {
             origin: origin.clone(),
             metrics: ctx.metrics.worker(ctx.id),
-            helm: ctx.helm,
+            helm: ctx.helm.clone(),
             verify_digests: ctx.cfg.repo.verify_digests,
         },
     );
@@ -583,6 +589,7 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
         cache: ctx.cache,
         owner,
         metrics: ctx.metrics.worker(ctx.id),
+        helm: ctx.helm,
         access_log: AccessLog::new(
             ctx.log_sink,
             ctx.cfg.log_format,

@@ -1,11 +1,12 @@
 //! A real Helm v4 client (helm-sdkpy, installed by `.ci/install-helm.sh`)
 //! against chartcache in front of a SigV4-verifying S3 holding the example
-//! repo: `helm repo add`, `helm repo update`, and a chart download.
+//! repo: `helm repo add`, `helm repo update`, and a chart download — through the
+//! index's JSON form (what Helm 4 gets by default) and its YAML form.
 //!
 //! Its own harness (`harness = false`, [`common::harness`]) so that a test
 //! that cannot run is never counted as passed: `tests/helm/helm_check.py
 //! --probe` asks once whether the client is usable; if not, the tests are
-//! reported *ignored* (cargo's summary says `2 ignored`; the reason goes to
+//! reported *ignored* (cargo's summary says `5 ignored`; the reason goes to
 //! stderr) — except under `CI`, where they fail, because `.ci/run` installs
 //! the client. The interpreter is `$CHARTCACHE_HELM_PYTHON` (default
 //! `python3`), the one `.ci/install-helm.sh` installs into (its `$PYTHON`).
@@ -28,15 +29,26 @@ fn main() {
         "the Helm client (helm-sdkpy)",
         helm_client_missing,
         vec![
+            // Helm 4 sends `User-Agent: Helm/4.x`, so by default it reads the
+            // index's JSON form.
             ("helm_repo_add_update_and_pull_through_chartcache", || {
-                helm_through_chartcache(false)
+                helm_through_chartcache(false, None)
+            }),
+            // The same with the form fixed, so the client is seen to read each.
+            ("helm_reads_the_json_index_form", || {
+                helm_through_chartcache(true, Some("json"))
+            }),
+            ("helm_reads_the_yaml_index_form", || {
+                helm_through_chartcache(true, Some("yaml"))
             }),
             // A repository published by helm-s3 without `--relative`: its index
             // names charts by `s3://` URLs, which plain Helm over HTTP cannot
             // fetch unless chartcache rewrites them.
             ("helm_works_with_a_helm_s3_index_of_s3_urls", || {
-                helm_through_chartcache(true)
+                helm_through_chartcache(true, None)
             }),
+            // `helm repo add one http://HOST/-/charts/hello`: a repository of one chart.
+            ("helm_through_a_chart_view", helm_through_a_chart_view),
         ],
     );
 }
@@ -72,7 +84,7 @@ fn helm_client_missing() -> Option<String> {
     }
 }
 
-fn helm_through_chartcache(s3_urls: bool) -> Result<(), Failed> {
+fn helm_through_chartcache(s3_urls: bool, index_format: Option<&str>) -> Result<(), Failed> {
     let s3 = spawn_s3(AK, SK);
     for entry in std::fs::read_dir(examples_repo()).unwrap() {
         let path = entry.unwrap().path();
@@ -89,7 +101,16 @@ fn helm_through_chartcache(s3_urls: bool) -> Result<(), Failed> {
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli("s3://helm-charts/stable", &tmp.path().join("cache"));
     cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    cli.repo.index_format = index_format.map(str::to_string);
     let p = Proxy::start_in(cli, Some(tmp));
+    // The form this client is served.
+    let served = p.get_with("/index.yaml", &[("User-Agent", "Helm/4.3")]);
+    let want = if index_format == Some("yaml") {
+        "text/yaml"
+    } else {
+        "application/json"
+    };
+    assert_eq!(served.header("content-type"), Some(want));
     let url = format!("http://{}", p.addr);
     let py = python();
     let out = Command::new(&py)
@@ -107,5 +128,33 @@ fn helm_through_chartcache(s3_urls: bool) -> Result<(), Failed> {
     // Helm fetched the index and the chart through chartcache, signed.
     assert!(s3.get_count("/helm-charts/stable/index.yaml") >= 1);
     assert_eq!(s3.get_count("/helm-charts/stable/hello-0.2.0.tgz"), 1);
+    Ok(())
+}
+
+fn helm_through_a_chart_view() -> Result<(), Failed> {
+    let s3 = spawn_s3(AK, SK);
+    for entry in std::fs::read_dir(examples_repo()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        s3.put_object("helm-charts", &name, &std::fs::read(&path).unwrap());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cli = test_cli("s3://helm-charts", &tmp.path().join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    let p = Proxy::start_in(cli, Some(tmp));
+    let url = format!("http://{}/-/charts/hello", p.addr);
+    let py = python();
+    let out = Command::new(&py)
+        .arg(helm_check_script())
+        .args([url.as_str(), "hello", "0.2.0", "--timeout", "120"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", py.to_string_lossy()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "helm failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("\"version\": \"0.2.0\""), "{stdout}");
+    // The chart Helm fetched under the view is the repository's object.
+    assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "HIT");
+    assert_eq!(s3.get_count("/helm-charts/hello-0.2.0.tgz"), 1);
     Ok(())
 }

@@ -7,6 +7,14 @@
 //! declared `Content-Length`, otherwise the record is aborted (never indexed)
 //! and waiters that were streaming it see `Failed` and close their
 //! connections.
+//!
+//! The repository index is the exception to streaming: it is buffered whole
+//! (bounded), handed to the index processor thread ([`crate::helm::process`]) —
+//! nothing is parsed, rewritten or converted on this worker — and its two forms
+//! (YAML, and the JSON form and per-chart views under [`helm::INDEX_JSON_KEYS`] /
+//! [`helm::INDEX_VIEWS_KEYS`] on this same shard) are appended in bounded runs with
+//! a yield after each, derived forms first, then published.
+//! Until then the stored index keeps being served.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -19,8 +27,9 @@ use super::coalesce::{BodyView, FillError, FillGuard, FillState, Inflight, Infli
 use super::error::Error;
 use super::format::{unix_now, ObjectMeta};
 use super::negative::NegativeCache;
-use super::store::{GrowingSpool, Segment, ShardStore};
-use crate::helm::{self, HelmRepo};
+use super::store::{GrowingSpool, Hit, Segment, ShardStore};
+use crate::helm::process::{self, Input};
+use crate::helm::{self, HelmRepo, ProcessedIndex};
 use crate::metrics::WorkerMetrics;
 use crate::origin::{self, Origin, OriginRequest};
 
@@ -41,6 +50,12 @@ const NEWS_EVERY: Duration = Duration::from_millis(500);
 const MAX_UNSIZED_BODY: usize = 8 << 20;
 /// The largest `index.yaml` chartcache rewrites and stores.
 const MAX_INDEX: usize = 64 << 20;
+/// An index (and its JSON form) goes to the segment in writes of this size, with
+/// a yield after each: one run is a fraction of a millisecond of `pwrite` + CRC.
+const INDEX_WRITE_RUN: usize = 1 << 20;
+/// The index processor's answer is awaited this long at most (it needs well under
+/// a second for a 64 MiB index; longer means it is stuck).
+const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A shard owner's filling context.
 pub struct Filler<'a> {
@@ -101,11 +116,10 @@ impl Filler<'_> {
                     .flatten();
                 match hit {
                     Some(hit) => {
-                        if key == helm::INDEX_KEY && self.helm.digests.is_empty() && hit.verify() {
-                            // After a restart: learn the digests from the stored index.
-                            if let Ok(index) = hit.read_body() {
-                                self.helm.digests.update_from_index(&index);
-                            }
+                        if key == helm::INDEX_KEY {
+                            // After a restart: learn from the stored index (digests,
+                            // views) before answering, once per process.
+                            self.learn_stored_index(&inflight, hit.clone()).await;
                         }
                         inflight.publish(FillState::NotModified(hit));
                     }
@@ -123,7 +137,7 @@ impl Filler<'_> {
                 };
                 if key == helm::INDEX_KEY {
                     return self
-                        .fill_index(&inflight, &key, object, body.as_mut())
+                        .fill_index(&inflight, &key, object, meta.content_length, body.as_mut())
                         .await;
                 }
                 match meta.content_length {
@@ -234,6 +248,9 @@ impl Filler<'_> {
                         // the waiters only need to know bytes are arriving.
                         inflight.heartbeat();
                     }
+                    // An always-ready body (a local file, a fast peer) must not hold
+                    // the worker for the whole object.
+                    yield_now().await;
                 }
                 Ok(None) if written == len => break None,
                 Ok(None) => break Some(format!("upstream body ended at {written} of {len} bytes")),
@@ -291,6 +308,7 @@ impl Filler<'_> {
         let mut spool: Option<GrowingSpool> = None;
         let mut hasher = self.expected_digest(key).map(|d| (d, Sha256::new()));
         let mut last_news = Instant::now();
+        let mut since_yield = 0;
         let not_shared = |e: Error| {
             self.metrics
                 .fill_skipped
@@ -321,6 +339,13 @@ impl Filler<'_> {
                     };
                     if let Err(e) = spooled {
                         return not_shared(e);
+                    }
+                    // A body that is always ready (a local file, a fast peer) would
+                    // otherwise be read whole without letting the worker serve anyone.
+                    since_yield += chunk.len();
+                    if since_yield >= WRITE_RUN {
+                        since_yield = 0;
+                        yield_now().await;
                     }
                     if last_news.elapsed() >= NEWS_EVERY {
                         last_news = Instant::now();
@@ -448,31 +473,375 @@ impl Filler<'_> {
         Ok(view)
     }
 
-    /// The repository index: buffered whole, helm-s3 URLs rewritten, stored,
-    /// and its digests learned.
+    /// The repository index: buffered whole, then handed to the index processor
+    /// (off this worker: URLs rewritten, digests and the JSON form derived), then
+    /// both forms stored in bounded runs. The stored index keeps being served until
+    /// the new one is committed.
     async fn fill_index(
         &self,
         inflight: &Inflight,
         key: &str,
         mut object: ObjectMeta,
+        declared_len: Option<u64>,
         body: &mut dyn origin::BodyStream,
     ) {
-        let Some(mut served) = read_capped(inflight, body, MAX_INDEX).await else {
+        let Some(raw) = read_index(inflight, body, declared_len).await else {
             return;
         };
-        if let Some(from) = &self.helm.rewrite_from {
-            if let Some(rewritten) = helm::rewrite_s3_urls(&served, from) {
-                object.etag = Some(helm::served_etag(object.etag.as_deref(), &rewritten));
-                served = Bytes::from(rewritten);
+        let job = process::Job {
+            rewrite: true,
+            json: true,
+        };
+        let mut p = match self
+            .process_index(Some(inflight), Input::Bytes(raw), job)
+            .await
+        {
+            Ok(p) => p,
+            Err(message) => {
+                tracing::warn!(key, %message, "index not processed: the stored copy stays");
+                inflight.publish(FillState::Failed {
+                    error: FillError {
+                        status: 503,
+                        message: message.to_string(),
+                        upstream_status: None,
+                    },
+                });
+                return;
+            }
+        };
+        if p.rewritten {
+            object.etag = Some(helm::etag::served_etag_crc(
+                object.etag.as_deref(),
+                p.yaml_crc,
+            ));
+        }
+        *self.helm.learned.lock().unwrap_or_else(|e| e.into_inner()) = object.etag.clone();
+        self.apply_digests(key, &mut p);
+        // The derived forms first, in the slot the current ones are not in: a request
+        // that finds the new YAML finds them too, and until then the current ones
+        // keep being served with the current YAML.
+        let mut table = None;
+        let slot = self
+            .helm
+            .slot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1)
+            % 2;
+        if let Some(etag) = &object.etag {
+            table = self
+                .store_derived(&p, etag, &object, slot, [true, true])
+                .await;
+        }
+        let yaml = p.yaml;
+        let json = p.json.ok();
+        // Freeing tens of MB is not this worker's job either.
+        self.helm.processor.dispose((p.views, p.summary));
+        match self.store_in_runs(key, &object, &yaml).await {
+            Ok(view) => {
+                self.helm.views.store(table.map(Arc::new));
+                inflight.publish(FillState::Done { view });
+                // Then the gzip forms (clients that ask get the identity form meanwhile).
+                if let Some(etag) = &object.etag {
+                    self.store_gzip(yaml, json, etag, &object, slot).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "index not stored: served from memory");
+                let meta = origin::ResponseMeta {
+                    status: 200,
+                    etag: object.etag,
+                    last_modified: object.last_modified,
+                    content_type: object.content_type,
+                    content_length: Some(yaml.len() as u64),
+                };
+                inflight.publish(FillState::Response { meta, body: yaml });
             }
         }
-        if !self.helm.digests.update_from_index(&served) {
-            tracing::warn!(
+    }
+
+    /// After a 304 for the index (the first after a restart): learn its digests and
+    /// its views' table, and store its JSON form and views if missing, from the
+    /// stored copy — read and parsed on the index processor. Applied only if
+    /// nothing newer was learned meanwhile.
+    async fn learn_stored_index(&self, inflight: &Inflight, hit: Hit) {
+        let etag = hit.meta.etag.clone();
+        let learned = self
+            .helm
+            .learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if learned.is_some() && learned == etag {
+            // Learned already; again only if its views were evicted since.
+            let views_gone = self.helm.views.load().as_ref().is_some_and(|t| {
+                let etag = helm::views_etag(&t.yaml_etag);
+                self.stored_slot(&helm::INDEX_VIEWS_KEYS, &etag).is_none()
+            });
+            if !views_gone {
+                return;
+            }
+            self.helm
+                .learned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
+        let object = (*hit.meta).clone();
+        let load = Input::Load(Box::new(move || hit.read_body().ok().map(Bytes::from)));
+        // The JSON form is always derived: the views' table lives in memory only.
+        let job = process::Job {
+            rewrite: false,
+            json: true,
+        };
+        let mut p = match self.process_index(Some(inflight), load, job).await {
+            Ok(p) => p,
+            Err(message) => {
+                tracing::warn!(%message, "stored index not processed: chart digests not checked");
+                return;
+            }
+        };
+        // Still the stored index, and nothing newer learned while it was processed?
+        let current = self.store.borrow().reader().lookup(helm::INDEX_KEY);
+        if current.is_none_or(|h| h.meta.etag != etag) {
+            return;
+        }
+        {
+            let mut learned = self.helm.learned.lock().unwrap_or_else(|e| e.into_inner());
+            if learned.is_some() {
+                return;
+            }
+            learned.clone_from(&etag);
+        }
+        self.apply_digests(helm::INDEX_KEY, &mut p);
+        if let Some(etag) = &etag {
+            let json = self.stored_slot(&helm::INDEX_JSON_KEYS, &helm::json_etag(etag));
+            let views = self.stored_slot(&helm::INDEX_VIEWS_KEYS, &helm::views_etag(etag));
+            // Missing ones go to slot 0 (what a fresh process writes first is slot 1).
+            let slot = views.unwrap_or(0);
+            let table = self
+                .store_derived(&p, etag, &object, slot, [json.is_none(), views.is_none()])
+                .await;
+            self.helm.views.store(table.map(Arc::new));
+        }
+        self.helm.processor.dispose(p);
+    }
+
+    /// Hands `input` to the index processor and waits for its answer, telling
+    /// `inflight`'s waiters the fill is alive meanwhile. Bounded by
+    /// [`PROCESS_DEADLINE`].
+    async fn process_index(
+        &self,
+        inflight: Option<&Inflight>,
+        input: Input,
+        job: process::Job,
+    ) -> Result<ProcessedIndex, String> {
+        let mut answer = self
+            .helm
+            .processor
+            .submit(input, job)
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let _processing = Gauge::up(&self.metrics.index_processing);
+        loop {
+            match monoio::time::timeout(NEWS_EVERY, &mut answer).await {
+                Ok(Ok(p)) => {
+                    self.metrics
+                        .index_processed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(took = ?p.took, waited = ?started.elapsed(), bytes = p.yaml.len(), "index processed");
+                    return Ok(p);
+                }
+                Ok(Err(_)) => return Err("the index processor gave no answer".into()),
+                Err(_) if started.elapsed() >= PROCESS_DEADLINE => {
+                    return Err(format!(
+                        "index processing took longer than {PROCESS_DEADLINE:?}"
+                    ))
+                }
+                Err(_) => {
+                    if let Some(i) = inflight {
+                        i.heartbeat();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs the digests of a processed index (the old table is freed on the
+    /// processor thread).
+    fn apply_digests(&self, key: &str, p: &mut ProcessedIndex) {
+        match &mut p.summary {
+            Ok(summary) => {
+                let digests = std::mem::take(&mut summary.digests);
+                let count = digests.len();
+                let old = self.helm.digests.replace(Arc::new(digests));
+                self.helm.processor.dispose(old);
+                tracing::info!(
+                    key,
+                    charts = summary.charts,
+                    versions = summary.versions,
+                    digests = count,
+                    took = ?p.took,
+                    json = p.json.is_ok(),
+                    "index processed"
+                );
+            }
+            Err(e) => tracing::warn!(
                 key,
-                "index.yaml does not parse as a Helm index: chart digests not checked"
+                error = %e,
+                "index.yaml is not a Helm index: chart digests not checked"
+            ),
+        }
+        if let Err(Some(why)) = &p.json {
+            tracing::info!(
+                key,
+                reason = why,
+                "no JSON form for this index: YAML served to every client"
             );
         }
-        self.store_buffered(inflight, key, object, served);
+    }
+
+    /// Which of `keys` (beside the index) holds a record with this ETag.
+    fn stored_slot(&self, keys: &[&str; 2], etag: &str) -> Option<usize> {
+        let store = self.store.borrow();
+        let reader = store.reader();
+        keys.iter().position(|key| {
+            reader
+                .lookup(key)
+                .is_some_and(|h| h.meta.etag.as_deref() == Some(etag))
+        })
+    }
+
+    /// Stores the forms derived from the index whose served ETag is `yaml_etag`
+    /// in `slot` (those asked for, `[json, views]`, and present): the JSON form
+    /// under [`helm::INDEX_JSON_KEYS`], the per-chart views under
+    /// [`helm::INDEX_VIEWS_KEYS`] — on this shard, the index's owner. Returns the
+    /// views' table, to publish once the YAML it belongs to is stored.
+    async fn store_derived(
+        &self,
+        p: &ProcessedIndex,
+        yaml_etag: &str,
+        yaml: &ObjectMeta,
+        slot: usize,
+        [json, views]: [bool; 2],
+    ) -> Option<helm::view::ViewTable> {
+        let meta = |etag: String| ObjectMeta {
+            status: 200,
+            etag: Some(etag),
+            last_modified: yaml.last_modified.clone(),
+            content_type: Some("application/json".into()),
+            stored_at: yaml.stored_at,
+        };
+        if let (true, Ok(body)) = (json, &p.json) {
+            let m = meta(helm::json_etag(yaml_etag));
+            if let Err(e) = self
+                .store_in_runs(helm::INDEX_JSON_KEYS[slot], &m, body)
+                .await
+            {
+                tracing::warn!(error = %e, "JSON form of the index not stored: YAML served to every client");
+            }
+        }
+        let v = p.views.as_ref()?;
+        if views {
+            let m = meta(helm::views_etag(yaml_etag));
+            if let Err(e) = self
+                .store_in_runs(helm::INDEX_VIEWS_KEYS[slot], &m, &v.body)
+                .await
+            {
+                tracing::warn!(error = %e, "per-chart views not stored: answered 503");
+                return None;
+            }
+        }
+        Some(helm::view::ViewTable {
+            yaml_etag: yaml_etag.to_string(),
+            slot,
+            table: v.table.clone(),
+        })
+    }
+
+    /// Compresses the YAML form and the JSON form (if any) of the index whose
+    /// served ETag is `yaml_etag` on the index processor, and stores them in `slot`
+    /// of [`helm::INDEX_GZIP_KEYS`].
+    async fn store_gzip(
+        &self,
+        yaml: Bytes,
+        json: Option<Bytes>,
+        yaml_etag: &str,
+        object: &ObjectMeta,
+        slot: usize,
+    ) {
+        let mut forms = vec![(0, yaml_etag.to_string(), object.content_type.clone(), yaml)];
+        if let Some(json) = json {
+            forms.push((
+                1,
+                helm::json_etag(yaml_etag),
+                Some("application/json".into()),
+                json,
+            ));
+        }
+        let bodies = forms.iter().map(|f| f.3.clone()).collect();
+        let answer = match self.helm.processor.submit_compress(bodies) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "index not compressed: served uncompressed");
+                return;
+            }
+        };
+        // The processor holds the bodies now; they are freed when it is done.
+        for f in &mut forms {
+            f.3 = Bytes::new();
+        }
+        let compressed = match monoio::time::timeout(PROCESS_DEADLINE, answer).await {
+            Ok(Ok(c)) => c,
+            _ => {
+                tracing::warn!("index compression gave no answer: served uncompressed");
+                return;
+            }
+        };
+        for ((form, etag, content_type, _), gz) in forms.into_iter().zip(compressed) {
+            let meta = ObjectMeta {
+                status: 200,
+                etag: Some(helm::gzip_etag(&etag)),
+                last_modified: object.last_modified.clone(),
+                content_type,
+                stored_at: object.stored_at,
+            };
+            let key = helm::INDEX_GZIP_KEYS[form][slot];
+            if let Err(e) = self.store_in_runs(key, &meta, &gz).await {
+                tracing::warn!(key, error = %e, "compressed index form not stored");
+            }
+        }
+    }
+
+    /// Stores a body that is in memory as one record, appended in runs of
+    /// [`INDEX_WRITE_RUN`] with a yield after each, so writing a 50 MB index never
+    /// holds this worker for longer than one run.
+    async fn store_in_runs(
+        &self,
+        key: &str,
+        object: &ObjectMeta,
+        body: &Bytes,
+    ) -> Result<BodyView, Error> {
+        let mut rec = self
+            .store
+            .borrow_mut()
+            .begin(key, object, body.len() as u64)?;
+        for run in body.chunks(INDEX_WRITE_RUN) {
+            let appended = self.store.borrow_mut().append(&mut rec, run);
+            if let Err(e) = appended {
+                self.store.borrow_mut().abort(rec);
+                return Err(e);
+            }
+            yield_now().await;
+        }
+        let view = BodyView {
+            segment: rec.segment.clone(),
+            pin: rec.pin.clone(),
+            body_offset: rec.body_offset,
+            body_len: body.len() as u64,
+            meta: Arc::new(object.clone()),
+        };
+        self.store.borrow_mut().commit(rec)?;
+        Ok(view)
     }
 
     /// Stores a body that is wholly in memory, then publishes it (`Done`, or
@@ -517,37 +886,36 @@ impl Filler<'_> {
     }
 }
 
-/// Lets the worker's other tasks run once (monoio has no `yield_now`).
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
-}
-
-/// Reads a whole body into memory, up to `cap` bytes. On overflow or error
-/// it publishes the outcome (`Passthrough` / `Failed`) and returns `None`.
-async fn read_capped(
+/// Reads a whole index body into memory (up to [`MAX_INDEX`], sized once from the
+/// declared length). On overflow or error it publishes the outcome
+/// (`Passthrough` / `Failed`) and returns `None`.
+async fn read_index(
     inflight: &Inflight,
     body: &mut dyn origin::BodyStream,
-    cap: usize,
+    declared_len: Option<u64>,
 ) -> Option<Bytes> {
-    let mut buf = BytesMut::new();
+    if declared_len.is_some_and(|l| l > MAX_INDEX as u64) {
+        inflight.publish(FillState::Passthrough);
+        return None;
+    }
+    let mut buf = BytesMut::with_capacity(declared_len.unwrap_or(0) as usize);
     let mut last_news = Instant::now();
+    let mut since_yield = 0;
     loop {
         match body.next_chunk().await {
             Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > cap {
+                if buf.len() + chunk.len() > MAX_INDEX {
                     inflight.publish(FillState::Passthrough);
                     return None;
                 }
                 buf.extend_from_slice(&chunk);
+                // A body that is always ready (a local file, a fast peer) would
+                // otherwise be read whole without letting the worker serve anyone.
+                since_yield += chunk.len();
+                if since_yield >= INDEX_WRITE_RUN {
+                    since_yield = 0;
+                    yield_now().await;
+                }
                 if last_news.elapsed() >= NEWS_EVERY {
                     last_news = Instant::now();
                     inflight.heartbeat();
@@ -563,3 +931,36 @@ async fn read_capped(
         }
     }
 }
+
+/// A gauge held up while this value lives.
+struct Gauge<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a std::sync::atomic::AtomicU64) -> Gauge<'a> {
+        g.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Lets the worker's other tasks (and its completion queue) run before going on
+/// (monoio has no `yield_now`).
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+

@@ -256,6 +256,23 @@ impl Cache {
         Lookup::Filling(FillWait::new(&inflight, existing, self.patience))
     }
 
+    /// A record stored beside `owner_key` on that key's owner shard (a form derived
+    /// from it, such as the index's JSON form, whose key no request can name):
+    /// verified, or `None` (a corrupt one is dropped).
+    pub fn lookup_beside(&self, owner_key: &str, key: &str) -> Option<Hit> {
+        let reader = self.reader_for(owner_key);
+        let hit = reader.lookup(key)?;
+        if hit.verify() {
+            return Some(hit);
+        }
+        if hit.segment.check_size().is_some() {
+            reader.drop_truncated(&hit.segment);
+        } else {
+            reader.drop_corrupt(key, &hit);
+        }
+        None
+    }
+
     /// Sending a stored body of `key` from `segment` failed with `error` (the caller
     /// closes the connection: part of the response may be out). When the error came
     /// from the file — it shrank under us (`EFAULT` from the mapping, end of file for

@@ -97,6 +97,9 @@ pub struct RequestHead {
     pub range: Option<String>,
     /// First `User-Agent`.
     pub user_agent: Option<String>,
+    /// `Accept-Encoding` (all fields) accepts gzip: `gzip` / `x-gzip`, or else
+    /// `*`, with a non-zero q.
+    pub accepts_gzip: bool,
     /// Bytes of `buf` consumed by the head, including leading empty lines and
     /// the final CRLFCRLF.
     pub head_len: usize,
@@ -437,6 +440,8 @@ fn finish(head: &[u8], limits: &Limits, head_len: usize) -> Result<Parsed, Reque
     let mut range: Option<String> = None;
     let mut range_count = 0u32;
     let mut user_agent: Option<String> = None;
+    // q > 0 of `gzip` (or `x-gzip`), and of `*`, where listed.
+    let (mut gzip_q, mut star_q): (Option<bool>, Option<bool>) = (None, None);
 
     for h in req.headers.iter() {
         let name = h.name;
@@ -465,6 +470,20 @@ fn finish(head: &[u8], limits: &Limits, head_len: usize) -> Result<Parsed, Reque
             }
             10 if user_agent.is_none() && name_is(name, "user-agent") => {
                 user_agent = Some(value_string(value));
+            }
+            15 if name_is(name, "accept-encoding") => {
+                for element in value.split(|&b| b == b',') {
+                    let mut parts = element.split(|&b| b == b';');
+                    let coding = trim_ows(parts.next().unwrap_or_default());
+                    let nonzero = parts.all(|param| !q_is_zero(trim_ows(param)));
+                    if coding.eq_ignore_ascii_case(b"gzip")
+                        || coding.eq_ignore_ascii_case(b"x-gzip")
+                    {
+                        gzip_q = Some(gzip_q.unwrap_or(false) || nonzero);
+                    } else if coding == b"*" {
+                        star_q = Some(star_q.unwrap_or(false) || nonzero);
+                    }
+                }
             }
             13 if name_is(name, "if-none-match") => {
                 let v = ascii_value(value, "non-ASCII byte in If-None-Match")?;
@@ -542,8 +561,26 @@ fn finish(head: &[u8], limits: &Limits, head_len: usize) -> Result<Parsed, Reque
         if_modified_since,
         range,
         user_agent,
+        accepts_gzip: gzip_q.or(star_q).unwrap_or(false),
         head_len,
     }))
+}
+
+/// Is this `Accept-Encoding` parameter `q=0` (`0`, `0.`, `0.0`, … `0.000`)?
+fn q_is_zero(param: &[u8]) -> bool {
+    let Some(q) = param
+        .strip_prefix(b"q=")
+        .or_else(|| param.strip_prefix(b"Q="))
+    else {
+        return false;
+    };
+    let q = trim_ows(q);
+    match q.split_first() {
+        Some((b'0', rest)) => {
+            rest.is_empty() || (rest[0] == b'.' && rest[1..].iter().all(|&b| b == b'0'))
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -631,6 +668,28 @@ mod tests {
         let h = head(b"GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nRange: bytes=2-3\r\nIf-Modified-Since: a\r\nIf-Modified-Since: b\r\n\r\n");
         assert_eq!(h.range, None);
         assert_eq!(h.if_modified_since, None);
+    }
+
+    #[test]
+    fn accept_encoding_gzip_with_q() {
+        let ae = |v: &str| {
+            head(format!("GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: {v}\r\n\r\n").as_bytes())
+                .accepts_gzip
+        };
+        assert!(ae("gzip"));
+        assert!(ae("br, GZIP;q=0.5"));
+        assert!(ae("x-gzip"));
+        assert!(ae("*"));
+        assert!(!ae("gzip;q=0"));
+        assert!(!ae("gzip; q=0.000, br"));
+        assert!(!ae("*, gzip;q=0"));
+        assert!(!ae("identity"));
+        assert!(!ae("br, zstd"));
+        assert!(!head(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").accepts_gzip);
+        let two = head(
+            b"GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: br\r\nAccept-Encoding: gzip\r\n\r\n",
+        );
+        assert!(two.accepts_gzip);
     }
 
     #[test]

@@ -18,6 +18,14 @@
 //!    fetched for this client instead, `MISS`). A send that fails because the
 //!    segment file shrank (or cannot be read) closes the connection and tells
 //!    the cache, which drops what is gone, so it happens once.
+//!    For `/index.yaml`, a client that decodes JSON natively (Helm ≥ 3.13, see
+//!    [`crate::helm::form`]) is served the index's stored JSON form instead of the
+//!    YAML it belongs to (found by its ETag; a missing one means the YAML), with its
+//!    own ETag, 304s and ranges, and `Vary: User-Agent, Accept-Encoding` on both
+//!    forms; a client that accepts gzip gets the form's stored gzip version
+//!    (`Content-Encoding: gzip`, its own ETag). `/-/charts/NAME/index.yaml` serves a
+//!    chart's view of the index the same way ([`crate::helm::view`]), and
+//!    `/-/charts/NAME/FILE` the repository object `/FILE`.
 //! 4. **Bypass**: stream upstream's answer through, nothing stored (`BYPASS`).
 //!    Only 200, 304 (to the client's own conditional) and 404 pass; anything
 //!    else is a 502, logged with the key and upstream's status. A body of
@@ -49,6 +57,7 @@ use crate::access_log::Entry;
 use crate::cache::{
     Answer, BodyView, FillError, FillWait, Hit, Lookup, ObjectMeta, Segment, SegmentPin, Want,
 };
+use crate::helm::{self, view, view::ViewPath};
 use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
 use crate::http1::path::object_key;
 use crate::http1::render::{chunk_prefix, render, simple, ResponseHead, LAST_CHUNK};
@@ -105,6 +114,17 @@ impl<'a> From<&'a BodyView> for Stored<'a> {
     }
 }
 
+/// A stored body served in place of the YAML index (see `Exchange::index_form`).
+struct IndexForm {
+    hit: Hit,
+    /// The part of `hit`'s body that is served.
+    range: std::ops::Range<usize>,
+    /// Its own metadata (a view's), else `hit`'s.
+    meta: Option<ObjectMeta>,
+    /// The body is gzip-compressed (`Content-Encoding: gzip`).
+    gzip: bool,
+}
+
 /// Handles one parsed request. Returns whether the connection may be reused.
 pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
     let started = Instant::now();
@@ -113,9 +133,27 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         Ok(k) => k.as_ref(),
         Err(_) => req.target.as_str(),
     };
-    let mut x = Exchange::new(w, conn, req, path);
+    // `/-/charts/<name>/…`: a chart's view of the index, or a repository object.
+    let (object, view) = match key.as_ref().ok().and_then(|k| view::parse_path(k)) {
+        None => (path, None),
+        Some(ViewPath::Index { chart }) => (helm::INDEX_KEY, Some(chart)),
+        Some(ViewPath::Object { key }) => (key, None),
+        Some(ViewPath::Invalid) => ("", None),
+    };
+    let mut x = Exchange::new(w, conn, req, object);
+    x.shown = path;
+    x.view = view;
+    if object == helm::INDEX_KEY {
+        let format = w.cfg.repo.index_format;
+        x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
+        x.vary = Some(helm::form::vary(format));
+    }
     let result = match (&key, req.method) {
         (_, Method::Other) => x.method_not_allowed().await,
+        (Ok(_), _) if object.is_empty() => {
+            let msg = "not found: chart views are /-/charts/NAME/index.yaml";
+            x.respond_simple(404, msg).await
+        }
         (Err(e), _) if e.status() == 404 => x.respond_simple(404, &format!("not found: {e}")).await,
         (Err(e), _) => {
             w.metrics.bad_requests.fetch_add(1, Relaxed);
@@ -123,8 +161,8 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
             x.respond_simple(400, &format!("bad request path: {e}"))
                 .await
         }
-        (Ok(key), _) => {
-            let rule = w.cfg.repo.policy.decide(key);
+        (Ok(_), _) => {
+            let rule = w.cfg.repo.policy.decide(object);
             x.overrides = &rule.headers;
             match rule.action {
                 Action::Bypass => x.bypass(CacheResult::Bypass).await,
@@ -168,6 +206,17 @@ struct Exchange<'a> {
     /// The object head announces `Transfer-Encoding: chunked` (a relayed
     /// body of unknown length to an HTTP/1.1 client).
     chunked: bool,
+    /// What the access log calls the request (the path asked for; `key` is the
+    /// object it is served from).
+    shown: &'a str,
+    /// A chart's view of the index (`key` is then the index).
+    view: Option<&'a str>,
+    /// The index, to a client that gets its JSON form (where stored).
+    json_index: bool,
+    /// `Vary` of this object's responses (the index's form depends on a header).
+    vary: Option<&'static str>,
+    /// `Content-Encoding` of the body being served (a stored gzip form).
+    content_encoding: Option<&'static str>,
 }
 
 impl<'a> Exchange<'a> {
@@ -185,6 +234,11 @@ impl<'a> Exchange<'a> {
             keep_alive: req.keep_alive && !w.is_draining(),
             http10: req.minor_version == 0,
             chunked: false,
+            shown: key,
+            view: None,
+            json_index: false,
+            vary: None,
+            content_encoding: None,
         }
     }
 
@@ -204,7 +258,7 @@ impl<'a> Exchange<'a> {
         w.metrics.request(self.cache, self.status, self.bytes);
         w.access_log.log(&Entry {
             method: &self.req.method_name,
-            path: self.key,
+            path: self.shown,
             status: self.status,
             bytes: self.bytes,
             duration: started.elapsed(),
@@ -253,7 +307,7 @@ impl<'a> Exchange<'a> {
                     return Ok(());
                 }
                 // Evicted between the lookup and the send: fetch it for this client.
-                return self.bypass(CacheResult::Miss).await;
+                return self.refetch().await;
             }
             Lookup::NotFound => {
                 self.cache = CacheResult::Hit;
@@ -273,7 +327,12 @@ impl<'a> Exchange<'a> {
                 if self.serve_stored(&Stored::from(&hit)).await? {
                     return Ok(());
                 }
-                self.bypass(CacheResult::Miss).await
+                self.refetch().await
+            }
+            Answer::Response { .. } | Answer::Passthrough if self.view.is_some() => {
+                self.cache = CacheResult::Miss;
+                self.respond_simple(503, "the index is not stored: no chart views")
+                    .await
             }
             Answer::Response { meta, body } => {
                 self.cache = CacheResult::Miss;
@@ -294,6 +353,17 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// A stored copy vanished before it could be sent: fetch it for this client
+    /// (never for a chart view: its index is fetched, not served whole).
+    async fn refetch(&mut self) -> std::io::Result<()> {
+        if self.view.is_some() {
+            return self
+                .respond_simple(503, "the index was evicted meanwhile: try again")
+                .await;
+        }
+        self.bypass(CacheResult::Miss).await
+    }
+
     /// Upstream failed: serve the stored copy as STALE if allowed, else the error.
     async fn failed(&mut self, fill: &FillWait, error: &FillError) -> std::io::Result<()> {
         if let Some(hit) = fill.stale_copy(error, self.w.cfg.cache.max_stale) {
@@ -310,6 +380,15 @@ impl<'a> Exchange<'a> {
     /// Streams a fill (in progress or done) to this client from the segment mmap
     /// (pinned by the view).
     async fn stream_fill(&mut self, view: BodyView, mut fill: FillWait) -> std::io::Result<()> {
+        // An index fill publishes once every form but the gzip ones is committed.
+        if self.key == helm::INDEX_KEY
+            && (self.view.is_some() || self.json_index || self.req.accepts_gzip)
+        {
+            return match self.serve_stored(&Stored::from(&view)).await? {
+                true => Ok(()),
+                false => self.refetch().await,
+            };
+        }
         let meta = &view.meta;
         let head_only = if not_modified(
             self.req.if_none_match.as_deref(),
@@ -368,6 +447,135 @@ impl<'a> Exchange<'a> {
     /// because its segment file shrank is reported to the cache, which drops what is
     /// gone; the connection is closed (the caller sees the error).
     async fn serve_stored(&mut self, s: &Stored<'_>) -> std::io::Result<bool> {
+        if self.key != helm::INDEX_KEY {
+            return self.serve_stored_form(s).await;
+        }
+        match self.index_form(s.meta) {
+            Ok(None) => self.serve_stored_form(s).await,
+            Ok(Some(form)) => {
+                let meta = form.meta.as_ref().unwrap_or(&form.hit.meta);
+                let derived = Stored {
+                    segment: &form.hit.segment,
+                    pin: None,
+                    body_offset: form.hit.body_offset + form.range.start,
+                    body_len: form.range.len() as u64,
+                    meta,
+                };
+                self.content_encoding = form.gzip.then_some("gzip");
+                let served = self.serve_stored_form(&derived).await;
+                self.content_encoding = None;
+                if served? {
+                    return Ok(true);
+                }
+                // Evicted in between: the YAML form serves every client of the
+                // full index; a view has nothing else to serve.
+                if self.view.is_some() {
+                    self.respond_simple(503, "chart view evicted meanwhile: try again")
+                        .await?;
+                    return Ok(true);
+                }
+                self.serve_stored_form(s).await
+            }
+            Err((status, message)) => {
+                self.respond_simple(status, message).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// What this request is served instead of the stored YAML index described by
+    /// `yaml`: a chart's view (or why there is none), or, for a client that gets
+    /// it, the JSON form of that YAML version (`Ok(None)`: the YAML itself, also
+    /// when its JSON form is not stored).
+    fn index_form(&self, yaml: &ObjectMeta) -> Result<Option<IndexForm>, (u16, &'static str)> {
+        let cache = &self.w.cache;
+        let beside = |key: &str, etag: &str| {
+            cache
+                .lookup_beside(helm::INDEX_KEY, key)
+                .filter(|h| h.meta.etag.as_deref() == Some(etag))
+        };
+        let Some(chart) = self.view else {
+            let Some(yaml_etag) = yaml.etag.as_deref() else {
+                return Ok(None);
+            };
+            // The client's form (JSON if it gets it and it is stored), then its gzip form.
+            let json_etag = helm::json_etag(yaml_etag);
+            let json = self
+                .json_index
+                .then(|| {
+                    helm::INDEX_JSON_KEYS
+                        .iter()
+                        .find_map(|k| beside(k, &json_etag))
+                })
+                .flatten();
+            let form_etag = if json.is_some() {
+                &json_etag
+            } else {
+                yaml_etag
+            };
+            if self.req.accepts_gzip {
+                let keys = &helm::INDEX_GZIP_KEYS[usize::from(json.is_some())];
+                let gz_etag = helm::gzip_etag(form_etag);
+                if let Some(hit) = keys.iter().find_map(|k| beside(k, &gz_etag)) {
+                    return Ok(Some(IndexForm {
+                        range: 0..hit.body_len,
+                        hit,
+                        meta: None,
+                        gzip: true,
+                    }));
+                }
+            }
+            return Ok(json.map(|hit| IndexForm {
+                range: 0..hit.body_len,
+                hit,
+                meta: None,
+                gzip: false,
+            }));
+        };
+        const NOT_READY: (u16, &str) = (
+            503,
+            "per-chart views of this index are not available (being prepared, or the index has no JSON form)",
+        );
+        let table = self.w.helm.views.load();
+        let (Some(table), Some(yaml_etag)) = (table.as_ref(), yaml.etag.as_deref()) else {
+            return Err(NOT_READY);
+        };
+        if table.yaml_etag != yaml_etag {
+            return Err(NOT_READY);
+        }
+        let range = table
+            .table
+            .get(chart)
+            .ok_or((404, "not found: no such chart in the index"))?;
+        let views_etag = helm::views_etag(yaml_etag);
+        let hit = beside(helm::INDEX_VIEWS_KEYS[table.slot], &views_etag).ok_or(NOT_READY)?;
+        if range.end > hit.body_len {
+            return Err(NOT_READY);
+        }
+        let meta = ObjectMeta {
+            status: 200,
+            etag: Some(view::view_etag(&views_etag, chart, self.json_index)),
+            last_modified: yaml.last_modified.clone(),
+            content_type: Some(
+                if self.json_index {
+                    "application/json"
+                } else {
+                    "text/yaml"
+                }
+                .into(),
+            ),
+            stored_at: yaml.stored_at,
+        };
+        Ok(Some(IndexForm {
+            hit,
+            range: range.clone(),
+            meta: Some(meta),
+            gzip: false,
+        }))
+    }
+
+    /// [`Self::serve_stored`] for exactly this stored body.
+    async fn serve_stored_form(&mut self, s: &Stored<'_>) -> std::io::Result<bool> {
         let meta = s.meta;
         if not_modified(
             self.req.if_none_match.as_deref(),
@@ -584,6 +792,12 @@ impl<'a> Exchange<'a> {
         if self.keep_alive && self.http10 {
             // HTTP/1.0 closes by default: keeping the connection must be said.
             extra.push(("Connection", "keep-alive"));
+        }
+        if let Some(vary) = self.vary.filter(|_| !overridden("vary")) {
+            extra.push(("Vary", vary));
+        }
+        if let Some(coding) = self.content_encoding {
+            extra.push(("Content-Encoding", coding));
         }
         let ct = content_type(self.key, meta.content_type.as_deref());
         let mut head = std::mem::take(&mut self.conn.head_buf);

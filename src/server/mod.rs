@@ -35,6 +35,8 @@ pub struct Worker {
     /// This worker's own shard (only it writes there).
     pub owner: Rc<ShardOwner>,
     pub metrics: Arc<WorkerMetrics>,
+    /// The repository's index knowledge (the per-chart views' table).
+    pub helm: Arc<crate::helm::HelmRepo>,
     pub access_log: AccessLog,
     /// Set when shutdown began: finish the current response, then close.
     pub draining: Cell<bool>,

@@ -1,0 +1,78 @@
+//! Index processing on a generated 15,000-version index (~14 MB, shaped like
+//! Bitnami's; `chartcache::helm::synthetic`): what the index processor thread
+//! spends per upstream index version.
+//!
+//! - `helm_index/extract`: one saphyr-parser pass, digests only.
+//! - `helm_index/extract_and_json`: the same pass also writing the JSON form
+//!   (what a republish costs).
+//! - `helm_index/rewrite`: helm-s3 `s3://` URL rewriting of every version.
+//! - `helm_index/process`: the whole pipeline (rewrite, then extract + JSON +
+//!   per-chart views).
+//! - `helm_index/gzip_json`: compressing the JSON form (done after it is served).
+
+use bytes::Bytes;
+use chartcache::helm::index::Extractor;
+use chartcache::helm::json::JsonWriter;
+use chartcache::helm::process::{process, Job};
+use chartcache::helm::walk::walk;
+use chartcache::helm::{rewrite_s3_urls, synthetic};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const VERSIONS: usize = 15_000;
+const FROM: &str = "s3://bench-bucket/charts/";
+
+fn bench(c: &mut Criterion) {
+    let relative = synthetic::index(VERSIONS, "");
+    let helm_s3 = synthetic::index(VERSIONS, FROM);
+    let mut g = c.benchmark_group("helm_index");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(relative.len() as u64));
+    g.bench_function("extract", |b| {
+        b.iter(|| {
+            let mut x = Extractor::default();
+            walk(&relative, &mut [&mut x]).unwrap();
+            x.finish().unwrap()
+        })
+    });
+    g.bench_function("extract_and_json", |b| {
+        b.iter(|| {
+            let mut x = Extractor::default();
+            let mut w = JsonWriter::new(relative.len());
+            walk(&relative, &mut [&mut x, &mut w]).unwrap();
+            (x.finish().unwrap(), w.finish().unwrap())
+        })
+    });
+    g.bench_function("rewrite", |b| {
+        b.iter(|| rewrite_s3_urls(helm_s3.as_bytes(), FROM).unwrap())
+    });
+    let raw = Bytes::from(helm_s3.clone());
+    g.bench_function("process", |b| {
+        b.iter(|| {
+            let job = Job {
+                rewrite: true,
+                json: true,
+            };
+            let p = process(raw.clone(), Some(FROM), job);
+            assert!(p.summary.is_ok() && p.json.is_ok());
+            p
+        })
+    });
+    let json = process(
+        Bytes::from(relative.clone()),
+        None,
+        Job {
+            rewrite: false,
+            json: true,
+        },
+    )
+    .json
+    .unwrap();
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    g.bench_function("gzip_json", |b| {
+        b.iter(|| chartcache::helm::process::gzip(&json))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

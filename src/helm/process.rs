@@ -1,0 +1,452 @@
+//! The index processor: one dedicated thread per process that does all index
+//! work, so no io_uring worker ever parses, rewrites or converts an index.
+//!
+//! A worker submits a body ([`IndexProcessor::submit`]) and awaits the answer on
+//! a `tokio::sync::oneshot` channel (runtime-agnostic: the sending thread wakes
+//! the monoio task like any cross-thread waker). The queue is bounded
+//! ([`QUEUE`]): a full queue is refused at once ([`SubmitError::Busy`]), never
+//! waited on. Index fills are coalesced per key, so at most one full index is in
+//! flight per process in practice; the bound is for the unexpected.
+//!
+//! Memory: the job owns the upstream body; it is dropped as soon as the rewritten
+//! copy exists, so at most the served YAML plus its JSON form are held here (about
+//! 2× the index) while the answer is prepared. The old digest table is dropped on
+//! this thread too.
+//!
+//! A panic while processing (a bug on some input) is caught: that job's answer is
+//! dropped (the worker sees the channel closed) and the thread goes on.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::index::{Extractor, IndexSummary, NotAnIndex};
+use super::json::JsonWriter;
+use super::rewrite::rewrite_s3_urls;
+use super::view::{self, Views};
+use super::walk::{walk, WalkError};
+
+/// Jobs waiting for the processor, at most.
+pub const QUEUE: usize = 4;
+
+/// Why a body has no summary.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index is not UTF-8: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    #[error("index does not parse: {0}")]
+    Walk(#[from] WalkError),
+    #[error(transparent)]
+    NotAnIndex(#[from] NotAnIndex),
+}
+
+/// Why a body could not be submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the index processor is busy ({QUEUE} indexes queued)")]
+    Busy,
+    #[error("the index processor has stopped")]
+    Stopped,
+}
+
+/// What to do with a body.
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    /// Rewrite helm-s3 URLs (a body from upstream); false for an index that was
+    /// stored already rewritten.
+    pub rewrite: bool,
+    /// Write the JSON form.
+    pub json: bool,
+}
+
+/// Everything derived from one upstream index version.
+#[derive(Debug)]
+pub struct ProcessedIndex {
+    /// The YAML to store and serve: rewritten, or the input as it was.
+    pub yaml: Bytes,
+    /// `yaml` differs from the input (its ETag must say so).
+    pub rewritten: bool,
+    /// CRC-32 of `yaml` when it was rewritten (for its ETag), else 0.
+    pub yaml_crc: u32,
+    /// The digests (and counts), or why there are none.
+    pub summary: Result<IndexSummary, IndexError>,
+    /// The JSON form, or why there is none (`Err(None)`: not asked for).
+    pub json: Result<Bytes, Option<&'static str>>,
+    /// The per-chart views (built with the JSON form).
+    pub views: Option<Views>,
+    /// Time spent on the processor.
+    pub took: Duration,
+}
+
+/// gzip level of the index forms: 6 (zlib's default) makes a 14 MB index about
+/// 1 MB; it runs after the uncompressed forms are served, so its time delays only
+/// the compressed forms.
+pub const GZIP_LEVEL: u32 = 6;
+
+/// `body` gzip-compressed.
+pub fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write;
+    let out = Vec::with_capacity(body.len() / 8 + 64);
+    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(body);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+/// Runs the whole pipeline on the calling thread: rewrite, then one parse that
+/// extracts the digests and writes the JSON form.
+pub fn process(raw: Bytes, rewrite_from: Option<&str>, job: Job) -> ProcessedIndex {
+    let started = Instant::now();
+    let out = rewrite_from
+        .filter(|_| job.rewrite)
+        .and_then(|from| rewrite_s3_urls(&raw, from));
+    let (yaml, rewritten) = match out {
+        Some(out) => {
+            drop(raw); // the upstream copy is not needed once rewritten
+            (Bytes::from(out), true)
+        }
+        None => (raw, false),
+    };
+    let yaml_crc = if rewritten { crc32fast::hash(&yaml) } else { 0 };
+    let (summary, json) = match std::str::from_utf8(&yaml) {
+        Err(e) => (
+            Err(IndexError::from(e)),
+            Err(Some("the index is not UTF-8")),
+        ),
+        Ok(text) => {
+            let mut x = Extractor::default();
+            let mut w = job.json.then(|| JsonWriter::new(text.len()));
+            let walked = match w.as_mut() {
+                Some(w) => walk(text, &mut [&mut x, w]),
+                None => walk(text, &mut [&mut x]),
+            };
+            match walked {
+                Err(e) => (
+                    Err(IndexError::from(e)),
+                    Err(Some("the index does not parse")),
+                ),
+                Ok(()) => {
+                    let json = match w {
+                        Some(w) => w.finish().map_err(Some),
+                        None => Err(None),
+                    };
+                    (x.finish().map_err(IndexError::from), json)
+                }
+            }
+        }
+    };
+    // Views only of a Helm index (a mapping), like the digests.
+    let views = match (&json, &summary) {
+        (Ok(form), Ok(_)) => Some(view::build(form)),
+        _ => None,
+    };
+    let json = json.map(|form| Bytes::from(form.text));
+    ProcessedIndex {
+        yaml,
+        rewritten,
+        yaml_crc,
+        summary,
+        json,
+        views,
+        took: started.elapsed(),
+    }
+}
+
+enum Request {
+    Process {
+        input: Input,
+        job: Job,
+        reply: oneshot::Sender<ProcessedIndex>,
+    },
+    /// gzip each body (see [`gzip`]).
+    Compress {
+        bodies: Vec<Bytes>,
+        reply: oneshot::Sender<Vec<Bytes>>,
+    },
+    /// Something to free here rather than on a worker.
+    Drop(#[allow(dead_code)] Box<dyn Send>),
+}
+
+/// A body to process: in memory, or read by the processor itself (a stored
+/// index: reading 14 MB is not a worker's job either).
+pub enum Input {
+    Bytes(Bytes),
+    Load(Box<dyn FnOnce() -> Option<Bytes> + Send>),
+}
+
+/// The processor thread's handle (see the module doc). Dropping it ends the thread
+/// once the queued jobs are done.
+pub struct IndexProcessor {
+    tx: SyncSender<Request>,
+}
+
+impl IndexProcessor {
+    /// Starts the thread; `rewrite_from` as in [`super::HelmRepo::rewrite_from`].
+    pub fn start(rewrite_from: Option<String>) -> std::io::Result<IndexProcessor> {
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("chartcache-index".into())
+            .spawn(move || run(rx, rewrite_from))?;
+        Ok(IndexProcessor { tx })
+    }
+
+    /// Queues `raw` for processing; the answer arrives on the returned channel
+    /// (closed without one if processing panicked).
+    pub fn submit(
+        &self,
+        input: Input,
+        job: Job,
+    ) -> Result<oneshot::Receiver<ProcessedIndex>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        match self.tx.try_send(Request::Process { input, job, reply }) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Queues `bodies` for gzip compression (the answer: each body compressed, in
+    /// order).
+    pub fn submit_compress(
+        &self,
+        bodies: Vec<Bytes>,
+    ) -> Result<oneshot::Receiver<Vec<Bytes>>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        match self.tx.try_send(Request::Compress { bodies, reply }) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Drops a value on the processor thread (a replaced digest table: freeing
+    /// 15,000 keys is not a worker's job). Dropped by the caller if the queue is full.
+    pub fn dispose<T: Send + 'static>(&self, value: T) {
+        let _ = self.tx.try_send(Request::Drop(Box::new(value)));
+    }
+}
+
+fn run(rx: Receiver<Request>, rewrite_from: Option<String>) {
+    while let Ok(request) = rx.recv() {
+        let (input, job, reply) = match request {
+            Request::Process { input, job, reply } => (input, job, reply),
+            Request::Compress { bodies, reply } => {
+                if !reply.is_closed() {
+                    let _ = reply.send(bodies.iter().map(|b| gzip(b)).collect());
+                }
+                continue;
+            }
+            Request::Drop(_) => continue, // dropped by now
+        };
+        if reply.is_closed() {
+            continue; // the worker gave up waiting
+        }
+        let from = rewrite_from.as_deref();
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let raw = match input {
+                Input::Bytes(b) => Some(b),
+                Input::Load(load) => load(),
+            };
+            raw.map(|raw| process(raw, from, job))
+        }));
+        match done {
+            Ok(Some(p)) => {
+                let _ = reply.send(p);
+            }
+            // Could not be read: the closed channel says so.
+            Ok(None) => {}
+            Err(_) => tracing::error!(
+                "index processing panicked; this index version is served without digests"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "2383be4fa7458ee961f0eb2f7b0c144fe154afa1b0b9711a3131fa56f22724dc";
+
+    fn index() -> String {
+        format!("apiVersion: v1\nentries:\n  a:\n  - name: a\n    version: 1.0.0\n    digest: {D1}\n    urls:\n    - s3://b/p/a-1.0.0.tgz\n")
+    }
+
+    #[test]
+    fn one_pass_gives_the_rewritten_yaml_digests_and_json() {
+        let job = Job {
+            rewrite: true,
+            json: true,
+        };
+        let p = process(Bytes::from(index()), Some("s3://b/p/"), job);
+        assert!(p.rewritten);
+        assert!(std::str::from_utf8(&p.yaml)
+            .unwrap()
+            .contains("    - a-1.0.0.tgz\n"));
+        let s = p.summary.unwrap();
+        assert_eq!((s.charts, s.versions, s.digests.len()), (1, 1, 1));
+        let json: serde_json::Value = serde_json::from_slice(&p.json.unwrap()).unwrap();
+        assert_eq!(json["entries"]["a"][0]["urls"][0], "a-1.0.0.tgz");
+        // Stored already rewritten: nothing to rewrite, no JSON asked for.
+        let again = process(
+            p.yaml.clone(),
+            Some("s3://b/p/"),
+            Job {
+                rewrite: false,
+                json: false,
+            },
+        );
+        assert!(!again.rewritten);
+        assert!(matches!(again.json, Err(None)));
+    }
+
+    #[test]
+    fn unusable_bodies_are_answered_not_a_panic() {
+        let job = Job {
+            rewrite: true,
+            json: true,
+        };
+        for body in [&b"\xff\xfe"[..], b"entries: [", b"- a list\n", b""] {
+            let p = process(Bytes::copy_from_slice(body), Some("s3://b/p/"), job);
+            assert!(p.summary.is_err(), "{body:?}");
+            assert!(p.json.is_err(), "{body:?}");
+            assert_eq!(&p.yaml[..], body);
+        }
+    }
+
+    #[test]
+    fn the_thread_answers_and_loads_stored_bodies() {
+        let proc = IndexProcessor::start(None).unwrap();
+        let job = Job {
+            rewrite: false,
+            json: true,
+        };
+        let answer = proc
+            .submit(Input::Bytes(Bytes::from(index())), job)
+            .unwrap();
+        let p = answer.blocking_recv().expect("processed");
+        assert_eq!(
+            p.summary.unwrap().digests.len(),
+            0,
+            "URL is absolute without a rewrite"
+        );
+        assert!(p.json.is_ok());
+        let load = Input::Load(Box::new(|| Some(Bytes::from(index()))));
+        assert!(proc.submit(load, job).unwrap().blocking_recv().is_ok());
+        // A body that cannot be read: the channel closes without an answer.
+        let gone = Input::Load(Box::new(|| None));
+        assert!(proc.submit(gone, job).unwrap().blocking_recv().is_err());
+        proc.dispose(vec![0u8; 1 << 20]);
+        let gz = proc
+            .submit_compress(vec![Bytes::from(index())])
+            .unwrap()
+            .blocking_recv()
+            .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[0][..]), &mut text)
+            .unwrap();
+        assert_eq!(text, index());
+    }
+
+    #[test]
+    fn a_full_queue_is_refused_not_waited_on() {
+        // A processor whose thread is not running: nothing leaves the queue.
+        let (tx, _rx) = sync_channel(QUEUE);
+        let proc = IndexProcessor { tx };
+        let job = Job {
+            rewrite: false,
+            json: false,
+        };
+        for _ in 0..QUEUE {
+            assert!(proc.submit(Input::Bytes(Bytes::new()), job).is_ok());
+        }
+        assert_eq!(
+            proc.submit(Input::Bytes(Bytes::new()), job).err(),
+            Some(SubmitError::Busy)
+        );
+        drop(_rx);
+        assert_eq!(
+            proc.submit(Input::Bytes(Bytes::new()), job).err(),
+            Some(SubmitError::Stopped)
+        );
+    }
+}
+
+#[cfg(test)]
+mod fuzzed {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text made of the characters that matter to YAML (indicators, quotes,
+    /// indentation, scalars that type as numbers or booleans).
+    fn yamlish() -> impl Strategy<Value = String> {
+        let atoms = prop::sample::select(vec![
+            "a",
+            "b:",
+            ": ",
+            "- ",
+            "\n",
+            "  ",
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            "'",
+            "\"",
+            "#",
+            "&x ",
+            "*x",
+            "!t ",
+            "|\n",
+            ">-\n",
+            "? ",
+            "1.10",
+            "yes",
+            "~",
+            "0x1F",
+            ".nan",
+            "<<: ",
+            "entries:\n",
+            "  c:\n  - ",
+            "digest: ",
+            "urls: [",
+            "s3://b/p/u.tgz",
+            "\t",
+            "\\",
+            "é",
+            "---\n",
+            "...\n",
+            "%YAML 1.2\n",
+        ]);
+        prop::collection::vec(atoms, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Any input is answered, never a panic; whatever JSON is written is JSON,
+        /// and so is every per-chart view.
+        #[test]
+        fn any_input_gives_valid_json_or_none(text in yamlish()) {
+            // The rewrite keeps YAML that parses parseable (the fuzz target's check).
+            if super::super::yaml_parses(text.as_bytes()) {
+                if let Some(out) = rewrite_s3_urls(text.as_bytes(), "s3://b/p/") {
+                    prop_assert!(super::super::yaml_parses(&out), "{text:?}");
+                }
+            }
+            let job = Job { rewrite: true, json: true };
+            let p = process(Bytes::from(text), Some("s3://b/p/"), job);
+            if let Ok(json) = &p.json {
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(json).is_ok(),
+                    "{:?}", String::from_utf8_lossy(json));
+            }
+            if let Some(v) = &p.views {
+                for range in v.table.values() {
+                    prop_assert!(serde_json::from_slice::<serde_json::Value>(&v.body[range.clone()]).is_ok());
+                }
+            }
+        }
+    }
+}

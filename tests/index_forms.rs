@@ -1,0 +1,323 @@
+//! The index in its two forms, and index work off the workers:
+//! - a Helm ≥ 3.13 / Helm 4 `User-Agent` gets the compact JSON form, anyone else
+//!   the YAML; each form with its own strong ETag, `Vary: User-Agent`, 304s,
+//!   HEAD, Range and the `s3://` rewrite; both decode to the same document as Helm
+//!   reads it (YAML 1.1 typing, anchors, block strings, fields Helm ignores);
+//! - `index_format = yaml` turns the JSON form off;
+//! - while a big (~20 MB) index is processed, a cache hit on the same (only)
+//!   worker is answered.
+
+mod common;
+
+use common::proxy::{test_cli, Proxy, AK, SK};
+use common::spawn_s3;
+use serde_json::json;
+
+const HELM: (&str, &str) = ("User-Agent", "Helm/4.3");
+const CURL: (&str, &str) = ("User-Agent", "curl/8.5.0");
+const DIGEST: &str = "2383be4fa7458ee961f0eb2f7b0c144fe154afa1b0b9711a3131fa56f22724dc";
+
+fn index() -> String {
+    format!(
+        r#"apiVersion: v1
+entries:
+  app:
+  - name: app
+    version: 1.10.0
+    appVersion: 1.10
+    description: |
+      Line one
+      line two
+    digest: {DIGEST}
+    created: 2024-01-01T00:00:00Z
+    annotations:
+      category: Database
+      verified: "yes"
+      legacy: yes
+    keywords: [db, on]
+    maintainers: &team
+    - name: Ann
+      email: ann@example.com
+    urls:
+    - s3://charts/stable/app-1.10.0.tgz
+  - name: app
+    version: 1.9.0
+    maintainers: *team
+    urls: [s3://charts/stable/app-1.9.0.tgz]
+    x-custom: {{num: 010, f: 1e3, s: '010', list: [~, true]}}
+generated: "2024-01-01T00:00:00Z"
+"#
+    )
+}
+
+/// The document Helm decodes from `index()` (after the rewrite), written out by
+/// hand: go-yaml v2 typing (`1.10` a float, `yes`/`on` true, `010` octal), and no
+/// string coercion for fields promoted from the embedded chart metadata.
+fn as_helm_reads_it() -> serde_json::Value {
+    let team = json!([{"name": "Ann", "email": "ann@example.com"}]);
+    json!({
+        "apiVersion": "v1",
+        "entries": {"app": [
+            {
+                "name": "app", "version": "1.10.0", "appVersion": 1.1,
+                "description": "Line one\nline two\n", "digest": DIGEST,
+                "created": "2024-01-01T00:00:00Z",
+                "annotations": {"category": "Database", "verified": "yes", "legacy": true},
+                "keywords": ["db", true], "maintainers": team,
+                "urls": ["app-1.10.0.tgz"]
+            },
+            {
+                "name": "app", "version": "1.9.0", "maintainers": team,
+                "urls": ["app-1.9.0.tgz"],
+                "x-custom": {"num": 8, "f": 1000.0, "s": "010", "list": [null, true]}
+            }
+        ]},
+        "generated": "2024-01-01T00:00:00Z"
+    })
+}
+
+fn proxy(s3: &common::S3Server, format: Option<&str>, workers: usize, size: &str) -> Proxy {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cli = test_cli("s3://charts/stable", &tmp.path().join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    cli.repo.index_format = format.map(str::to_string);
+    cli.runtime.workers = Some(workers);
+    cli.cache.cache_size = Some(size.into());
+    Proxy::start_in(cli, Some(tmp))
+}
+
+#[test]
+fn helm_gets_json_others_yaml_each_with_its_etag_vary_and_304() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    let p = proxy(&s3, None, 2, "64MiB");
+
+    let yaml = p.get_with("/index.yaml", &[CURL]);
+    assert_eq!(yaml.status, 200);
+    assert_eq!(yaml.header("content-type"), Some("text/yaml"));
+    assert_eq!(yaml.header("vary"), Some("User-Agent, Accept-Encoding"));
+    let yaml_text = yaml.text();
+    assert!(yaml_text.contains("    - app-1.10.0.tgz\n") && !yaml_text.contains("s3://"));
+    let yaml_etag = yaml.header("etag").unwrap().to_string();
+
+    let js = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(js.status, 200);
+    assert_eq!(js.x_cache(), "REVALIDATED");
+    assert_eq!(js.header("content-type"), Some("application/json"));
+    assert_eq!(js.header("vary"), Some("User-Agent, Accept-Encoding"));
+    assert_eq!(
+        js.header("content-length"),
+        Some(js.body.len().to_string().as_str())
+    );
+    let json_etag = js.header("etag").unwrap().to_string();
+    assert!(
+        json_etag.starts_with('"') && json_etag != yaml_etag,
+        "{json_etag}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&js.body).expect("the JSON form is JSON");
+    assert_eq!(doc, as_helm_reads_it());
+    assert!(
+        !js.text().contains("\": ") && !js.text().contains('\n'),
+        "compact: {}",
+        js.text()
+    );
+
+    // Helm 3.12 and clients without a User-Agent read YAML.
+    let old = p.get_with("/index.yaml", &[("User-Agent", "Helm/3.12.3")]);
+    assert_eq!(old.body, yaml.body);
+    assert_eq!(p.get("/index.yaml").body, yaml.body);
+
+    // 304 per form: each form's ETag revalidates that form only.
+    let r = p.get_with("/index.yaml", &[HELM, ("If-None-Match", &json_etag)]);
+    assert_eq!(
+        (r.status, r.header("etag")),
+        (304, Some(json_etag.as_str()))
+    );
+    assert_eq!(r.header("vary"), Some("User-Agent, Accept-Encoding"));
+    let r = p.get_with("/index.yaml", &[HELM, ("If-None-Match", &yaml_etag)]);
+    assert_eq!((r.status, r.body.clone()), (200, js.body.clone()));
+    let r = p.get_with("/index.yaml", &[CURL, ("If-None-Match", &yaml_etag)]);
+    assert_eq!(
+        (r.status, r.header("etag")),
+        (304, Some(yaml_etag.as_str()))
+    );
+    let r = p.get_with("/index.yaml", &[CURL, ("If-None-Match", &json_etag)]);
+    assert_eq!((r.status, r.body.clone()), (200, yaml.body.clone()));
+
+    // HEAD and Range answer for the JSON form's own bytes.
+    let head = common::proxy::request(p.addr, "HEAD", "/index.yaml", &[HELM]);
+    assert_eq!(
+        head.header("content-length"),
+        Some(js.body.len().to_string().as_str())
+    );
+    let part = p.get_with("/index.yaml", &[HELM, ("Range", "bytes=0-9")]);
+    assert_eq!((part.status, &part.body[..]), (206, &js.body[..10]));
+
+    // Republished: both forms change, at once.
+    s3.put_object(
+        "charts",
+        "stable/index.yaml",
+        index()
+            .replace("version: 1.9.0", "version: 1.9.1")
+            .as_bytes(),
+    );
+    let js2 = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(js2.x_cache(), "MISS");
+    assert_ne!(js2.header("etag"), Some(json_etag.as_str()));
+    let doc2: serde_json::Value = serde_json::from_slice(&js2.body).unwrap();
+    assert_eq!(doc2["entries"]["app"][1]["version"], "1.9.1");
+    let yaml2 = p.get_with("/index.yaml", &[CURL]);
+    assert!(yaml2.text().contains("version: 1.9.1"));
+    assert_ne!(yaml2.header("etag"), Some(yaml_etag.as_str()));
+}
+
+#[test]
+fn index_format_yaml_serves_yaml_to_helm_too() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    let p = proxy(&s3, Some("yaml"), 2, "64MiB");
+    let r = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(r.header("content-type"), Some("text/yaml"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert!(r.text().starts_with("apiVersion: v1\n"));
+}
+
+/// A GET that waits for its answer as long as a debug build needs to process a
+/// 20 MB index (the common client gives up after 10 s of silence).
+fn slow_get(addr: std::net::SocketAddr, path: &str, ua: (&str, &str)) -> common::proxy::Response {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{}: {}\r\nConnection: close\r\n\r\n",
+        ua.0, ua.1
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    common::proxy::parse_response(&raw, false).expect("a response")
+}
+
+fn gunzip(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out)
+        .expect("a gzip body");
+    out
+}
+
+#[test]
+fn gzip_forms_for_clients_that_ask_with_their_own_etags() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    let p = proxy(&s3, None, 2, "64MiB");
+    let yaml = p.get_with("/index.yaml", &[CURL]);
+    let js = p.get_with("/index.yaml", &[HELM]);
+    const GZ: (&str, &str) = ("Accept-Encoding", "gzip");
+    // The gzip forms are stored right after the index: wait until they are.
+    let mut gz = p.get_with("/index.yaml", &[CURL, GZ]);
+    for _ in 0..500 {
+        if gz.header("content-encoding").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        gz = p.get_with("/index.yaml", &[CURL, GZ]);
+    }
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(gz.header("content-type"), Some("text/yaml"));
+    assert_eq!(gz.header("vary"), Some("User-Agent, Accept-Encoding"));
+    assert_eq!(
+        gz.header("content-length"),
+        Some(gz.body.len().to_string().as_str())
+    );
+    assert_eq!(gunzip(&gz.body), yaml.body);
+    let gz_etag = gz.header("etag").unwrap().to_string();
+    assert_ne!(Some(gz_etag.as_str()), yaml.header("etag"));
+
+    let jgz = p.get_with("/index.yaml", &[HELM, GZ]);
+    assert_eq!(jgz.header("content-encoding"), Some("gzip"));
+    assert_eq!(jgz.header("content-type"), Some("application/json"));
+    assert_eq!(gunzip(&jgz.body), js.body);
+    let jgz_etag = jgz.header("etag").unwrap().to_string();
+    assert!(![
+        yaml.header("etag"),
+        js.header("etag"),
+        Some(gz_etag.as_str())
+    ]
+    .contains(&Some(jgz_etag.as_str())));
+
+    // 304 and Range per encoding; q=0 and other codings get the identity form.
+    let r = p.get_with("/index.yaml", &[CURL, GZ, ("If-None-Match", &gz_etag)]);
+    assert_eq!(
+        (r.status, r.header("content-encoding")),
+        (304, Some("gzip"))
+    );
+    let r = p.get_with("/index.yaml", &[CURL, ("If-None-Match", &gz_etag)]);
+    assert_eq!((r.status, r.body.clone()), (200, yaml.body.clone()));
+    let r = p.get_with("/index.yaml", &[CURL, GZ, ("Range", "bytes=0-1")]);
+    assert_eq!((r.status, &r.body[..]), (206, &[0x1f, 0x8b][..]));
+    for ae in ["gzip;q=0", "br", "identity"] {
+        let r = p.get_with("/index.yaml", &[CURL, ("Accept-Encoding", ae)]);
+        assert_eq!(r.header("content-encoding"), None, "{ae}");
+        assert_eq!(r.body, yaml.body, "{ae}");
+    }
+}
+
+/// A value of `chartcache_index_processing` in a metrics scrape.
+fn processing(p: &Proxy) -> u64 {
+    p.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("chartcache_index_processing "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the gauge is exported")
+}
+
+#[test]
+fn a_hit_is_answered_while_a_big_index_is_processed() {
+    let s3 = spawn_s3(AK, SK);
+    let big = chartcache::helm::synthetic::index(21_000, "s3://charts/stable/");
+    assert!(big.len() > 19 << 20, "{} bytes", big.len());
+    s3.put_object("charts", "stable/index.yaml", big.as_bytes());
+    s3.put_object("charts", "stable/small-1.0.0.tgz", b"a small chart");
+    // One worker: the hit and the index fill share it.
+    let p = proxy(&s3, None, 1, "512MiB");
+    assert_eq!(p.get("/small-1.0.0.tgz").x_cache(), "MISS");
+    assert_eq!(p.get("/small-1.0.0.tgz").x_cache(), "HIT");
+
+    let addr = p.addr;
+    let index = std::thread::spawn(move || slow_get(addr, "/index.yaml", HELM));
+    // Hits sent and answered while the gauge said the index was being processed
+    // (read before sending and after the answer). With index work on the worker
+    // itself, no hit could be answered inside that window.
+    let mut answered_meanwhile = 0;
+    let mut polls = 0;
+    while !index.is_finished() && polls < 20_000 {
+        polls += 1;
+        if processing(&p) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            continue;
+        }
+        let hit = p.get("/small-1.0.0.tgz");
+        assert_eq!((hit.status, hit.x_cache()), (200, "HIT"));
+        assert_eq!(hit.body, b"a small chart");
+        if processing(&p) == 1 {
+            answered_meanwhile += 1;
+        }
+    }
+    let r = index.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(doc["entries"].as_object().unwrap().len(), 21_000 / 50);
+    assert_eq!(
+        doc["entries"]["chart0000"][0]["urls"][0],
+        "chart0000-0.4.9.tgz"
+    );
+    assert!(
+        answered_meanwhile >= 1,
+        "no hit was answered while the index was processed"
+    );
+    assert!(p
+        .metrics()
+        .contains("chartcache_index_versions_processed_total 1"));
+}
