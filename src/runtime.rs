@@ -614,7 +614,7 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
     while w.connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Err(e) = w.owner.checkpoint() {
+    if let Err(e) = w.owner.checkpoint().await {
         tracing::error!(worker = w.id, error = %e, "index checkpoint failed at shutdown");
     }
     w.access_log.flush();
@@ -709,7 +709,7 @@ async fn housekeeping(w: WorkerRef) {
         }
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
-            match w.owner.checkpoint() {
+            match w.owner.checkpoint().await {
                 Ok(()) => {}
                 // A full device: the store logs that once a minute.
                 Err(crate::cache::error::Error::NoSpace) => {}

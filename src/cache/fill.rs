@@ -963,4 +963,3 @@ async fn yield_now() {
     })
     .await
 }
-

@@ -52,6 +52,17 @@ pub struct ShardOwner {
     inflight: Arc<InflightTable>,
     negative: Arc<NegativeCache>,
     fill: FillContext,
+    /// A checkpoint is between its begin and its finish (see [`ShardOwner::checkpoint`]).
+    checkpointing: std::cell::Cell<bool>,
+}
+
+/// Clears the flag when dropped (also when the future holding it is).
+struct ClearOnDrop<'a>(&'a std::cell::Cell<bool>);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }
 
 impl ShardOwner {
@@ -67,6 +78,7 @@ impl ShardOwner {
             inflight,
             negative,
             fill,
+            checkpointing: Default::default(),
         })
     }
 
@@ -131,8 +143,33 @@ impl ShardOwner {
         self.store.borrow().stats()
     }
 
-    /// Persists the shard's index (see [`ShardStore::checkpoint`]).
-    pub fn checkpoint(&self) -> Result<(), Error> {
-        self.store.borrow_mut().checkpoint()
+    /// Persists the shard's index (see [`ShardStore::checkpoint`]) without blocking the
+    /// worker on the disk: the fdatasync of the segments written since the last one (on
+    /// a busy shard, tens of MiB: a disk's worth of time) runs on a short-lived thread
+    /// while the worker goes on serving. One at a time: a call while another is in
+    /// flight waits for it, then writes its own.
+    pub async fn checkpoint(&self) -> Result<(), Error> {
+        while self.checkpointing.get() {
+            monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.checkpointing.set(true);
+        let _done = ClearOnDrop(&self.checkpointing);
+        let pending = self.store.borrow_mut().begin_checkpoint();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("chartcache-sync".into())
+            .spawn(move || {
+                let synced = pending.sync();
+                let _ = tx.send((pending, synced));
+            });
+        let (pending, synced) = match spawned {
+            Ok(_) => rx
+                .await
+                .map_err(|_| Error::Io(std::io::Error::other("the checkpoint sync thread died")))?,
+            // No thread to be had: sync here rather than not at all.
+            Err(_) => return self.store.borrow_mut().checkpoint(),
+        };
+        synced?;
+        self.store.borrow_mut().finish_checkpoint(pending)
     }
 }

@@ -336,6 +336,24 @@ pub struct PendingRecord {
     spooled: bool,
 }
 
+/// A checkpoint between [`ShardStore::begin_checkpoint`] and
+/// [`ShardStore::finish_checkpoint`]: `Send`, so its [`sync`](Self::sync) can run off the
+/// owner's thread.
+pub struct PendingCheckpoint {
+    /// Written since the last checkpoint: to be fdatasync'ed before it is written.
+    segments: Vec<Arc<Segment>>,
+    header: CheckpointHeader,
+    count: u64,
+    buf: Vec<u8>,
+}
+
+impl PendingCheckpoint {
+    /// fdatasync the segments the checkpoint relies on (the slow part).
+    pub fn sync(&self) -> Result<(), Error> {
+        self.segments.iter().try_for_each(|s| s.sync())
+    }
+}
+
 /// A body of unknown length on its way to a spool (see the module doc, Large objects):
 /// written as it arrives, the device checked for room before every [`SPOOL_STEP`].
 pub struct GrowingSpool {
@@ -845,13 +863,24 @@ impl ShardStore {
     }
 
     /// Persist the index: fdatasync segments written since the last checkpoint, then write
-    /// the older checkpoint copy (fsync).
+    /// the older checkpoint copy (fsync). [`Self::begin_checkpoint`],
+    /// [`PendingCheckpoint::sync`] and [`Self::finish_checkpoint`] in one go.
     pub fn checkpoint(&mut self) -> Result<(), Error> {
-        for id in std::mem::take(&mut self.dirty) {
-            if let Some(seg) = self.segments.get(&id) {
-                seg.sync()?;
-            }
-        }
+        let pending = self.begin_checkpoint();
+        pending.sync()?;
+        self.finish_checkpoint(pending)
+    }
+
+    /// The first step of a checkpoint: what it will say (the index and the log position
+    /// as of now) and the segments written since the last one, which must reach the disk
+    /// ([`PendingCheckpoint::sync`], which may run on another thread: it is the slow
+    /// part) before [`Self::finish_checkpoint`] writes it. Records written meanwhile are
+    /// after its log position, so replay finds them.
+    pub fn begin_checkpoint(&mut self) -> PendingCheckpoint {
+        let segments = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|id| self.segments.get(&id).cloned())
+            .collect();
         let (log_segment, log_offset) = match (self.pending.first(), &self.active) {
             (Some(&(id, off)), _) => (id, off),
             (None, Some(a)) => (a.seg.id(), a.pos),
@@ -888,6 +917,20 @@ impl ShardStore {
             next_segment_id: self.next_segment_id,
             ..CheckpointHeader::default()
         };
+        PendingCheckpoint {
+            segments,
+            header,
+            count,
+            buf,
+        }
+    }
+
+    /// Writes a checkpoint whose segments were synced. Only one checkpoint may be
+    /// between begin and finish at a time (its copy and salt were chosen at begin).
+    pub fn finish_checkpoint(&mut self, pending: PendingCheckpoint) -> Result<(), Error> {
+        let PendingCheckpoint {
+            header, count, buf, ..
+        } = pending;
         let written = checkpoint::write(&self.dir, &mut self.ckpt, header, count, &buf);
         self.noted(written)?;
         self.shrink_to_capacity()?;
@@ -1530,5 +1573,31 @@ mod tests {
         let err = ShardStore::open(cfg).err().unwrap().to_string();
         assert!(err.contains("--max-object-size"), "{err}");
         assert!(err.contains("4194304"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_in_two_steps_keeps_what_was_written_between_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1 << 20);
+        put(&mut s, "/before", &body(1, 5000), "\"a\"");
+        let pending = s.begin_checkpoint();
+        // Written while the segments sync (on another thread, in the owner).
+        put(&mut s, "/between", &body(2, 5000), "\"b\"");
+        assert!(s.remove("/before"));
+        std::thread::scope(|t| t.spawn(|| pending.sync()).join().unwrap()).unwrap();
+        s.finish_checkpoint(pending).unwrap();
+        drop(s);
+        let s = open(dir.path(), 1 << 20);
+        let r = s.reader();
+        assert!(
+            get(&r, "/before").is_none(),
+            "the removal after begin is replayed"
+        );
+        assert_eq!(get(&r, "/between").unwrap(), body(2, 5000));
+        let report = s.recovery_report();
+        assert!(
+            report.checkpoint_seq.is_some() && report.checkpoint_entries == 1,
+            "{report:?}"
+        );
     }
 }
