@@ -22,6 +22,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, purge (plain threads).
 //! - [`metrics`]: metric names and per-worker counters, summed at scrape.
 //! - [`access_log`]: one structured line per request on stdout.
+//! - [`sched`]: cooperative yields on the workers, low priority for helper threads.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod access_log;
@@ -34,4 +35,5 @@ pub mod metrics;
 pub mod origin;
 pub mod policy;
 pub mod runtime;
+pub mod sched;
 pub mod server;

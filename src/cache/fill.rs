@@ -250,7 +250,7 @@ impl Filler<'_> {
                     }
                     // An always-ready body (a local file, a fast peer) must not hold
                     // the worker for the whole object.
-                    yield_now().await;
+                    crate::sched::yield_now().await;
                 }
                 Ok(None) if written == len => break None,
                 Ok(None) => break Some(format!("upstream body ended at {written} of {len} bytes")),
@@ -345,7 +345,7 @@ impl Filler<'_> {
                     since_yield += chunk.len();
                     if since_yield >= WRITE_RUN {
                         since_yield = 0;
-                        yield_now().await;
+                        crate::sched::yield_now().await;
                     }
                     if last_news.elapsed() >= NEWS_EVERY {
                         last_news = Instant::now();
@@ -460,7 +460,7 @@ impl Filler<'_> {
             }
             at += n as u64;
             inflight.heartbeat();
-            yield_now().await;
+            crate::sched::yield_now().await;
         }
         let view = BodyView {
             segment: rec.segment.clone(),
@@ -831,7 +831,7 @@ impl Filler<'_> {
                 self.store.borrow_mut().abort(rec);
                 return Err(e);
             }
-            yield_now().await;
+            crate::sched::yield_now().await;
         }
         let view = BodyView {
             segment: rec.segment.clone(),
@@ -914,7 +914,7 @@ async fn read_index(
                 since_yield += chunk.len();
                 if since_yield >= INDEX_WRITE_RUN {
                     since_yield = 0;
-                    yield_now().await;
+                    crate::sched::yield_now().await;
                 }
                 if last_news.elapsed() >= NEWS_EVERY {
                     last_news = Instant::now();
@@ -946,20 +946,4 @@ impl Drop for Gauge<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// Lets the worker's other tasks (and its completion queue) run before going on
-/// (monoio has no `yield_now`).
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }

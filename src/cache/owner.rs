@@ -159,6 +159,7 @@ impl ShardOwner {
         let spawned = std::thread::Builder::new()
             .name("chartcache-sync".into())
             .spawn(move || {
+                crate::sched::background_priority();
                 let synced = pending.sync();
                 let _ = tx.send((pending, synced));
             });

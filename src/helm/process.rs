@@ -229,6 +229,7 @@ impl IndexProcessor {
 }
 
 fn run(rx: Receiver<Request>, rewrite_from: Option<String>) {
+    crate::sched::background_priority();
     while let Ok(request) = rx.recv() {
         let (input, job, reply) = match request {
             Request::Process { input, job, reply } => (input, job, reply),

@@ -281,8 +281,10 @@ impl SocketMode {
     }
 }
 
-/// Largest count passed to one `sendfile(2)` call (the kernel caps it there).
-const MAX_SENDFILE: usize = 0x7fff_f000;
+/// Largest count passed to one `sendfile(2)` call. A client that keeps up (loopback, a
+/// fast LAN) never makes `sendfile` wait, so one call would hold the worker for the whole
+/// body (a 44 MB index); between calls of this size the worker lets its other tasks run.
+const MAX_SENDFILE: usize = 1 << 20;
 
 /// Sets `O_NONBLOCK` on a socket and puts the old flags back when dropped.
 struct NonBlocking {
@@ -427,6 +429,9 @@ async fn head_and_file(
             ));
         }
         sent += n;
+        if sent < len {
+            crate::sched::yield_now().await;
+        }
     }
     Ok(())
 }
