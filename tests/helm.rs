@@ -84,6 +84,24 @@ fn helm_client_missing() -> Option<String> {
     }
 }
 
+/// The real Helm client adds the repository at `url` and pulls `hello` 0.2.0 from it.
+fn helm_pulls_hello_0_2_0(url: &str) -> Result<(), Failed> {
+    let py = python();
+    let out = Command::new(&py)
+        .arg(helm_check_script())
+        .args([url, "hello", "0.2.0", "--timeout", "120"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", py.to_string_lossy()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(EXIT_NOT_INSTALLED) {
+        return Err(format!("the Helm client is not available: {}", stderr.trim()).into());
+    }
+    assert!(out.status.success(), "helm failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("\"version\": \"0.2.0\""), "{stdout}");
+    Ok(())
+}
+
 fn helm_through_chartcache(s3_urls: bool, index_format: Option<&str>) -> Result<(), Failed> {
     let s3 = spawn_s3(AK, SK);
     for entry in std::fs::read_dir(examples_repo()).unwrap() {
@@ -111,20 +129,7 @@ fn helm_through_chartcache(s3_urls: bool, index_format: Option<&str>) -> Result<
         "application/json"
     };
     assert_eq!(served.header("content-type"), Some(want));
-    let url = format!("http://{}", p.addr);
-    let py = python();
-    let out = Command::new(&py)
-        .arg(helm_check_script())
-        .args([url.as_str(), "hello", "0.2.0", "--timeout", "120"])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", py.to_string_lossy()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(EXIT_NOT_INSTALLED) {
-        return Err(format!("the Helm client is not available: {}", stderr.trim()).into());
-    }
-    assert!(out.status.success(), "helm failed: {stdout}\n{stderr}");
-    assert!(stdout.contains("\"version\": \"0.2.0\""), "{stdout}");
+    helm_pulls_hello_0_2_0(&format!("http://{}", p.addr))?;
     // Helm fetched the index and the chart through chartcache, signed.
     assert!(s3.get_count("/helm-charts/stable/index.yaml") >= 1);
     assert_eq!(s3.get_count("/helm-charts/stable/hello-0.2.0.tgz"), 1);
@@ -142,17 +147,7 @@ fn helm_through_a_chart_view() -> Result<(), Failed> {
     let mut cli = test_cli("s3://helm-charts", &tmp.path().join("cache"));
     cli.repo.s3_endpoint = Some(s3.endpoint.clone());
     let p = Proxy::start_in(cli, Some(tmp));
-    let url = format!("http://{}/-/charts/hello", p.addr);
-    let py = python();
-    let out = Command::new(&py)
-        .arg(helm_check_script())
-        .args([url.as_str(), "hello", "0.2.0", "--timeout", "120"])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", py.to_string_lossy()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "helm failed: {stdout}\n{stderr}");
-    assert!(stdout.contains("\"version\": \"0.2.0\""), "{stdout}");
+    helm_pulls_hello_0_2_0(&format!("http://{}/-/charts/hello", p.addr))?;
     // The chart Helm fetched under the view is the repository's object.
     assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "HIT");
     assert_eq!(s3.get_count("/helm-charts/hello-0.2.0.tgz"), 1);

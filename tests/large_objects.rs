@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,17 +67,9 @@ fn serve(
     gets: &Mutex<HashMap<String, u64>>,
     release: &AtomicBool,
 ) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let Some(path) = common::read_request_target(&mut s, Duration::from_secs(30)) else {
+        return;
+    };
     *gets.lock().unwrap().entry(path.clone()).or_default() += 1;
     let Some(obj) = objects.get(path.as_str()) else {
         let _ = s

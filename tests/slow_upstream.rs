@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,17 +65,9 @@ fn spawn_trickle(chart: Vec<u8>) -> TrickleUpstream {
 }
 
 fn serve(mut s: TcpStream, chart: &[u8], index: &str, gets: &AtomicU64) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let Some(path) = common::read_request_target(&mut s, Duration::from_secs(20)) else {
+        return;
+    };
     let send_head = |s: &mut TcpStream, len: usize, ct: &str| {
         let h = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: {ct}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n"

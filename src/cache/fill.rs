@@ -307,8 +307,7 @@ impl Filler<'_> {
         let mut buf = BytesMut::new();
         let mut spool: Option<GrowingSpool> = None;
         let mut hasher = self.expected_digest(key).map(|d| (d, Sha256::new()));
-        let mut last_news = Instant::now();
-        let mut since_yield = 0;
+        let mut pace = Pacer::new(WRITE_RUN);
         let not_shared = |e: Error| {
             self.metrics
                 .fill_skipped
@@ -340,17 +339,7 @@ impl Filler<'_> {
                     if let Err(e) = spooled {
                         return not_shared(e);
                     }
-                    // A body that is always ready (a local file, a fast peer) would
-                    // otherwise be read whole without letting the worker serve anyone.
-                    since_yield += chunk.len();
-                    if since_yield >= WRITE_RUN {
-                        since_yield = 0;
-                        crate::sched::yield_now().await;
-                    }
-                    if last_news.elapsed() >= NEWS_EVERY {
-                        last_news = Instant::now();
-                        inflight.heartbeat();
-                    }
+                    pace.read(chunk.len(), inflight).await;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -886,6 +875,39 @@ impl Filler<'_> {
     }
 }
 
+/// Paces a body read on the worker: yields every `every` bytes (a body that is always
+/// ready — a local file, a fast peer — would otherwise be read whole without letting the
+/// worker serve anyone) and tells the fill's waiters that bytes are arriving at least every
+/// [`NEWS_EVERY`].
+struct Pacer {
+    every: usize,
+    since_yield: usize,
+    last_news: Instant,
+}
+
+impl Pacer {
+    fn new(every: usize) -> Pacer {
+        Pacer {
+            every,
+            since_yield: 0,
+            last_news: Instant::now(),
+        }
+    }
+
+    /// `n` more bytes were read.
+    async fn read(&mut self, n: usize, inflight: &Inflight) {
+        self.since_yield += n;
+        if self.since_yield >= self.every {
+            self.since_yield = 0;
+            crate::sched::yield_now().await;
+        }
+        if self.last_news.elapsed() >= NEWS_EVERY {
+            self.last_news = Instant::now();
+            inflight.heartbeat();
+        }
+    }
+}
+
 /// Reads a whole index body into memory (up to [`MAX_INDEX`], sized once from the
 /// declared length). On overflow or error it publishes the outcome
 /// (`Passthrough` / `Failed`) and returns `None`.
@@ -899,8 +921,7 @@ async fn read_index(
         return None;
     }
     let mut buf = BytesMut::with_capacity(declared_len.unwrap_or(0) as usize);
-    let mut last_news = Instant::now();
-    let mut since_yield = 0;
+    let mut pace = Pacer::new(INDEX_WRITE_RUN);
     loop {
         match body.next_chunk().await {
             Ok(Some(chunk)) => {
@@ -909,17 +930,7 @@ async fn read_index(
                     return None;
                 }
                 buf.extend_from_slice(&chunk);
-                // A body that is always ready (a local file, a fast peer) would
-                // otherwise be read whole without letting the worker serve anyone.
-                since_yield += chunk.len();
-                if since_yield >= INDEX_WRITE_RUN {
-                    since_yield = 0;
-                    crate::sched::yield_now().await;
-                }
-                if last_news.elapsed() >= NEWS_EVERY {
-                    last_news = Instant::now();
-                    inflight.heartbeat();
-                }
+                pace.read(chunk.len(), inflight).await;
             }
             Ok(None) => return Some(buf.freeze()),
             Err(e) => {

@@ -350,6 +350,22 @@ pub fn test_client_settings() -> chartcache::origin::client::ClientSettings {
 }
 
 /// Deterministic, unique bytes for object `i` (xorshift64*, seeded by `i`).
+/// Reads a request head from a fake upstream's connection (timeout `within`) and returns
+/// its target; `None` if the peer closed or went quiet first.
+pub fn read_request_target(s: &mut std::net::TcpStream, within: Duration) -> Option<String> {
+    let _ = s.set_read_timeout(Some(within));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    Some(line.split_whitespace().nth(1).unwrap_or("").to_string())
+}
+
 pub fn object_bytes(i: u64, len: usize) -> Vec<u8> {
     let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
