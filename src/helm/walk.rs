@@ -8,7 +8,11 @@
 //! - **Aliases are expanded.** The events of every anchored node are recorded
 //!   (anchors are rare in indexes, so this costs nothing on real ones) and replayed
 //!   where an alias names it, so a sink sees the document as a tree. The expansion
-//!   is bounded ([`MAX_EXPANSION`]): an alias bomb is an error, not an
+//!   is bounded in events ([`MAX_EXPANSION`]) and in bytes: what anchors record
+//!   (every open recording keeps its own copy) plus what aliases replay may not
+//!   exceed the document's own size plus [`EXTRA_BYTES`], so the derived forms stay
+//!   within about twice the index whatever its anchors do. An alias bomb (many
+//!   aliases of one big scalar, deeply nested anchors) is an error, not an
 //!   out-of-memory.
 //! - **Only the first document counts**, as in Helm (its YAML decoder reads the
 //!   first document and ignores the rest).
@@ -26,6 +30,11 @@ pub const MAX_DEPTH: usize = 256;
 /// Events produced by expanding aliases, at most this many plus 4× the events
 /// of the document itself.
 pub const MAX_EXPANSION: usize = 1 << 20;
+/// Bytes that anchors and aliases may add (recorded copies and replayed events),
+/// beyond the document's own length.
+pub const EXTRA_BYTES: usize = 1 << 20;
+/// What one event costs against that budget besides its text.
+const EVENT_COST: usize = 16;
 
 /// Why a document could not be walked.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,8 @@ pub enum WalkError {
     Syntax(#[from] ScanError),
     #[error("aliases expand to more than {0} events (alias bomb?)")]
     Expansion(usize),
+    #[error("anchors and aliases copy more than {0} bytes (alias bomb?)")]
+    ExpansionBytes(usize),
     #[error("nesting deeper than {MAX_DEPTH}")]
     TooDeep,
     #[error("alias to an undefined anchor")]
@@ -79,6 +90,14 @@ pub trait Sink {
 
 type Owned = Ev<'static>;
 
+/// An event's cost against the expansion byte budget.
+fn weight(ev: &Ev<'_>) -> usize {
+    match ev {
+        Ev::Scalar { value, .. } => value.len() + EVENT_COST,
+        _ => EVENT_COST,
+    }
+}
+
 fn owned(ev: &Ev<'_>) -> Owned {
     match ev {
         Ev::Scalar { value, plain, tag } => Ev::Scalar {
@@ -109,6 +128,10 @@ struct Walker<'s, 'k> {
     depth: usize,
     expanded: usize,
     parsed: usize,
+    /// Bytes recorded for anchors and replayed for aliases so far.
+    spent: usize,
+    /// What `spent` may reach (the document's length plus [`EXTRA_BYTES`]).
+    budget: usize,
 }
 
 impl Walker<'_, '_> {
@@ -135,6 +158,9 @@ impl Walker<'_, '_> {
                 events: Vec::new(),
             });
         }
+        if !self.recordings.is_empty() {
+            self.spend(weight(ev) * self.recordings.len())?;
+        }
         let mut i = 0;
         while i < self.recordings.len() {
             let r = &mut self.recordings[i];
@@ -155,6 +181,15 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
+    /// Charges `bytes` of alias work against the budget.
+    fn spend(&mut self, bytes: usize) -> Result<(), WalkError> {
+        self.spent = self.spent.saturating_add(bytes);
+        if self.spent > self.budget {
+            return Err(WalkError::ExpansionBytes(self.budget));
+        }
+        Ok(())
+    }
+
     fn alias(&mut self, anchor: usize) -> Result<(), WalkError> {
         let events = self
             .anchors
@@ -166,6 +201,7 @@ impl Walker<'_, '_> {
         if self.expanded > limit {
             return Err(WalkError::Expansion(limit));
         }
+        self.spend(events.iter().map(weight).sum())?;
         for ev in events.iter() {
             self.emit(ev, 0)?;
         }
@@ -196,6 +232,8 @@ pub fn walk(yaml: &str, sinks: &mut [&mut dyn Sink]) -> Result<(), WalkError> {
         depth: 0,
         expanded: 0,
         parsed: 0,
+        spent: 0,
+        budget: yaml.len().saturating_add(EXTRA_BYTES),
     };
     let mut parser = Parser::new_from_str(yaml);
     let mut in_document = false;
@@ -312,7 +350,36 @@ mod tests {
                 "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
             ));
         }
-        assert!(matches!(events(&y), Err(WalkError::Expansion(_))));
+        assert!(matches!(
+            events(&y),
+            Err(WalkError::Expansion(_) | WalkError::ExpansionBytes(_))
+        ));
+    }
+
+    #[test]
+    fn many_aliases_of_a_big_scalar_are_an_error_not_a_copy_each() {
+        // 300 copies of 200 KB would be 60 MB of events from a 200 KB document.
+        let mut y = format!("d: &d {}
+l:
+", "x".repeat(200_000));
+        for _ in 0..300 {
+            y.push_str("- *d\n");
+        }
+        assert!(matches!(events(&y), Err(WalkError::ExpansionBytes(_))));
+        // A few aliases of it are fine: the budget is the document's size again.
+        let y = format!("d: &d {}\nl: [*d, *d]\n", "x".repeat(200_000));
+        assert_eq!(events(&y).unwrap().len(), 9);
+    }
+
+    #[test]
+    fn nested_anchors_do_not_copy_their_content_once_per_level() {
+        let mut y = String::new();
+        for i in 0..64 {
+            y.push_str(&format!("&a{i} ["));
+        }
+        y.push_str(&"x".repeat(100_000));
+        y.push_str(&"]".repeat(64));
+        assert!(matches!(events(&y), Err(WalkError::ExpansionBytes(_))));
     }
 
     #[test]
