@@ -143,3 +143,27 @@ fn views_survive_a_restart() {
     assert_eq!(after.header("etag"), before.header("etag"));
     assert_eq!(p.get("/-/charts/other/index.yaml").status, 200);
 }
+
+/// With the index routed around the cache (`bypass`), there is no stored index to
+/// cut views from: a view is a clear 404, never the whole upstream index.
+#[test]
+fn no_views_when_the_index_route_bypasses_the_cache() {
+    let s3 = spawn_s3(AK, SK);
+    s3.create_bucket("charts");
+    s3.put_object("charts", "stable/index.yaml", index(&["1.0.0"]).as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nmatch = { exact = \"/index.yaml\" }\naction = \"bypass\"\n",
+    )
+    .unwrap();
+    let mut cli = test_cli("s3://charts/stable", &dir.path().join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    cli.config = Some(rules);
+    let p = Proxy::start_in(cli, None);
+    assert_eq!(p.get("/index.yaml").x_cache(), "BYPASS");
+    let view = p.get_with("/-/charts/app/index.yaml", &[HELM]);
+    assert_eq!(view.status, 404, "{}", view.text());
+    assert!(view.text().contains("chart views need /index.yaml cached"));
+}

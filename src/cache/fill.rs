@@ -510,12 +510,20 @@ impl Filler<'_> {
         // that finds the new YAML finds them too, and until then the current ones
         // keep being served with the current YAML.
         let mut table = None;
-        let slot = self
+        // The slot the served YAML's forms are not in (after a restart the counter
+        // knows nothing: ask the store), else the counter's turn.
+        let served = self.store.borrow().reader().lookup(key);
+        let live = served.and_then(|h| h.meta.etag.clone()).and_then(|e| {
+            self.stored_slot(&helm::INDEX_VIEWS_KEYS, &helm::views_etag(&e))
+                .or_else(|| self.stored_slot(&helm::INDEX_JSON_KEYS, &helm::json_etag(&e)))
+        });
+        let turn = self
             .helm
             .slot
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .wrapping_add(1)
             % 2;
+        let slot = live.map_or(turn, |s| 1 - s);
         if let Some(etag) = &object.etag {
             table = self
                 .store_derived(&p, etag, &object, slot, [true, true])

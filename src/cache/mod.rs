@@ -257,11 +257,14 @@ impl Cache {
     }
 
     /// A record stored beside `owner_key` on that key's owner shard (a form derived
-    /// from it, such as the index's JSON form, whose key no request can name):
-    /// verified, or `None` (a corrupt one is dropped).
-    pub fn lookup_beside(&self, owner_key: &str, key: &str) -> Option<Hit> {
+    /// from it, such as the index's JSON form, whose key no request can name) whose
+    /// ETag is `etag`: verified, or `None` (a corrupt one is dropped). The ETag is
+    /// checked first, so a stale form is never read through to verify it.
+    pub fn lookup_beside(&self, owner_key: &str, key: &str, etag: &str) -> Option<Hit> {
         let reader = self.reader_for(owner_key);
-        let hit = reader.lookup(key)?;
+        let hit = reader
+            .lookup(key)
+            .filter(|h| h.meta.etag.as_deref() == Some(etag))?;
         if hit.verify() {
             return Some(hit);
         }

@@ -359,9 +359,12 @@ mod tests {
     #[test]
     fn many_aliases_of_a_big_scalar_are_an_error_not_a_copy_each() {
         // 300 copies of 200 KB would be 60 MB of events from a 200 KB document.
-        let mut y = format!("d: &d {}
+        let mut y = format!(
+            "d: &d {}
 l:
-", "x".repeat(200_000));
+",
+            "x".repeat(200_000)
+        );
         for _ in 0..300 {
             y.push_str("- *d\n");
         }

@@ -165,6 +165,11 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
             let rule = w.cfg.repo.policy.decide(object);
             x.overrides = &rule.headers;
             match rule.action {
+                // A view is cut from the stored index; a bypassed index is not stored.
+                Action::Bypass if x.view.is_some() => {
+                    x.respond_simple(404, "not found: chart views need /index.yaml cached (its route bypasses the cache)")
+                        .await
+                }
                 Action::Bypass => x.bypass(CacheResult::Bypass).await,
                 Action::Cache { ttl } => {
                     x.cached(Want {
@@ -489,11 +494,7 @@ impl<'a> Exchange<'a> {
     /// when its JSON form is not stored).
     fn index_form(&self, yaml: &ObjectMeta) -> Result<Option<IndexForm>, (u16, &'static str)> {
         let cache = &self.w.cache;
-        let beside = |key: &str, etag: &str| {
-            cache
-                .lookup_beside(helm::INDEX_KEY, key)
-                .filter(|h| h.meta.etag.as_deref() == Some(etag))
-        };
+        let beside = |key: &str, etag: &str| cache.lookup_beside(helm::INDEX_KEY, key, etag);
         let Some(chart) = self.view else {
             let Some(yaml_etag) = yaml.etag.as_deref() else {
                 return Ok(None);
