@@ -533,9 +533,10 @@ impl Filler<'_> {
         let json = p.json.ok();
         // Freeing tens of MB is not this worker's job either.
         self.helm.processor.dispose((p.views, p.summary));
+        // Before the YAML: a view request that meets the new YAML finds its table.
+        self.helm.views[slot].store(table.map(Arc::new));
         match self.store_in_runs(key, &object, &yaml).await {
             Ok(view) => {
-                self.helm.views.store(table.map(Arc::new));
                 inflight.publish(FillState::Done { view });
                 // Then the gzip forms (clients that ask get the identity form meanwhile).
                 if let Some(etag) = &object.etag {
@@ -570,9 +571,11 @@ impl Filler<'_> {
             .clone();
         if learned.is_some() && learned == etag {
             // Learned already; again only if its views were evicted since.
-            let views_gone = self.helm.views.load().as_ref().is_some_and(|t| {
-                let etag = helm::views_etag(&t.yaml_etag);
-                self.stored_slot(&helm::INDEX_VIEWS_KEYS, &etag).is_none()
+            let views_gone = self.helm.views.iter().any(|t| {
+                t.load().as_ref().is_some_and(|t| {
+                    let etag = helm::views_etag(&t.yaml_etag);
+                    self.stored_slot(&helm::INDEX_VIEWS_KEYS, &etag).is_none()
+                })
             });
             if !views_gone {
                 return;
@@ -618,7 +621,7 @@ impl Filler<'_> {
             let table = self
                 .store_derived(&p, etag, &object, slot, [json.is_none(), views.is_none()])
                 .await;
-            self.helm.views.store(table.map(Arc::new));
+            self.helm.views[slot].store(table.map(Arc::new));
         }
         self.helm.processor.dispose(p);
     }

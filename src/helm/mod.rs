@@ -102,8 +102,11 @@ pub struct HelmRepo {
     /// form) were derived from in this process; `None` until the first one, which
     /// after a restart is the stored index (see `cache::fill`).
     pub learned: std::sync::Mutex<Option<String>>,
-    /// Where each chart's view is in the stored views record (see [`view`]).
-    pub views: arc_swap::ArcSwapOption<view::ViewTable>,
+    /// Where each chart's view is in the stored views record (see [`view`]), one
+    /// table per slot: a table is set before its YAML is committed, and the other
+    /// slot's keeps serving the YAML still stored, so a view request that meets either
+    /// version finds its table.
+    pub views: [arc_swap::ArcSwapOption<view::ViewTable>; 2],
     /// Counts index versions stored: the slot of derived forms to write next.
     pub slot: std::sync::atomic::AtomicUsize,
 }
@@ -116,7 +119,7 @@ impl HelmRepo {
             rewrite_from,
             digests: Digests::default(),
             learned: std::sync::Mutex::new(None),
-            views: arc_swap::ArcSwapOption::empty(),
+            views: Default::default(),
             slot: std::sync::atomic::AtomicUsize::new(0),
         })
     }

@@ -537,13 +537,17 @@ impl<'a> Exchange<'a> {
             503,
             "per-chart views of this index are not available (being prepared, or the index has no JSON form)",
         );
-        let table = self.w.helm.views.load();
-        let (Some(table), Some(yaml_etag)) = (table.as_ref(), yaml.etag.as_deref()) else {
-            return Err(NOT_READY);
-        };
-        if table.yaml_etag != yaml_etag {
-            return Err(NOT_READY);
-        }
+        let yaml_etag = yaml.etag.as_deref().ok_or(NOT_READY)?;
+        // The slot whose table belongs to the YAML being served (see `HelmRepo::views`).
+        let table = self
+            .w
+            .helm
+            .views
+            .iter()
+            .map(|t| t.load_full())
+            .find(|t| t.as_ref().is_some_and(|t| t.yaml_etag == yaml_etag))
+            .flatten()
+            .ok_or(NOT_READY)?;
         let range = table
             .table
             .get(chart)
