@@ -545,14 +545,7 @@ impl Filler<'_> {
             }
             Err(e) => {
                 tracing::warn!(key, error = %e, "index not stored: served from memory");
-                let meta = origin::ResponseMeta {
-                    status: 200,
-                    etag: object.etag,
-                    last_modified: object.last_modified,
-                    content_type: object.content_type,
-                    content_length: Some(yaml.len() as u64),
-                };
-                inflight.publish(FillState::Response { meta, body: yaml });
+                inflight.publish(from_memory(object, yaml));
             }
         }
     }
@@ -872,18 +865,21 @@ impl Filler<'_> {
         };
         match committed {
             Some(view) => inflight.publish(FillState::Done { view }),
-            None => {
-                let meta = origin::ResponseMeta {
-                    status: 200,
-                    etag: object.etag,
-                    last_modified: object.last_modified,
-                    content_type: object.content_type,
-                    content_length: Some(body.len() as u64),
-                };
-                inflight.publish(FillState::Response { meta, body });
-            }
+            None => inflight.publish(from_memory(object, body)),
         }
     }
+}
+
+/// A whole 200 body that could not be stored, answered from memory.
+fn from_memory(object: ObjectMeta, body: Bytes) -> FillState {
+    let meta = origin::ResponseMeta {
+        status: 200,
+        etag: object.etag,
+        last_modified: object.last_modified,
+        content_type: object.content_type,
+        content_length: Some(body.len() as u64),
+    };
+    FillState::Response { meta, body }
 }
 
 /// Paces a body read on the worker: yields every `every` bytes (a body that is always
