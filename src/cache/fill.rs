@@ -354,7 +354,13 @@ impl Filler<'_> {
             None => true,
         };
         let spool = match spool {
-            None if digest_ok => return self.store_buffered(inflight, key, object, buf.freeze()),
+            None if digest_ok => {
+                let body = buf.freeze();
+                return match self.store_in_runs(key, &object, &body).await {
+                    Ok(view) => inflight.publish(FillState::Done { view }),
+                    Err(_) => inflight.publish(from_memory(object, body)),
+                };
+            }
             // Served once, never stored: it needs a segment to be served from.
             None => self.store.borrow().begin_growing_spool(&buf),
             Some(spool) => Ok(spool),
@@ -835,38 +841,6 @@ impl Filler<'_> {
         };
         self.store.borrow_mut().commit(rec)?;
         Ok(view)
-    }
-
-    /// Stores a body that is wholly in memory, then publishes it (`Done`, or
-    /// an in-memory `Response` when it cannot be stored).
-    fn store_buffered(&self, inflight: &Inflight, key: &str, object: ObjectMeta, body: Bytes) {
-        let stored = {
-            let mut store = self.store.borrow_mut();
-            store
-                .begin(key, &object, body.len() as u64)
-                .and_then(|mut rec| {
-                    store.append(&mut rec, &body)?;
-                    Ok(rec)
-                })
-                .map(|rec| {
-                    let view = BodyView {
-                        segment: rec.segment.clone(),
-                        pin: rec.pin.clone(),
-                        body_offset: rec.body_offset,
-                        body_len: body.len() as u64,
-                        meta: Arc::new(object.clone()),
-                    };
-                    (rec, view)
-                })
-        };
-        let committed = match stored {
-            Ok((rec, view)) => self.store.borrow_mut().commit(rec).ok().map(|()| view),
-            Err(_) => None,
-        };
-        match committed {
-            Some(view) => inflight.publish(FillState::Done { view }),
-            None => inflight.publish(from_memory(object, body)),
-        }
     }
 }
 
