@@ -63,7 +63,7 @@ done
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 # shellcheck source=loadtest/lib.sh
-. "$REPO/loadtest/lib.sh"    # log, scratch_dir/cleanup, free_ports, wait_ready
+. "$REPO/loadtest/lib.sh"    # log, scratch_dir/cleanup, free_ports, wait_ready, results_dir
 HELM_UA="User-Agent: Helm/4.3"    # what helm-sdkpy (Helm v4.3) sends
 
 for t in python3 curl; do command -v "$t" >/dev/null || { echo "needs $t" >&2; exit 1; }; done
@@ -92,13 +92,7 @@ LOADTEST="$BIN/chartcache-loadtest"
 CC_BIN=${CC_BIN:-$BIN/chartcache}
 
 scratch_dir chartcache-bigrepo
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-OUT="$REPO/loadtest/results/$STAMP"
-mkdir -p "$OUT/runs"
-COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git -C "$REPO" status --porcelain 2>/dev/null)" ] && COMMIT="$COMMIT-dirty"
-CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-KERNEL=$(uname -r) NPROC=$(nproc)
+results_dir
 HELM_VERSION=$(python3 -c 'import importlib.metadata as m; print("helm-sdkpy " + m.version("helm-sdkpy"))' 2>/dev/null || echo none)
 STAMP=$STAMP COMMIT=$COMMIT NPROC=$NPROC KERNEL=$KERNEL CPU_MODEL=$CPU_MODEL SIZES=$SIZES \
 ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP RATE=$RATE CONNECTIONS=$CONNECTIONS \

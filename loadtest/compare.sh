@@ -57,7 +57,7 @@ if [ -n "$BASELINE_BIN" ]; then SERVERS="$SERVERS,chartcache-baseline"; fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 # shellcheck source=loadtest/lib.sh
-. "$REPO/loadtest/lib.sh"    # log, scratch_dir/cleanup, free_ports, wait_ready
+. "$REPO/loadtest/lib.sh"    # log, scratch_dir/cleanup, free_ports, wait_ready, results_dir
 has() { case ",$SERVERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # ---- tools -----------------------------------------------------------------------------------
@@ -275,14 +275,7 @@ fi
 [ ${#ACTIVE[@]} -gt 0 ] || { echo "no server came up" >&2; exit 1; }
 
 # ---- results directory and machine info ------------------------------------------------------
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-OUT="$REPO/loadtest/results/$STAMP"
-mkdir -p "$OUT/runs"
-COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git -C "$REPO" status --porcelain 2>/dev/null)" ] && COMMIT="$COMMIT-dirty"
-CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-KERNEL=$(uname -r)
-NPROC=$(nproc)
+results_dir
 NGINX_VERSION=$(nginx -v 2>&1 || true) VARNISH_VERSION=$(varnishd -V 2>&1 | head -n 1 || true) \
 STAMP=$STAMP COMMIT=$COMMIT NPROC=$NPROC KERNEL=$KERNEL CPU_MODEL=$CPU_MODEL CHARTS=$CHARTS \
 ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS THREADS=$THREADS \

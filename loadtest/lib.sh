@@ -2,7 +2,7 @@
 #
 # Owns: the bold progress line (log), the scratch directory and the cleanup that stops every
 # process listed in PIDS on exit (scratch_dir), free loopback ports (free_ports) and waiting
-# for a server to answer (wait_ready). Uses the caller's KEEP (1: keep the scratch dir).
+# for a server to answer (wait_ready), the results directory and machine facts (results_dir). Uses the caller's KEEP (1: keep the scratch dir).
 
 log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
@@ -54,4 +54,18 @@ wait_ready() {
     sleep 0.1
   done
   return 1
+}
+
+# Creates the results directory OUT=$REPO/loadtest/results/STAMP (with runs/) and sets the
+# machine facts every report records: STAMP, COMMIT (-dirty with local changes), CPU_MODEL,
+# KERNEL, NPROC.   results_dir
+results_dir() {
+  STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+  OUT="$REPO/loadtest/results/$STAMP"
+  mkdir -p "$OUT/runs"
+  COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -n "$(git -C "$REPO" status --porcelain 2>/dev/null)" ] && COMMIT="$COMMIT-dirty"
+  CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+  KERNEL=$(uname -r)
+  NPROC=$(nproc)
 }
