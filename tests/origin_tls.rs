@@ -27,6 +27,13 @@ fn main() {
                 tls_untrusted_certificate_is_connect_error();
                 Ok(())
             }),
+            (
+                "tls_upstream_through_an_egress_proxy_connect_tunnel",
+                || {
+                    tls_upstream_through_an_egress_proxy_connect_tunnel();
+                    Ok(())
+                },
+            ),
         ],
     );
 }
@@ -279,4 +286,107 @@ fn tls_untrusted_certificate_is_connect_error() {
         );
     });
     server.join().unwrap();
+}
+
+/// `HTTPS_PROXY`: TCP to the proxy, `CONNECT 127.0.0.1:PORT` with the proxy's
+/// credentials, then TLS to the upstream inside the tunnel (the proxy sees the
+/// CONNECT line only); the tunnelled connection is kept alive and reused.
+fn tls_upstream_through_an_egress_proxy_connect_tunnel() {
+    use chartcache::origin::client::{Endpoint, HttpClient};
+    use chartcache::origin::proxy::EgressProxies;
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let dir = tempfile::tempdir().unwrap();
+    make_test_pki(dir.path()).unwrap_or_else(|e| panic!("making the test CA and leaf: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let (addr, server) = spawn_tls_server(
+        test_tls_server_config(dir.path()),
+        |tcp, acceptor| async move {
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            for body in ["one", "two"] {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let (r, buf) = tls.read(vec![0u8; 1]).await;
+                    assert_eq!(r.unwrap(), 1);
+                    head.push(buf[0]);
+                }
+                // Origin form inside the tunnel, no proxy credentials.
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                assert!(text.starts_with("get /x http/1.1\r\n"), "{text}");
+                assert!(!text.contains("proxy-authorization"), "{text}");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let (r, _) = tls.write_all(reply.into_bytes()).await;
+                r.unwrap();
+            }
+        },
+    );
+    let proxy = common::egress::spawn_egress_proxy(Some("Basic dTpw"));
+    let mut settings = common::test_client_settings();
+    settings.proxies = Arc::new(EgressProxies::new(
+        "",
+        &format!("http://u:p@{}", proxy.addr),
+        "",
+    ));
+    let client = HttpClient::with_tls_config(
+        Endpoint {
+            tls: true,
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+        },
+        settings,
+        Arc::new(client_cfg),
+    )
+    .unwrap();
+    run(async {
+        for expected in [&b"one"[..], b"two"] {
+            let mut resp = client.send(Method::Get, "/x", &[]).await.unwrap();
+            assert_eq!(resp.head.status, 200);
+            assert_eq!(read_all(&mut resp.body).await.unwrap(), expected);
+        }
+    });
+    assert_eq!((client.stats().connects, client.stats().reuses), (1, 1));
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].line,
+        format!("CONNECT 127.0.0.1:{} HTTP/1.1", addr.port())
+    );
+    assert_eq!(seen[0].authorization.as_deref(), Some("Basic dTpw"));
+    server.join().unwrap();
+
+    // A proxy that refuses CONNECT (wrong credentials) is a connect error naming its answer.
+    let refusing = common::egress::spawn_egress_proxy(Some("Basic other"));
+    let mut settings = common::test_client_settings();
+    settings.proxies = Arc::new(EgressProxies::new("", &refusing.url, ""));
+    let client = HttpClient::new(
+        Endpoint {
+            tls: true,
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+        },
+        settings,
+    )
+    .unwrap();
+    run(async {
+        let err = client.send(Method::Get, "/x", &[]).await.err().unwrap();
+        assert!(
+            matches!(&err, Error::Connect(m) if m.contains("407")),
+            "{err:?}"
+        );
+    });
 }

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 client for monoio, one instance per worker and upstream.
 //!
-//! Owns: connecting (plain TCP or rustls TLS) to one `host:port`, a per-worker
+//! Owns: connecting (plain TCP or rustls TLS, directly or through an egress
+//! proxy's `CONNECT` tunnel or absolute-form forwarding: [`super::proxy`]) to one `host:port`, a per-worker
 //! keep-alive pool, DNS caching, timeouts, sending a GET/HEAD, parsing the head
 //! (with [`crate::http1::response`], keeping the extra headers the origin named
 //! with [`HttpClient::keeping_headers`]) and streaming the body ([`ClientBody`]).
@@ -57,6 +58,7 @@ use monoio::net::TcpStream;
 use monoio_rustls::{ClientTlsStream, TlsConnector};
 use rustls::pki_types::ServerName;
 
+use super::proxy::{self, EgressProxies, ProxyRoute};
 use super::{BodyStream, Error, LocalBoxFuture, Method, OriginConfig, TlsRoots};
 use crate::http1::chunked::{ChunkedDecoder, ChunkedError};
 use crate::http1::response::{parse_response_keeping, BodyFraming, ResponseError, ResponseHead};
@@ -132,6 +134,8 @@ pub struct ClientSettings {
     pub dns_refresh: Duration,
     pub max_idle: usize,
     pub tls_roots: TlsRoots,
+    /// Egress proxy rules (`HTTPS_PROXY`, `NO_PROXY`, ... : [`super::proxy`]).
+    pub proxies: Arc<EgressProxies>,
 }
 
 impl From<&OriginConfig> for ClientSettings {
@@ -142,6 +146,7 @@ impl From<&OriginConfig> for ClientSettings {
             dns_refresh: c.dns_refresh,
             max_idle: c.max_idle_connections,
             tls_roots: c.tls_roots,
+            proxies: EgressProxies::from_env(),
         }
     }
 }
@@ -180,6 +185,8 @@ pub struct HttpClient {
 struct Inner {
     endpoint: Endpoint,
     authority: String,
+    /// Through an egress proxy, when the rules say so.
+    proxy: Option<ProxyRoute>,
     settings: ClientSettings,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     pool: RefCell<Vec<Conn>>,
@@ -187,6 +194,40 @@ struct Inner {
     stats: Cell<ClientStats>,
     /// When unsolicited bytes were last warned about (rate limit).
     unsolicited_warned: Cell<Option<Instant>>,
+}
+
+impl Inner {
+    /// Where TCP connects: the proxy, or the upstream itself.
+    fn connect_to(&self) -> &Endpoint {
+        self.proxy.as_ref().map_or(&self.endpoint, |r| &r.proxy)
+    }
+
+    /// `host:port` with the port always present (a `CONNECT` target).
+    fn authority_with_port(&self) -> String {
+        let Endpoint { host, port, .. } = &self.endpoint;
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+}
+
+/// Logs which proxy an upstream goes through, once per process and pair
+/// (every worker builds its own client).
+fn log_route_once(upstream: &Endpoint, route: &ProxyRoute) {
+    static LOGGED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let pair = (upstream.authority(), route.display());
+    let mut logged = LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+    if !logged.contains(&pair) {
+        tracing::info!(
+            upstream = %pair.0,
+            proxy = %pair.1,
+            mode = if route.tunnel { "CONNECT tunnel" } else { "absolute-form requests" },
+            "upstream connections go through an egress proxy (HTTPS_PROXY / HTTP_PROXY; NO_PROXY to bypass)"
+        );
+        logged.push(pair);
+    }
 }
 
 #[derive(Default)]
@@ -326,9 +367,14 @@ impl HttpClient {
             }
             _ => None,
         };
+        let proxy = settings.proxies.route(&endpoint)?;
+        if let Some(route) = &proxy {
+            log_route_once(&endpoint, route);
+        }
         Ok(Self {
             inner: Rc::new(Inner {
                 authority: endpoint.authority(),
+                proxy,
                 endpoint,
                 settings,
                 tls,
@@ -416,12 +462,23 @@ impl HttpClient {
             Method::Get => b"GET ",
             Method::Head => b"HEAD ",
         });
+        // Through a forwarding proxy (plain http upstream): the absolute form.
+        let forwarded = self.inner.proxy.as_ref().filter(|r| !r.tunnel);
+        if forwarded.is_some() {
+            out.extend_from_slice(b"http://");
+            out.extend_from_slice(self.inner.authority.as_bytes());
+        }
         out.extend_from_slice(path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(self.inner.authority.as_bytes());
         out.extend_from_slice(b"\r\nuser-agent: ");
         out.extend_from_slice(USER_AGENT.as_bytes());
         out.extend_from_slice(b"\r\n");
+        if let Some(auth) = forwarded.and_then(|r| r.authorization.as_deref()) {
+            out.extend_from_slice(b"proxy-authorization: ");
+            out.extend_from_slice(auth.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in headers {
             if name.eq_ignore_ascii_case("host")
                 || name.is_empty()
@@ -526,10 +583,18 @@ impl HttpClient {
                     Err(e) => last_err = Some(format!("{addr}: {e}")),
                 }
             }
-            let stream = stream.ok_or_else(|| {
+            let mut stream = stream.ok_or_else(|| {
                 Error::Connect(last_err.unwrap_or_else(|| "no addresses".to_owned()))
             })?;
             stream.set_nodelay(true)?;
+            if let Some(route) = self.inner.proxy.as_ref().filter(|r| r.tunnel) {
+                proxy::open_tunnel(
+                    &mut stream,
+                    &self.inner.authority_with_port(),
+                    route.authorization.as_deref(),
+                )
+                .await?;
+            }
             let fd = stream.as_raw_fd();
             let io = match &self.inner.tls {
                 None => Io::Plain(stream),
@@ -558,7 +623,7 @@ impl HttpClient {
 
     /// Resolve the endpoint, using the cache while it is fresh.
     async fn resolve(&self) -> Result<Vec<SocketAddr>, Error> {
-        let Endpoint { host, port, .. } = &self.inner.endpoint;
+        let Endpoint { host, port, .. } = self.inner.connect_to();
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, *port)]);
         }
@@ -970,6 +1035,7 @@ mod tests {
                 dns_refresh: Duration::from_secs(60),
                 max_idle: 4,
                 tls_roots: TlsRoots::Webpki,
+                proxies: EgressProxies::none(),
             },
         )
         .unwrap()

@@ -242,9 +242,22 @@ type Explain = Box<dyn Fn(&str) -> String + Send>;
 /// for IMDS, ECS/EKS and STS (aws-config's default client is compiled out).
 async fn load_default_chain(region: String) -> SharedCredentialsProvider {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
+    // The same egress proxy variables as the upstream client (origin::proxy):
+    // aws-smithy-http-client 1.5 offers proxies on its connector builder only,
+    // so the client is built from a connector function (what `build_https`
+    // does, plus `proxy_config`).
+    let http =
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+            let mut builder = aws_smithy_http_client::Connector::builder()
+                .proxy_config(aws_smithy_http_client::proxy::ProxyConfig::from_env());
+            builder.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                builder.set_sleep_impl(components.sleep_impl());
+            }
+            builder
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .build()
+        });
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(region))
         .http_client(http)

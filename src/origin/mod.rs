@@ -9,7 +9,8 @@
 //! parsing) and [`response`] (status → [`OriginResponse`] / [`Error`]), and
 //! those two know nothing of S3: what S3 says beyond HTTP (`x-amz-*` headers,
 //! XML error codes) is read in [`s3`] (the HTTP(S) origin borrows its hints,
-//! since that upstream may be S3 too); signing is [`sigv4`].
+//! since that upstream may be S3 too); signing is [`sigv4`]; egress proxies
+//! (`HTTPS_PROXY`, `NO_PROXY`, ...) are [`proxy`].
 //!
 //! [`build`] wraps each in [`retry::Retrying`] (bounded retries with backoff, a
 //! total deadline, a per-worker cap on concurrent upstream requests, of which
@@ -35,6 +36,7 @@ pub mod credentials;
 pub mod error;
 pub mod file;
 pub mod https;
+pub mod proxy;
 pub mod response;
 pub mod retry;
 pub mod s3;

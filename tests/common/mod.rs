@@ -12,6 +12,7 @@
 //! when dropped (or on [`S3Server::stop`], for outage tests).
 #![allow(dead_code)]
 
+pub mod egress;
 pub mod harness;
 pub mod proxy;
 
@@ -346,6 +347,7 @@ pub fn test_client_settings() -> chartcache::origin::client::ClientSettings {
         dns_refresh: Duration::from_secs(60),
         max_idle: 2,
         tls_roots: chartcache::origin::TlsRoots::Webpki,
+        proxies: chartcache::origin::proxy::EgressProxies::none(),
     }
 }
 

@@ -230,6 +230,20 @@ pub fn parse_response_at(raw: &[u8], head_only: bool) -> Option<(Response, usize
 }
 
 /// The real binary, started with `args`, its address read from its startup log.
+/// Egress proxy variables the test's own environment may carry: removed from
+/// a started binary's environment unless the test passes them (an upstream on
+/// 127.0.0.1 would otherwise go through the runner's proxy).
+pub const EGRESS_PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
@@ -277,6 +291,9 @@ impl Binary {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for var in EGRESS_PROXY_VARS {
+            cmd.env_remove(var);
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -378,6 +395,9 @@ pub fn run_binary(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    for var in EGRESS_PROXY_VARS {
+        cmd.env_remove(var);
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
