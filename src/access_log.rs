@@ -190,7 +190,7 @@ fn write_json(
     worker: usize,
     e: &Entry<'_>,
 ) {
-    buf.extend_from_slice(b"{\"ts\":\"");
+    buf.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(buf, clock, now);
     buf.extend_from_slice(b"\",\"type\":\"access\",\"worker\":");
     push_u64(buf, worker as u64);
@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes"], 1234);
         assert_eq!(v["upstream_status"], serde_json::Value::Null);
-        assert_eq!(v["ts"], "2025-11-25T12:00:00.123Z");
+        assert_eq!(v["timestamp"], "2025-11-25T12:00:00.123Z");
     }
 
     #[test]

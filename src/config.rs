@@ -44,6 +44,8 @@ use crate::policy::{Action, Matcher, Policy, Rule};
 /// Default `--sendfile-threshold`: the body size from which the cache page-aligns record
 /// bodies (`cache::format::ALIGN_BODIES_FROM`); `sendfile(2)` of page-aligned data measured
 /// ~25 % less server CPU per response than writev from the mmap (README, Performance).
+/// Client connections per worker unless configured (or lowered by the open-file limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_SENDFILE_THRESHOLD: u64 = crate::cache::format::ALIGN_BODIES_FROM;
 
 /// Configuration errors: each string names the field and how to fix it.
@@ -154,9 +156,10 @@ section! {
         send_timeout: Option<String> = Some("30s".into()),
 
         /// Maximum client connections per worker, lowered at start to what the open-file limit
-        /// allows after a reserve for upstream connections and cache files [default: 10000].
+        /// allows after a reserve for upstream connections and cache files (with a warning
+        /// when set here) [default: 10000, or what the open-file limit allows].
         #[arg(long, env = "CHARTCACHE_MAX_CONNECTIONS", value_name = "N")]
-        max_connections: Option<usize> = Some(10_000),
+        max_connections: Option<usize>,
 
         /// Cached bodies of at least SIZE go out with sendfile(2), smaller ones with one writev
         /// from the cache's mmap: a size like 256KiB, 0 (always) or off (never) [default: 16KiB,
@@ -424,6 +427,17 @@ pub enum Driver {
     Epoll,
 }
 
+impl Driver {
+    /// The name `--driver` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -441,6 +455,8 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// Per worker; `runtime::start` lowers it to what `RLIMIT_NOFILE` allows.
     pub max_connections: usize,
+    /// `max_connections` was configured (flag, env or file), not the default.
+    pub max_connections_set: bool,
     pub limits: Limits,
     /// Stored bodies of at least this many bytes are sent with `sendfile(2)`,
     /// smaller ones with writev from the mmap; `None`: never.
@@ -688,7 +704,11 @@ impl ServerArgs {
                 d => Ok(d),
             },
         );
-        let max_connections = p.at_least_one("max_connections", self.max_connections);
+        let max_connections_set = self.max_connections.is_some();
+        let max_connections = p.at_least_one(
+            "max_connections",
+            self.max_connections.or(Some(DEFAULT_MAX_CONNECTIONS)),
+        );
         let sendfile_threshold =
             p.parse("sendfile_threshold", self.sendfile_threshold, |s| {
                 match s.trim() {
@@ -705,6 +725,7 @@ impl ServerArgs {
                 idle_timeout: idle_timeout?,
                 send_timeout: send_timeout?,
                 max_connections: max_connections?,
+                max_connections_set,
                 limits: Limits::default(),
                 sendfile_threshold: sendfile_threshold?,
             })

@@ -16,6 +16,7 @@
 //!
 //! Beside it:
 //! - [`config`]: flags / `CHARTCACHE_*` env / TOML → validated [`config::Config`].
+//! - [`driver`]: which I/O driver the workers run (io_uring or epoll) and why.
 //! - [`http1`]: strict, bounded HTTP/1.1 codec on `httparse` (no I/O).
 //! - [`helm`]: index.yaml specifics, processed off the workers on one thread:
 //!   helm-s3 URL rewriting, chart digests, the JSON form, per-chart views, gzip.
@@ -29,6 +30,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod driver;
 pub mod helm;
 pub mod http1;
 pub mod metrics;

@@ -13,7 +13,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cfg.log_format);
+    let log_format = cfg.log_format;
+    init_logging(log_format);
     if check_only {
         println!("configuration OK\n{cfg:#?}");
         return ExitCode::SUCCESS;
@@ -21,11 +22,31 @@ fn main() -> ExitCode {
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("chartcache: {e:#}");
+            // Once, in the log's format: a JSON line where logs are JSON, a plain
+            // `chartcache: ...` line otherwise.
+            let message = chain_message(&e);
+            match log_format {
+                LogFormat::Json => tracing::error!("{message}"),
+                LogFormat::Text => eprintln!("chartcache: {message}"),
+            }
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, `: `-joined, skipping a cause whose text the
+/// message already carries (an error that formats its source would otherwise
+/// repeat it, e.g. "... (os error 13): ... (os error 13)").
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
@@ -36,13 +57,16 @@ fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Diagnostics go to stderr (stdout carries the access log), filtered by
-/// `RUST_LOG` (default `info`).
+/// `RUST_LOG` (default `info`). Text logs are coloured only on a terminal
+/// (never in files or `kubectl logs`).
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

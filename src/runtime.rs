@@ -262,7 +262,7 @@ pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Ser
         listen = %addr,
         admin = %admin_addr,
         workers = n,
-        driver = ?driver,
+        driver = driver.name(),
         upstream = %cfg.repo.origin.upstream,
         cache_dir = %cfg.cache.dir.display(),
         cache_size = cfg.cache.size,
@@ -342,7 +342,16 @@ fn max_connections_within(cfg: &Config, fd_limit: u64) -> usize {
     let reserve = fd_reserve(cfg);
     let per_worker = fd_limit.saturating_sub(reserve) / cfg.workers.max(1) as u64;
     let allowed = usize::try_from(per_worker).unwrap_or(usize::MAX).max(1);
-    if allowed < configured {
+    if allowed < configured && !cfg.server.max_connections_set {
+        tracing::info!(
+            fd_limit,
+            reserve,
+            max_connections = allowed,
+            "client connections per worker derived from the open-file limit (raise it with \
+             ulimit -n / LimitNOFILE for more)"
+        );
+        allowed
+    } else if allowed < configured {
         tracing::warn!(
             fd_limit,
             reserve,
@@ -376,16 +385,11 @@ fn refuse(stream: &monoio::net::TcpStream) {
 
 /// `Auto` becomes io_uring when the kernel and seccomp allow it.
 fn resolve_driver(d: Driver) -> Driver {
-    match d {
-        Driver::Auto if monoio::utils::detect_uring() => Driver::IoUring,
-        Driver::Auto => {
-            tracing::warn!(
-                "io_uring is unavailable (old kernel, or blocked by a seccomp profile such as Docker's default): using epoll"
-            );
-            Driver::Epoll
-        }
-        other => other,
+    let choice = crate::driver::choose(d);
+    if let Some(why) = &choice.fallback {
+        tracing::warn!(driver = "epoll", reason = %why, "io_uring is unavailable: using epoll");
     }
+    choice.driver
 }
 
 /// Proof that this process alone serves a listen address: an abstract UNIX

@@ -521,7 +521,12 @@ impl ShardStore {
             shard = store.shard,
             objects = store.reader.index.len(),
             segments = store.segments.len(),
-            report = ?store.report,
+            checkpoint_seq = store.report.checkpoint_seq,
+            checkpoint_entries = store.report.checkpoint_entries,
+            checkpoint_skipped = store.report.checkpoint_skipped,
+            replayed_records = store.report.replayed_records,
+            damaged_segments = store.report.damaged_segments,
+            removed_files = store.report.removed_files,
             "cache shard opened"
         );
         Ok(store)
