@@ -1,5 +1,6 @@
 //! The deployment artefacts, checked against the real binary and against each other:
-//! `deploy/daemonset.yaml` (every YAML document parsed), its ConfigMap TOML,
+//! `deploy/chartcache.yaml` (the Helm chart rendered for `kubectl apply`; every YAML document
+//! parsed; tests/deploy_chart.rs checks it is the chart's current rendering), its ConfigMap TOML,
 //! `deploy/envoy-equivalent.toml`, `Dockerfile` (+ `.dockerignore`) and `deploy/README.md`.
 //!
 //! Invariants checked (each failure message says which file to fix and how):
@@ -27,7 +28,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 /// listener requires a token); its value is irrelevant.
 const SECRET_PLACEHOLDER: &str = "placeholder-from-secret";
 
-const MANIFEST: &str = "deploy/daemonset.yaml";
+const MANIFEST: &str = "deploy/chartcache.yaml";
 const ENVOY_TOML: &str = "deploy/envoy-equivalent.toml";
 
 // ---------------------------------------------------------------------------------------------
@@ -623,12 +624,18 @@ fn manifest_effective_config_is_valid() {
         "{MANIFEST}: the ConfigMap's [[rules]] differ from the documented default routes; update \
          the ConfigMap (or the docs if the defaults changed)"
     );
-    // The ConfigMap alone (with the cache dir the args give, so nothing is created under
-    // /var/cache while testing) is a valid file too: it parses with deny_unknown_fields.
+    // The ConfigMap alone (with the admin token the Secret gives through the env) is a valid
+    // file too: it parses with deny_unknown_fields.
     let mut alone: toml::Table = toml::from_str(&eff.configmap_toml).unwrap();
     alone
         .entry("cache_dir")
         .or_insert_with(|| toml::Value::String(cfg.cache.dir.display().to_string()));
+    if eff.env.iter().any(|(k, _)| k == "CHARTCACHE_ADMIN_TOKEN") {
+        alone.insert(
+            "admin_token".into(),
+            toml::Value::String(SECRET_PLACEHOLDER.into()),
+        );
+    }
     load(
         &toml::to_string(&alone).unwrap(),
         &format!("{MANIFEST}: the ConfigMap's chartcache.toml on its own"),

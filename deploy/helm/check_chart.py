@@ -42,9 +42,17 @@ STATIC = ROOT / "deploy" / "chartcache.yaml"
 KUBE_VERSION = "1.33"
 EXIT_MISSING = 3
 
-# The values deploy/chartcache.yaml is rendered with: the Secret with the admin token is made by
-# the operator (no token ships in a committed file), everything else is the chart's default.
-STATIC_VALUES = {"admin": {"existingSecret": "chartcache-admin"}}
+# The values deploy/chartcache.yaml is rendered with: placeholders for what differs per cluster
+# (image, bucket, region, IAM role), the admin token Secret made by the operator (no token ships
+# in a committed file); everything else is the chart's default.
+STATIC_VALUES = {
+    "image": {"registry": "registry.example.com"},
+    "upstream": "s3://my-charts-bucket/charts",
+    "region": "us-east-1",
+    "serviceAccount": {"annotations": {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/chartcache-s3-read"}},
+    "admin": {"existingSecret": "chartcache-admin"},
+}
 STATIC_RELEASE = ("chartcache", "chartcache")  # release name, namespace
 
 
@@ -230,7 +238,11 @@ def validate(objects):
             if crd is not None:
                 # The API server would prune unknown fields; refuse them instead (a typo in a
                 # ServiceMonitor would otherwise vanish silently).
-                jsonschema.validate(obj, strict_crd(crd))
+                # No check_schema: the CRDs' patterns are Go regexps ("(?i)" inside a
+                # pattern), which Python's re refuses; none of them applies to the chart's objects.
+                validator = jsonschema.Draft7Validator(strict_crd(crd))
+                for error in validator.iter_errors(obj):
+                    raise error
             else:
                 kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         except jsonschema.ValidationError as e:
@@ -251,17 +263,9 @@ def strict_crd(schema):
         if ("properties" in schema and "additionalProperties" not in schema
                 and not schema.get("x-kubernetes-preserve-unknown-fields")):
             schema["additionalProperties"] = False
-        if schema.get("type") == "object" and "properties" in schema.get("properties", {}).get(
-                "metadata", {}):
-            pass
         return schema
     if isinstance(schema, list):
         return [strict_crd(v) for v in schema]
-    return schema
-
-
-def with_object_meta(schema):
-    """CRD schemas say only `metadata: {type: object}`; the API server checks ObjectMeta."""
     return schema
 
 
@@ -445,14 +449,16 @@ def cmd_readme(write):
 
 
 STATIC_HEADER = """\
-# chartcache for `kubectl apply`, without Helm: the chart deploy/helm/chartcache rendered with
-# its default values (the node-local DaemonSet, epoll driver, bundled example repository) and
-# release "chartcache" in namespace "chartcache". Generated, do not edit: change the chart and
-# run `python3 deploy/helm/check_chart.py static --write` (tests/deploy_chart.rs checks it).
+# chartcache for `kubectl apply`, without Helm: the chart deploy/helm/chartcache rendered as
+# release "chartcache" in namespace "chartcache" with its defaults (the node-local DaemonSet,
+# epoll driver) and placeholders, plus the Namespace. Generated, do not edit: change the chart
+# and run `python3 deploy/helm/check_chart.py static --write` (tests/deploy_chart.rs checks it).
 #
-# Before applying: set the image, `upstream` (and `region`) in the ConfigMap, and create the
-# namespace and the admin token Secret the pods read CHARTCACHE_ADMIN_TOKEN from:
-#   kubectl create namespace chartcache
+# Before applying, replace the placeholders: the image (registry.example.com/chartcache), the
+# bucket and region (`upstream`, `region` in the ConfigMap) and the IAM role (the
+# ServiceAccount's eks.amazonaws.com/role-arn). Then create the admin token Secret the pods
+# read CHARTCACHE_ADMIN_TOKEN from (pods wait in CreateContainerConfigError until it exists):
+#   kubectl apply -f deploy/chartcache.yaml
 #   kubectl -n chartcache create secret generic chartcache-admin \\
 #     --from-literal=token="$(openssl rand -hex 32)"
 # See deploy/README.md.
@@ -464,7 +470,10 @@ def static_manifest():
 
     release, namespace = STATIC_RELEASE
     result, _ = install(STATIC_VALUES, release, namespace)
-    objects = manifest_objects(result["manifest"])
+    namespace_doc = {"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": namespace,
+                                  "labels": {"app.kubernetes.io/part-of": "chartcache"}}}
+    objects = [namespace_doc, *manifest_objects(result["manifest"])]
     # Helm's own bookkeeping labels make no sense outside a release.
     for obj in objects:
         for meta in (obj.get("metadata", {}),
@@ -472,7 +481,15 @@ def static_manifest():
             labels = meta.get("labels", {})
             labels.pop("helm.sh/chart", None)
             labels["app.kubernetes.io/managed-by"] = "kubectl"
-    docs = [yaml.safe_dump(o, sort_keys=False, width=100) for o in objects]
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, data):
+        style = "|" if "\n" in data else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    Dumper.add_representer(str, text)
+    docs = [yaml.dump(o, Dumper=Dumper, sort_keys=False, width=100) for o in objects]
     return STATIC_HEADER + "".join("---\n" + d for d in docs)
 
 

@@ -171,7 +171,7 @@ upstream = {{ toJson .upstream }}
 {{- end }}
 {{- end }}
 {{- include "chartcache.tomlRules" (dict "table" "rules" "rules" $v.rules) }}
-{{ end }}
+{{- end }}
 
 {{/* The chartcache container of one role (node or tier); `resources` is the role's. */}}
 {{- define "chartcache.container" -}}
