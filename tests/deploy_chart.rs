@@ -213,7 +213,10 @@ fn assert_secure_pod(workload: &Value, seccomp: &Value) {
     assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}");
     assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}");
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{what}");
-    assert!(sc["capabilities"]["add"].is_null(), "{what}: adds capabilities");
+    assert!(
+        sc["capabilities"]["add"].is_null(),
+        "{what}: adds capabilities"
+    );
     for kind in ["requests", "limits"] {
         for res in ["cpu", "memory"] {
             assert!(
@@ -309,10 +312,15 @@ fn default_install() -> Result<(), Failed> {
     assert_eq!(cfg.cache.size, 2 << 30);
     assert_eq!(u64::from(cfg.server.listen.port()), port_of(c, "http"));
     assert_eq!(u64::from(cfg.admin.listen.port()), port_of(c, "admin"));
-    assert!(!cfg.admin.listen.ip().is_loopback(), "the kubelet probes it");
+    assert!(
+        !cfg.admin.listen.ip().is_loopback(),
+        "the kubelet probes it"
+    );
     // The generated Secret holds the token the pods read.
     let secret = find(&objects, "Secret", "chartcache-admin");
-    assert!(secret["data"]["token"].as_str().is_some_and(|t| t.len() >= 32));
+    assert!(secret["data"]["token"]
+        .as_str()
+        .is_some_and(|t| t.len() >= 32));
     // The node-local Service only ever reaches the pod on the client's node.
     let svc = find(&objects, "Service", "chartcache");
     assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
@@ -357,7 +365,10 @@ fn tier_and_monitoring_install() -> Result<(), Failed> {
     // The node-local pods' upstream is the tier; the tier's is S3.
     let (node, node_cfg) = config_of(&objects, "chartcache");
     assert_eq!(node["upstream"].as_str(), Some(TIER_URL));
-    assert!(node.get("region").is_none(), "the tier holds the S3 settings");
+    assert!(
+        node.get("region").is_none(),
+        "the tier holds the S3 settings"
+    );
     assert_eq!(node_cfg.driver, chartcache::config::Driver::Auto);
     let (tier, tier_cfg) = config_of(&objects, "chartcache-tier");
     assert_eq!(tier["upstream"].as_str(), Some("s3://my-charts/stable"));
@@ -375,7 +386,8 @@ fn tier_and_monitoring_install() -> Result<(), Failed> {
     );
     // Both workloads: secure, under the io_uring Localhost profile that their init container
     // writes where the kubelet reads it.
-    let profile = json!({"type": "Localhost", "localhostProfile": "profiles/chartcache-iouring.json"});
+    let profile =
+        json!({"type": "Localhost", "localhostProfile": "profiles/chartcache-iouring.json"});
     let seccomp_file = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("deploy/helm/chartcache/files/seccomp-iouring.json"),
@@ -393,7 +405,10 @@ fn tier_and_monitoring_install() -> Result<(), Failed> {
         assert_secure_pod(workload, &profile);
         let init = init_container(workload, "seccomp-profile")
             .unwrap_or_else(|| panic!("{}: no seccomp-profile init container", name(workload)));
-        assert_eq!(init["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(
+            init["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
         assert!(init["securityContext"]["capabilities"]["add"].is_null());
         let script = init["command"].to_string();
         assert!(
@@ -416,8 +431,7 @@ fn tier_and_monitoring_install() -> Result<(), Failed> {
     let tier_selector =
         &find(&objects, "Deployment", "chartcache-tier")["spec"]["selector"]["matchLabels"];
     assert_eq!(
-        find(&objects, "PodDisruptionBudget", "chartcache-tier")["spec"]["selector"]
-            ["matchLabels"],
+        find(&objects, "PodDisruptionBudget", "chartcache-tier")["spec"]["selector"]["matchLabels"],
         *tier_selector
     );
     assert_eq!(
@@ -534,10 +548,7 @@ fn repos_through_the_tier() -> Result<(), Failed> {
     assert!(node["repos"][0].get("region").is_none());
     for t in [&node, &tier] {
         assert_eq!(t["repos"][1]["verify_digests"].as_bool(), Some(false));
-        assert_eq!(
-            t["repos"][1]["rules"][0]["fresh_for"].as_str(),
-            Some("5s")
-        );
+        assert_eq!(t["repos"][1]["rules"][0]["fresh_for"].as_str(), Some("5s"));
         assert_eq!(t["rules"][0]["ttl"].as_str(), Some("1d"));
         assert_eq!(
             t["rules"][0]["headers"]["Cache-Control"].as_str(),
@@ -573,9 +584,15 @@ fn wrong_values_refused() -> Result<(), Failed> {
         (json!({"cache": {"size": "lots"}}), "size"),
         (json!({"upstream": "ftp://charts.example.org"}), "upstream"),
         (json!({"config": {"maxStal": "1d"}}), "maxStal"),
-        (json!({"config": {"upstreamTimeout": "10"}}), "upstreamTimeout"),
+        (
+            json!({"config": {"upstreamTimeout": "10"}}),
+            "upstreamTimeout",
+        ),
         (json!({"config": {"workers": 0}}), "workers"),
-        (json!({"repos": [{"prefix": "stable", "upstream": "s3://charts-a"}]}), "prefix"),
+        (
+            json!({"repos": [{"prefix": "stable", "upstream": "s3://charts-a"}]}),
+            "prefix",
+        ),
         (json!({"repos": [{"prefix": "/stable"}]}), "upstream"),
         (
             json!({"upstream": "s3://charts-a", "repos": [{"prefix": "/b", "upstream": "s3://charts-b"}]}),
@@ -593,8 +610,14 @@ fn wrong_values_refused() -> Result<(), Failed> {
             json!({"extraEnv": [{"name": "CHARTCACHE_ADMIN_TOKEN", "value": "in-plain-sight"}]}),
             "extraEnv",
         ),
-        (json!({"tier": {"enabled": true, "cacheSize": "8 gigs"}}), "cacheSize"),
-        (json!({"updateStrategy": {"rollingUpdate": {"maxUnavailable": "150%"}}}), "maxUnavailable"),
+        (
+            json!({"tier": {"enabled": true, "cacheSize": "8 gigs"}}),
+            "cacheSize",
+        ),
+        (
+            json!({"updateStrategy": {"rollingUpdate": {"maxUnavailable": "150%"}}}),
+            "maxUnavailable",
+        ),
         (json!({"hostPort": {"port": 70000}}), "port"),
     ];
     let mut accepted = Vec::new();
@@ -667,7 +690,14 @@ fn seccomp_profile_current() -> Result<(), Failed> {
         .flat_map(|r| r["names"].as_array().unwrap().iter())
         .filter_map(Value::as_str)
         .collect();
-    for privileged in ["mount", "umount2", "bpf", "init_module", "reboot", "unshare"] {
+    for privileged in [
+        "mount",
+        "umount2",
+        "bpf",
+        "init_module",
+        "reboot",
+        "unshare",
+    ] {
         assert!(!allowed.contains(privileged), "{privileged} is allowed");
     }
     for needed in ["epoll_wait", "read", "sendfile", "mmap"] {

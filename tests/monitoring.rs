@@ -56,7 +56,10 @@ fn rule_exprs() -> Vec<String> {
             current = None;
         }
         if let Some(rest) = line.trim_start().strip_prefix("expr:") {
-            current = Some((indent, format!("{}\n", rest.trim().trim_start_matches("|-"))));
+            current = Some((
+                indent,
+                format!("{}\n", rest.trim().trim_start_matches("|-")),
+            ));
         }
     }
     if let Some((_, expr)) = current {
@@ -107,7 +110,9 @@ fn the_rules_template_yields_the_alert_expressions() {
     let exprs = rule_exprs();
     assert_eq!(exprs.len(), alerts, "{exprs:#?}");
     assert!(alerts >= 6);
-    assert!(exprs.iter().all(|e| e.contains("chartcache_") || e.contains("up{")));
+    assert!(exprs
+        .iter()
+        .all(|e| e.contains("chartcache_") || e.contains("up{")));
 }
 
 #[test]
