@@ -1270,3 +1270,64 @@ fn dockerignore_keeps_the_build_inputs() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Helm chart's values cover every setting.
+// ---------------------------------------------------------------------------------------------
+
+/// Every setting `chartcache --help` lists is a value of the Helm chart: a key of `config:`
+/// in `deploy/helm/chartcache/values.yaml` (camelCase of the TOML key) or one the chart sets
+/// from its own values. A new setting without a chart value fails here.
+#[test]
+fn every_setting_is_a_value_of_the_helm_chart() {
+    const VALUES: &str = "deploy/helm/chartcache/values.yaml";
+    // Set by the chart from its own values (ports, cache, ioUring, upstream/repos, admin.*),
+    // or not settings at all.
+    const CHART_SET: [&str; 13] = [
+        "listen",
+        "admin",
+        "admin_token",
+        "cache_dir",
+        "cache_size",
+        "driver",
+        "upstream",
+        "s3_endpoint",
+        "region",
+        "repo",
+        "config",
+        "check_config",
+        "help",
+    ];
+    let values = &YamlLoader::load_from_str(&read(VALUES)).unwrap()[0];
+    let config: BTreeSet<String> = values["config"]
+        .as_hash()
+        .unwrap_or_else(|| panic!("{VALUES}: no config map"))
+        .keys()
+        .filter_map(|k| k.as_str())
+        .map(|k| {
+            k.chars().fold(String::new(), |mut s, c| {
+                if c.is_ascii_uppercase() {
+                    s.push('_');
+                }
+                s.push(c.to_ascii_lowercase());
+                s
+            })
+        })
+        .collect();
+    let help = help();
+    let mut missing = Vec::new();
+    for flag in help.flags.keys() {
+        let key = flag.replace('-', "_");
+        // `--no-x` is `x = false` in the file.
+        let key = key.strip_prefix("no_").map_or(key.clone(), str::to_string);
+        if key == "version" || CHART_SET.contains(&key.as_str()) || config.contains(&key) {
+            continue;
+        }
+        missing.push(format!("--{flag} (config.{key} in camelCase)"));
+    }
+    assert!(
+        missing.is_empty(),
+        "{VALUES}: settings without a chart value: {missing:?}; add them under `config:` (and \
+         to values.schema.json)"
+    );
+}
