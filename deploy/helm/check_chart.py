@@ -20,8 +20,9 @@ Commands (each prints one JSON document on stdout; exit 0 = ok, 1 = check failed
                              prints {"error": "..."}
   seccomp [--write]          files/seccomp-iouring.json == moby's default + io_uring (or write it)
   readme [--write]           the chart README's values table == values.yaml (or write it)
-  static [--write]           deploy/chartcache.yaml == the chart rendered for `kubectl apply`
-                             (or write it)
+  static [--write]           deploy/chartcache.yaml == the chart rendered for `kubectl apply`,
+                             deploy/chartcache-alerts.yaml == its alert rules as a plain
+                             Prometheus rule file (or write them)
 """
 
 import asyncio
@@ -465,9 +466,22 @@ STATIC_HEADER = """\
 """
 
 
-def static_manifest():
+def dump_yaml(objects):
+    """YAML documents, multi-line strings as literal blocks."""
     import yaml
 
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, data):
+        style = "|" if "\n" in data else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    Dumper.add_representer(str, text)
+    return [yaml.dump(o, Dumper=Dumper, sort_keys=False, width=100) for o in objects]
+
+
+def static_manifest():
     release, namespace = STATIC_RELEASE
     result, _ = install(STATIC_VALUES, release, namespace)
     namespace_doc = {"apiVersion": "v1", "kind": "Namespace",
@@ -481,25 +495,37 @@ def static_manifest():
             labels = meta.get("labels", {})
             labels.pop("helm.sh/chart", None)
             labels["app.kubernetes.io/managed-by"] = "kubectl"
-    class Dumper(yaml.SafeDumper):
-        pass
+    return STATIC_HEADER + "".join("---\n" + d for d in dump_yaml(objects))
 
-    def text(dumper, data):
-        style = "|" if "\n" in data else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
-    Dumper.add_representer(str, text)
-    docs = [yaml.dump(o, Dumper=Dumper, sort_keys=False, width=100) for o in objects]
-    return STATIC_HEADER + "".join("---\n" + d for d in docs)
+ALERTS = ROOT / "deploy" / "chartcache-alerts.yaml"
+ALERTS_HEADER = """\
+# chartcache's Prometheus alert rules as a plain rule file (`rule_files:`), for a Prometheus
+# without prometheus-operator: the chart's PrometheusRule (metrics.prometheusRule.enabled)
+# rendered for release "chartcache" in namespace "chartcache", so the rules select
+# job="chartcache-metrics", namespace="chartcache"; adapt those matchers to your scrape config.
+# Generated, do not edit: change deploy/helm/chartcache/templates/prometheusrule.yaml and run
+# `python3 deploy/helm/check_chart.py static --write` (tests/deploy_chart.rs checks it).
+"""
+
+
+def alert_rules():
+    release, namespace = STATIC_RELEASE
+    result, _ = install({"metrics": {"prometheusRule": {"enabled": True}}}, release, namespace)
+    rule = next(o for o in manifest_objects(result["manifest"]) if o["kind"] == "PrometheusRule")
+    return ALERTS_HEADER + dump_yaml([rule["spec"]])[0]
 
 
 def cmd_static(write):
-    want = static_manifest()
-    if write:
-        STATIC.write_text(want)
-    have = STATIC.read_text() if STATIC.exists() else ""
-    out({"path": str(STATIC.relative_to(ROOT)), "up_to_date": have == want},
-        0 if have == want else 1)
+    files = {STATIC: static_manifest(), ALERTS: alert_rules()}
+    stale = []
+    for path, want in files.items():
+        if write:
+            path.write_text(want)
+        if (path.read_text() if path.exists() else "") != want:
+            stale.append(str(path.relative_to(ROOT)))
+    out({"path": [str(p.relative_to(ROOT)) for p in files], "stale": stale,
+         "up_to_date": not stale}, 1 if stale else 0)
 
 
 def main(argv):
