@@ -54,7 +54,7 @@ fn main() {
             ),
             ("wrong_values_are_refused_at_install", wrong_values_refused),
             (
-                "kubectl_manifest_is_the_charts_current_rendering",
+                "kubectl_manifest_and_alert_file_are_the_charts_current_rendering",
                 static_manifest_current,
             ),
             ("readme_lists_every_value", readme_current),
@@ -642,8 +642,8 @@ fn static_manifest_current() -> Result<(), Failed> {
     let (code, doc, _) = check_chart(&["static"])?;
     assert_eq!(
         code, 0,
-        "{} is not the chart's current rendering: run `python3 deploy/helm/check_chart.py static --write`",
-        doc["path"]
+        "{} not the chart's current rendering: run `python3 deploy/helm/check_chart.py static --write`",
+        doc["stale"]
     );
     Ok(())
 }
