@@ -54,6 +54,10 @@ fn main() {
             ),
             ("wrong_values_are_refused_at_install", wrong_values_refused),
             (
+                "an_upgrade_keeps_the_generated_admin_token",
+                upgrade_keeps_token,
+            ),
+            (
                 "kubectl_manifest_and_alert_file_are_the_charts_current_rendering",
                 static_manifest_current,
             ),
@@ -635,6 +639,38 @@ fn wrong_values_refused() -> Result<(), Failed> {
         }
     }
     assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+    Ok(())
+}
+
+fn upgrade_keeps_token() -> Result<(), Failed> {
+    // The stand-in API server keeps what the install created, so the upgrade's `lookup` finds
+    // the Secret: a new random token on every upgrade would break every purge script.
+    let (code, doc, stderr) = check_chart(&["upgrade", "{}"])?;
+    assert_eq!(
+        code, 0,
+        "install + upgrade failed: {}\n{stderr}",
+        doc["error"]
+    );
+    let token = |phase: &str| -> String {
+        doc[phase]
+            .as_array()
+            .and_then(|objects| objects.iter().find(|o| o["kind"] == "Secret"))
+            .and_then(|secret| secret["data"]["token"].as_str())
+            .unwrap_or_else(|| panic!("no admin Secret in the {phase}: {doc}"))
+            .to_string()
+    };
+    let installed = token("install");
+    assert!(installed.len() >= 32);
+    assert_eq!(
+        token("upgrade"),
+        installed,
+        "the upgrade generated a new token"
+    );
+    assert_eq!(
+        doc["patched"],
+        json!([]),
+        "an upgrade with the same values changed objects"
+    );
     Ok(())
 }
 

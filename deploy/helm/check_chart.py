@@ -16,6 +16,8 @@ Commands (each prints one JSON document on stdout; exit 0 = ok, 1 = check failed
   lint                       helm lint: no message of severity warning or error
   render [VALUES_JSON]       install with these values; every object validated; prints
                              {"objects": [...], "manifest": "..."}
+  upgrade [VALUES_JSON]      install, then upgrade the release with the same values; prints
+                             both manifests' objects
   reject VALUES_JSON         the install must fail (values.schema.json or a template's fail);
                              prints {"error": "..."}
   seccomp [--write]          files/seccomp-iouring.json == moby's default + io_uring (or write it)
@@ -110,6 +112,8 @@ class StandIn:
 
     def __init__(self):
         self.created = []
+        self.objects = {}  # API path -> the object created there
+        self.patched = []
         self.lock = threading.Lock()
         standin = self
 
@@ -147,6 +151,10 @@ class StandIn:
                                            "preferredVersion": ver})
                     return self.reply(200, {"kind": "APIGroupList", "apiVersion": "v1",
                                             "groups": groups})
+                with standin.lock:
+                    stored = standin.objects.get(path)
+                if stored is not None:
+                    return self.reply(200, stored)
                 for gv, resources in RESOURCES.items():
                     if path == ("/api/v1" if gv == "v1" else f"/apis/{gv}"):
                         return self.reply(200, {
@@ -166,11 +174,29 @@ class StandIn:
                     return self.reply(415, {"kind": "Status", "apiVersion": "v1",
                                             "status": "Failure", "code": 415,
                                             "message": "the stand-in takes JSON only"})
+                path = self.path.split("?")[0]
+                name = doc.get("metadata", {}).get("name", "")
                 with standin.lock:
-                    standin.created.append(doc)
-                return self.reply(201, doc)
+                    if self.command == "POST":
+                        standin.created.append(doc)
+                        standin.objects[f"{path}/{name}"] = doc
+                    else:
+                        standin.objects[path] = doc
+                return self.reply(201 if self.command == "POST" else 200, doc)
 
             do_PUT = do_POST
+
+            def do_PATCH(self):
+                # An upgrade patches what the install created: answer with the stored object
+                # (the patch itself is not applied; the release's manifest says what Helm wanted).
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with standin.lock:
+                    stored = standin.objects.get(self.path.split("?")[0])
+                if stored is None:
+                    return self.not_found()
+                with standin.lock:
+                    standin.patched.append(self.path.split("?")[0])
+                return self.reply(200, stored)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -303,6 +329,28 @@ def cmd_render(values):
                         f"{len(from_manifest)}")
     out({"objects": created, "manifest": result.get("manifest", ""), "problems": problems},
         1 if problems else 0)
+
+
+def cmd_upgrade(values):
+    """Install, then upgrade the same release with the same values: what the upgrade renders."""
+    import helm_sdkpy
+
+    standin = StandIn()
+    try:
+        cfg = helm_sdkpy.Configuration(namespace="chartcache",
+                                       kubeconfig=standin.kubeconfig("chartcache"))
+        first = asyncio.run(helm_sdkpy.Install(cfg).run(
+            "chartcache", str(CHART), values=values or None, wait=False, timeout=60))
+        second = asyncio.run(helm_sdkpy.Upgrade(cfg).run(
+            "chartcache", str(CHART), values=values or None, wait=False, timeout=60,
+            server_side_apply=False))
+    except Exception as e:  # noqa: BLE001
+        out({"error": f"{type(e).__name__}: {e}"}, 1)
+    finally:
+        standin.close()
+    out({"install": manifest_objects(first.get("manifest", "")),
+         "upgrade": manifest_objects(second.get("manifest", "")),
+         "patched": standin.patched})
 
 
 def cmd_reject(values):
@@ -547,6 +595,8 @@ def main(argv):
         cmd_lint()
     elif cmd == "render":
         cmd_render(json.loads(args[0]) if args else {})
+    elif cmd == "upgrade":
+        cmd_upgrade(json.loads(args[0]) if args else {})
     elif cmd == "reject":
         cmd_reject(json.loads(args[0]))
     elif cmd == "seccomp":
