@@ -32,7 +32,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
