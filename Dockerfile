@@ -19,8 +19,8 @@
 #
 # No HEALTHCHECK: the runtime image has no curl/wget, and the admin listener
 # defaults to 127.0.0.1:8081. Orchestrators probe /healthz and /readyz on the
-# admin port instead (see deploy/daemonset.yaml; there the admin listener binds
-# 0.0.0.0:8081 with --admin-token).
+# admin port instead (see the Helm chart deploy/helm/chartcache; there the admin listener
+# binds 0.0.0.0:8081 with an admin token from a Secret).
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm

@@ -1,5 +1,6 @@
 //! The deployment artefacts, checked against the real binary and against each other:
-//! `deploy/daemonset.yaml` (every YAML document parsed), its ConfigMap TOML,
+//! `deploy/chartcache.yaml` (the Helm chart rendered for `kubectl apply`; every YAML document
+//! parsed; tests/deploy_chart.rs checks it is the chart's current rendering), its ConfigMap TOML,
 //! `deploy/envoy-equivalent.toml`, `Dockerfile` (+ `.dockerignore`) and `deploy/README.md`.
 //!
 //! Invariants checked (each failure message says which file to fix and how):
@@ -27,7 +28,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 /// listener requires a token); its value is irrelevant.
 const SECRET_PLACEHOLDER: &str = "placeholder-from-secret";
 
-const MANIFEST: &str = "deploy/daemonset.yaml";
+const MANIFEST: &str = "deploy/chartcache.yaml";
 const ENVOY_TOML: &str = "deploy/envoy-equivalent.toml";
 
 // ---------------------------------------------------------------------------------------------
@@ -623,12 +624,18 @@ fn manifest_effective_config_is_valid() {
         "{MANIFEST}: the ConfigMap's [[rules]] differ from the documented default routes; update \
          the ConfigMap (or the docs if the defaults changed)"
     );
-    // The ConfigMap alone (with the cache dir the args give, so nothing is created under
-    // /var/cache while testing) is a valid file too: it parses with deny_unknown_fields.
+    // The ConfigMap alone (with the admin token the Secret gives through the env) is a valid
+    // file too: it parses with deny_unknown_fields.
     let mut alone: toml::Table = toml::from_str(&eff.configmap_toml).unwrap();
     alone
         .entry("cache_dir")
         .or_insert_with(|| toml::Value::String(cfg.cache.dir.display().to_string()));
+    if eff.env.iter().any(|(k, _)| k == "CHARTCACHE_ADMIN_TOKEN") {
+        alone.insert(
+            "admin_token".into(),
+            toml::Value::String(SECRET_PLACEHOLDER.into()),
+        );
+    }
     load(
         &toml::to_string(&alone).unwrap(),
         &format!("{MANIFEST}: the ConfigMap's chartcache.toml on its own"),
@@ -1262,4 +1269,65 @@ fn dockerignore_keeps_the_build_inputs() {
              target) or `COPY examples/repo` needs"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Helm chart's values cover every setting.
+// ---------------------------------------------------------------------------------------------
+
+/// Every setting `chartcache --help` lists is a value of the Helm chart: a key of `config:`
+/// in `deploy/helm/chartcache/values.yaml` (camelCase of the TOML key) or one the chart sets
+/// from its own values. A new setting without a chart value fails here.
+#[test]
+fn every_setting_is_a_value_of_the_helm_chart() {
+    const VALUES: &str = "deploy/helm/chartcache/values.yaml";
+    // Set by the chart from its own values (ports, cache, ioUring, upstream/repos, admin.*),
+    // or not settings at all.
+    const CHART_SET: [&str; 13] = [
+        "listen",
+        "admin",
+        "admin_token",
+        "cache_dir",
+        "cache_size",
+        "driver",
+        "upstream",
+        "s3_endpoint",
+        "region",
+        "repo",
+        "config",
+        "check_config",
+        "help",
+    ];
+    let values = &YamlLoader::load_from_str(&read(VALUES)).unwrap()[0];
+    let config: BTreeSet<String> = values["config"]
+        .as_hash()
+        .unwrap_or_else(|| panic!("{VALUES}: no config map"))
+        .keys()
+        .filter_map(|k| k.as_str())
+        .map(|k| {
+            k.chars().fold(String::new(), |mut s, c| {
+                if c.is_ascii_uppercase() {
+                    s.push('_');
+                }
+                s.push(c.to_ascii_lowercase());
+                s
+            })
+        })
+        .collect();
+    let help = help();
+    let mut missing = Vec::new();
+    for flag in help.flags.keys() {
+        let key = flag.replace('-', "_");
+        // `--no-x` is `x = false` in the file.
+        let key = key.strip_prefix("no_").map_or(key.clone(), str::to_string);
+        if key == "version" || CHART_SET.contains(&key.as_str()) || config.contains(&key) {
+            continue;
+        }
+        missing.push(format!("--{flag} (config.{key} in camelCase)"));
+    }
+    assert!(
+        missing.is_empty(),
+        "{VALUES}: settings without a chart value: {missing:?}; add them under `config:` (and \
+         to values.schema.json)"
+    );
 }

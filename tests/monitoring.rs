@@ -1,0 +1,188 @@
+//! The Grafana dashboard and the Prometheus alert rules of the Helm chart
+//! (`deploy/helm/chartcache/files/chartcache-dashboard.json`, and
+//! `deploy/helm/chartcache/templates/prometheusrule.yaml` as rendered into
+//! `deploy/chartcache-alerts.yaml`) against a running chartcache: every
+//! metric they name is in its `/metrics` after a few requests, and every `cache` / `outcome`
+//! label value they select on is one chartcache emits. A renamed metric or label value breaks
+//! this test instead of silently emptying a panel or disarming an alert; and every expression
+//! parses as PromQL.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use chartcache::metrics::{CacheResult, UPSTREAM_OUTCOMES};
+use common::proxy::Proxy;
+
+const DASHBOARD: &str = "deploy/helm/chartcache/files/chartcache-dashboard.json";
+const RULES: &str = "deploy/chartcache-alerts.yaml";
+const RULES_TEMPLATE: &str = "deploy/helm/chartcache/templates/prometheusrule.yaml";
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel))
+        .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+}
+
+/// The PromQL expressions of the dashboard's panels and template variables.
+fn dashboard_exprs() -> Vec<String> {
+    let dash: serde_json::Value = serde_json::from_str(&read(DASHBOARD)).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for var in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = var["query"]["query"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    exprs
+}
+
+/// The alert expressions of the rules as Prometheus loads them: `deploy/chartcache-alerts.yaml`
+/// is the chart's PrometheusRule rendered by Helm (tests/deploy_chart.rs keeps it current).
+fn rule_exprs() -> Vec<String> {
+    let docs = yaml_rust2::YamlLoader::load_from_str(&read(RULES)).unwrap();
+    docs[0]["groups"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_vec().into_iter().flatten())
+        .map(|r| {
+            r["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{RULES}: a rule without expr: {r:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn metric_names(exprs: &[String]) -> BTreeSet<String> {
+    let re = regex::Regex::new(r"\bchartcache_[a-z0-9_]+").unwrap();
+    exprs
+        .iter()
+        .flat_map(|e| re.find_iter(e).map(|m| m.as_str().to_string()))
+        .collect()
+}
+
+/// `(label, value)` of every `cache` / `outcome` matcher (`=`, `!=`, `=~` alternatives).
+fn label_values(exprs: &[String]) -> BTreeSet<(String, String)> {
+    let re = regex::Regex::new(r#"\b(cache|outcome)\s*(=~|!=|=)\s*"([^"]*)""#).unwrap();
+    exprs
+        .iter()
+        .flat_map(|e| {
+            re.captures_iter(e)
+                .flat_map(|c| {
+                    let label = c[1].to_string();
+                    c[3].split('|')
+                        .map(|v| (label.clone(), v.to_string()))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The sample names of a Prometheus text exposition.
+fn exposed(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_rule_file_has_every_alert_of_the_template() {
+    let alerts = read(RULES_TEMPLATE).matches("- alert:").count();
+    let exprs = rule_exprs();
+    assert_eq!(exprs.len(), alerts, "{exprs:#?}");
+    assert!(alerts >= 6);
+}
+
+/// An expression with Grafana's variables replaced by values of their kind, so that it is
+/// plain PromQL.
+fn without_grafana_variables(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5m")
+        .replace("$s3_get_price_per_1000", "0.0004")
+        .replace("$job", ".*")
+        .replace("$namespace", ".*")
+        .replace("$pod", ".*")
+}
+
+#[test]
+fn every_expression_is_valid_promql() {
+    // promql-parser is Prometheus's grammar (GreptimeTeam's port); a syntax error in a rule
+    // would otherwise surface only when Prometheus loads it, in a panel only as "no data".
+    let mut bad = Vec::new();
+    for (file, exprs) in [(DASHBOARD, dashboard_exprs()), (RULES, rule_exprs())] {
+        for expr in exprs {
+            let plain = without_grafana_variables(&expr);
+            if plain.contains('$') && !plain.contains("$labels") {
+                bad.push(format!("{file}: unknown variable in {expr}"));
+                continue;
+            }
+            // Dashboard variable queries are Grafana's label_values(), not PromQL.
+            if plain.starts_with("label_values(") {
+                continue;
+            }
+            if let Err(e) = promql_parser::parser::parse(&plain) {
+                bad.push(format!("{file}: {e}: {expr}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
+fn every_metric_in_the_dashboard_and_the_rules_is_exposed() {
+    let dashboard = metric_names(&dashboard_exprs());
+    let rules = metric_names(&rule_exprs());
+    assert!(dashboard.len() >= 15, "dashboard names only {dashboard:?}");
+    assert!(rules.len() >= 4, "rules name only {rules:?}");
+
+    let p = Proxy::examples();
+    assert_eq!(p.get("/index.yaml").status, 200);
+    assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "MISS");
+    assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "HIT");
+    assert_eq!(p.get("/no-such-chart-1.0.0.tgz").status, 404);
+    let metrics = p.metrics();
+    let have = exposed(&metrics);
+
+    let missing: Vec<String> = dashboard
+        .iter()
+        .map(|m| (m, DASHBOARD))
+        .chain(rules.iter().map(|m| (m, RULES)))
+        .filter(|(m, _)| !have.contains(*m))
+        .map(|(m, file)| format!("{m} (in {file})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "named but not in /metrics: {missing:#?}\n/metrics has: {have:#?}"
+    );
+}
+
+#[test]
+fn every_label_value_selected_on_is_one_chartcache_emits() {
+    let cache: BTreeSet<String> = CacheResult::ALL
+        .iter()
+        .map(|r| r.as_str().to_ascii_lowercase())
+        .collect();
+    let outcome: BTreeSet<String> = UPSTREAM_OUTCOMES.iter().map(|s| s.to_string()).collect();
+    let mut exprs = dashboard_exprs();
+    exprs.extend(rule_exprs());
+    let used = label_values(&exprs);
+    assert!(used.len() >= 5, "{used:?}");
+    for (label, value) in &used {
+        let known = match label.as_str() {
+            "cache" => &cache,
+            _ => &outcome,
+        };
+        assert!(
+            known.contains(value),
+            "{label}=\"{value}\" is selected on, but chartcache's {label} values are {known:?}"
+        );
+    }
+}
