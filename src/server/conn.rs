@@ -245,6 +245,7 @@ async fn reject(w: &WorkerRef, conn: &mut Conn, status: u16, why: &str) {
     let _ = send_all(&mut conn.stream, out, w.cfg.server.send_timeout).await;
     w.metrics.request(CacheResult::None, status, 0);
     w.access_log.log(&Entry {
+        repo: None,
         method: "-",
         path: "-",
         status,
