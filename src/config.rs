@@ -944,7 +944,9 @@ impl ReposArgs {
             }
             let mut args = global.clone();
             args.upstream = Some(t.upstream.clone());
-            args.s3_endpoint = t.s3_endpoint.or(args.s3_endpoint);
+            // A global S3 endpoint is the default of the s3:// repositories only.
+            let inherited = args.s3_endpoint.filter(|_| t.upstream.starts_with("s3://"));
+            args.s3_endpoint = t.s3_endpoint.or(inherited);
             args.region = t.region.or(args.region);
             args.profile = t.profile.or(args.profile);
             args.index_format = t.index_format.or(args.index_format);
@@ -1838,6 +1840,117 @@ headers = { "Cache-Control" = "max-age=3600" }
         c.admin.admin = Some("0.0.0.0:8081".into());
         c.admin.admin_token = Some("s3cret".into());
         assert!(build(c, FileConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn repos_from_toml_take_the_global_values_as_defaults() {
+        let text = r#"
+            s3_endpoint = "http://127.0.0.1:9000"
+            region = "eu-west-1"
+            verify_digests = false
+
+            [[rules]]
+            match = { prefix = "/" }
+            action = "bypass"
+
+            [[repos]]
+            prefix = "stable/"
+            upstream = "s3://charts-a/stable"
+
+            [[repos]]
+            prefix = "/team-b"
+            upstream = "s3://charts-b"
+            region = "us-west-2"
+            profile = "team-b"
+            verify_digests = true
+            rewrite_s3_urls = false
+            index_format = "yaml"
+            [[repos.rules]]
+            match = { regex = ".*-dev-.*" }
+            action = "bypass"
+
+            [[repos]]
+            prefix = "/mirror"
+            upstream = "https://charts.example.org/"
+        "#;
+        let cfg = build(Cli::default(), file(text)).unwrap();
+        let [a, b, m] = &cfg.repos[..] else {
+            panic!("three repositories: {:?}", cfg.repos)
+        };
+        assert_eq!(
+            (a.prefix.as_str(), b.prefix.as_str()),
+            ("/stable", "/team-b")
+        );
+        assert_eq!(a.origin.region, "eu-west-1");
+        assert_eq!(
+            a.origin.s3_endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert!(!a.verify_digests && a.rewrite_s3_urls && a.profile.is_none());
+        assert_eq!(a.policy.rules().len(), 1, "the global rules");
+        assert_eq!(b.origin.region, "us-west-2");
+        assert_eq!(b.profile.as_deref(), Some("team-b"));
+        assert!(b.verify_digests && !b.rewrite_s3_urls);
+        assert_eq!(b.index_format, IndexFormat::Yaml);
+        assert!(matches!(b.policy.rules()[0].action, Action::Bypass));
+        // The global S3 endpoint is no problem for a repository that is not S3.
+        assert!(m.origin.s3_endpoint.is_none());
+        assert_eq!(cfg.repo.prefix, "/stable", "repo: the first repository");
+    }
+
+    #[test]
+    fn repos_from_flags_and_environment_items() {
+        let mut c = Cli::default();
+        c.repos.repo = Some(vec![
+            "/a=s3://charts-a,/b=s3://charts-b".into(),
+            " /c=https://h.example/\n/d=s3://charts-d ".into(),
+        ]);
+        let cfg = build(c, FileConfig::default()).unwrap();
+        let prefixes: Vec<&str> = cfg.repos.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["/a", "/b", "/c", "/d"]);
+        // Flags replace the file's [[repos]].
+        let mut c = Cli::default();
+        c.repos.repo = Some(vec!["/x=s3://charts-x".into()]);
+        let f = file("[[repos]]\nprefix = \"/y\"\nupstream = \"s3://charts-y\"\n");
+        assert_eq!(build(c, f).unwrap().repos[0].prefix, "/x");
+    }
+
+    #[test]
+    fn bad_repos_are_named() {
+        let problems = |items: &[&str]| {
+            let mut c = Cli::default();
+            c.repos.repo = Some(items.iter().map(|s| s.to_string()).collect());
+            match build(c, FileConfig::default()) {
+                Err(Error::Invalid(p)) => p.join("\n"),
+                other => panic!("expected problems, got {other:?}"),
+            }
+        };
+        assert!(problems(&["/a"]).contains("\"/a\" is not PREFIX=UPSTREAM"));
+        assert!(problems(&["/a/../b=s3://charts-a"]).contains("repos[0] (/a/../b).prefix"));
+        assert!(problems(&["/-=s3://charts-a"]).contains("is not a path prefix"));
+        assert!(problems(&["/a=ftp://x"]).contains("repos[0] (/a).upstream"));
+        let p = problems(&["/a=s3://charts-a", "/b=s3://charts-b", "/a=s3://charts-c"]);
+        assert!(p.contains("prefixes /a and /a overlap"), "{p}");
+        let unknown = parse_file(
+            "[[repos]]\nprefix = \"/a\"\nupstream = \"s3://charts-a\"\nbucket = \"x\"\n",
+        );
+        assert!(unknown.unwrap_err().contains("unknown field `bucket`"));
+    }
+
+    #[test]
+    fn prefixes_are_normalised() {
+        assert_eq!(normalise_prefix("/").unwrap(), "");
+        assert_eq!(normalise_prefix("").unwrap(), "");
+        assert_eq!(normalise_prefix("stable/").unwrap(), "/stable");
+        assert_eq!(
+            normalise_prefix("/team-b/charts").unwrap(),
+            "/team-b/charts"
+        );
+        assert!(normalise_prefix("/a//b").is_err());
+        assert!(normalise_prefix("/a b").is_err());
+        assert!(prefixes_overlap("", "/a"));
+        assert!(prefixes_overlap("/a", "/a/b"));
+        assert!(!prefixes_overlap("/a", "/ab"));
     }
 
     /// README's configuration table lists exactly the flags, their variables and the
