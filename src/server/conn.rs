@@ -66,6 +66,7 @@ pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
         stream,
         peer: Some(peer),
         head_buf: Vec::with_capacity(512),
+        key_buf: String::new(),
         broken: false,
     };
     if serve_requests(&w, &mut conn).await == End::Linger && !conn.broken {

@@ -77,6 +77,8 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     /// Reused buffer for response heads.
     pub head_buf: Vec<u8>,
+    /// Reused buffer for the request's cache key.
+    pub key_buf: String,
     /// A send failed or timed out: close at once, without a lingering close.
     pub broken: bool,
 }
@@ -149,7 +151,11 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
     x.view = view;
     if let Some((repo, _)) = routed {
         x.repo = Some(repo);
-        x.cache_key = repo.cache_key(object);
+        let mut cache_key = std::mem::take(&mut x.conn.key_buf);
+        cache_key.clear();
+        cache_key.push_str(&repo.keys.ns);
+        cache_key.push_str(object);
+        x.cache_key = cache_key;
         if object == helm::INDEX_KEY {
             let format = repo.cfg.index_format;
             x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
@@ -275,8 +281,9 @@ impl<'a> Exchange<'a> {
 
     /// One metrics update and one access-log line; whether the connection may
     /// be reused.
-    fn finish(self, result: std::io::Result<()>, started: Instant) -> bool {
+    fn finish(mut self, result: std::io::Result<()>, started: Instant) -> bool {
         let w = self.w;
+        self.conn.key_buf = std::mem::take(&mut self.cache_key);
         if let Err(e) = &result {
             self.conn.broken = true;
             if e.kind() == std::io::ErrorKind::TimedOut {
