@@ -359,32 +359,39 @@ pub struct RepoTable {
 #[command(
     name = "chartcache",
     version,
-    about = "Caching proxy that serves a Helm chart repository from a private S3 bucket.",
-    long_about = "chartcache serves a Helm chart repository from a private S3 bucket (or an \
-HTTPS server, or a local directory), signing every upstream request with AWS SigV4 and \
-keeping charts in an on-disk cache that survives restarts.\n\n\
-With no arguments it serves the bundled examples/repo on 0.0.0.0:8080, no AWS needed:\n  \
+    about = "Caching proxy that serves Helm chart repositories from private S3 buckets.",
+    long_about = "chartcache serves Helm chart repositories from private S3 buckets (or \
+HTTPS servers, or local directories), each under its own path, signing every upstream \
+request with AWS SigV4 and keeping charts in one on-disk cache that survives restarts.\n\n\
+Serve several repositories (credentials from the standard AWS chain):\n  \
+chartcache --repo /stable=s3://charts-a/stable --repo /team-b=s3://charts-b \\\n    \
+--repo /mirror=https://charts.example.org/ --region eu-west-1\n  \
+helm repo add stable http://HOST:8080/stable\n\n\
+Or one repository at / (the single-upstream form):\n  \
+chartcache --upstream s3://my-charts/stable --region eu-west-1\n  \
+helm repo add stable http://HOST:8080\n\n\
+With no arguments it serves the bundled examples/repo at / on 0.0.0.0:8080, no AWS needed:\n  \
 chartcache\n  helm repo add demo http://127.0.0.1:8080\n\n\
-Serve a private bucket (credentials from the standard AWS chain):\n  \
-chartcache --upstream s3://my-charts/stable --region eu-west-1\n\n\
 Precedence: flag > CHARTCACHE_* environment variable > --config TOML file > default.",
     after_help = "Route rules (which paths are cached, revalidated or bypassed) are set in the \
 TOML file; the defaults are: /index.yaml revalidated on every request, paths matching \
-.*-dev-.* bypassed, everything else cached for 24h with Cache-Control: max-age=86400."
+.*-dev-.* bypassed, everything else cached for 24h with Cache-Control: max-age=86400. \
+Per-repository S3 endpoint, region, credentials profile, rules and index format: \
+[[repos]] tables in the TOML file (see examples/repos.toml)."
 )]
 pub struct Cli {
-    /// TOML configuration file (same keys as the flags, plus [[rules]]).
+    /// TOML configuration file (same keys as the flags, plus [[rules]] and [[repos]]).
     #[arg(long, env = "CHARTCACHE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-    #[command(flatten)]
     pub repos: ReposArgs,
     #[command(flatten)]
     pub repo: RepoArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -1896,6 +1903,20 @@ headers = { "Cache-Control" = "max-age=3600" }
         // The global S3 endpoint is no problem for a repository that is not S3.
         assert!(m.origin.s3_endpoint.is_none());
         assert_eq!(cfg.repo.prefix, "/stable", "repo: the first repository");
+    }
+
+    #[test]
+    fn the_example_repos_file_is_valid() {
+        let text = include_str!("../examples/repos.toml");
+        let cfg = build(Cli::default(), file(text)).unwrap();
+        let prefixes: Vec<&str> = cfg.repos.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["/stable", "/team-b", "/mirror"]);
+        assert_eq!(cfg.repos[1].profile.as_deref(), Some("team-b"));
+        assert_eq!(cfg.repos[2].policy.rules().len(), 2);
+        assert_eq!(
+            format!("{:?}", cfg.repos[0].policy),
+            format!("{:?}", Policy::envoy_default())
+        );
     }
 
     #[test]
