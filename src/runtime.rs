@@ -859,6 +859,42 @@ mod tests {
     }
 
     #[test]
+    fn each_s3_repository_signs_with_its_profile_or_the_default_chain() {
+        let mut cli = crate::config::Cli::default();
+        cli.repos.repo = Some(vec![
+            "/a=s3://charts-a /b=s3://charts-b /c=https://charts.example.org".into(),
+        ]);
+        cli.cache.cache_dir = Some("/nonexistent/chartcache-test".into());
+        let mut cfg = crate::config::load(cli).unwrap();
+        cfg.repos[1].profile = Some("team-b".into());
+        let cell = |id: &str| {
+            Arc::new(CredentialsCell::new(
+                aws_credential_types::Credentials::new(id, "secret", None, None, "test"),
+            ))
+        };
+        let mut creds = Credentials::from(Some(cell("default")));
+        let key = |c: Option<Arc<CredentialsCell>>| {
+            c.and_then(|c| c.get())
+                .map(|k| k.access_key_id().to_string())
+        };
+        assert_eq!(
+            key(creds.for_repo(&cfg.repos[0])).as_deref(),
+            Some("default")
+        );
+        // A profile without its own chain (tests) falls back to the default one.
+        assert_eq!(
+            key(creds.for_repo(&cfg.repos[1])).as_deref(),
+            Some("default")
+        );
+        creds.profiles.insert("team-b".into(), cell("team-b"));
+        assert_eq!(
+            key(creds.for_repo(&cfg.repos[1])).as_deref(),
+            Some("team-b")
+        );
+        assert!(creds.for_repo(&cfg.repos[2]).is_none(), "not S3: unsigned");
+    }
+
+    #[test]
     fn client_connections_leave_room_for_upstream_and_cache_files() {
         let mut cli = crate::config::Cli::default();
         cli.repo.upstream =
