@@ -321,11 +321,11 @@ fn readyz(state: &AdminState) -> Reply {
     }
     let usable: Vec<bool> = (0..state.repos.len())
         .map(|i| {
-            !state
+            state
                 .credentials
                 .get(i)
                 .and_then(Option::as_ref)
-                .is_some_and(|c| !c.is_fresh())
+                .is_none_or(|c| c.is_fresh())
         })
         .collect();
     let several = state.repos.len() > 1;

@@ -278,6 +278,9 @@ impl LogEvery {
 /// A metric name, its help text, and where each worker keeps its value.
 type Described = (&'static str, &'static str, fn(&WorkerMetrics) -> &AtomicU64);
 
+/// [`Described`] for a per-repository counter.
+type RepoDescribed = (&'static str, &'static str, fn(&RepoCounters) -> &AtomicU64);
+
 /// All workers' metrics; what the admin endpoint renders.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -595,7 +598,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, fn(&RepoCounters) -> &AtomicU64); 3] = [
+        let counters: [RepoDescribed; 3] = [
             (
                 REPO_RESPONSE_BYTES,
                 "Response body bytes sent to clients per repository",

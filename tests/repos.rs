@@ -21,6 +21,7 @@ struct Fleet {
     /// The plain HTTP upstream.
     mirror: Proxy,
     proxy: Proxy,
+    _mirror_dir: tempfile::TempDir,
 }
 
 const SHARED: &str = "shared-1.0.0.tgz";
@@ -67,8 +68,6 @@ fn fleet() -> Fleet {
         &mirror_dir.path().join(".cache"),
     );
     let mirror = Proxy::start(mirror_cli);
-    // The Proxy keeps nothing of the temp dir; keep it for the test's life.
-    std::mem::forget(mirror_dir);
 
     let tmp = tempfile::tempdir().unwrap();
     let mut cli = test_cli("unused", &tmp.path().join("cache"));
@@ -79,7 +78,12 @@ fn fleet() -> Fleet {
         format!("/team-b=s3://charts-b, /mirror=http://{}/", mirror.addr),
     ]);
     let proxy = Proxy::start_in(cli, Some(tmp));
-    Fleet { s3, mirror, proxy }
+    Fleet {
+        s3,
+        mirror,
+        proxy,
+        _mirror_dir: mirror_dir,
+    }
 }
 
 fn repo_metric(p: &Proxy, family: &str, labels: &str) -> u64 {
@@ -105,6 +109,8 @@ fn same_object_name_in_three_repositories_gives_three_bodies() {
     }
     assert_eq!(f.s3.get_count(&format!("/charts-a/stable/{SHARED}")), 1);
     assert_eq!(f.s3.get_count(&format!("/charts-b/{SHARED}")), 1);
+    // The mirror's copy came from the plain HTTP upstream (which cached it then).
+    assert_eq!(f.mirror.get(&format!("/{SHARED}")).x_cache(), "HIT");
     // Per-repository metrics: one miss and one hit each, upstream bytes of each.
     for prefix in ["/stable", "/team-b", "/mirror"] {
         for cache in ["miss", "hit"] {

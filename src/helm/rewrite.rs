@@ -67,7 +67,7 @@ impl Rules {
             .chain(others)
             .filter(|(from, _)| !from.is_empty())
             .collect();
-        rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         rules.dedup_by(|a, b| a.0 == b.0);
         Rules(rules)
     }
