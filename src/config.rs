@@ -882,7 +882,11 @@ impl ReposArgs {
         global: RepoArgs,
         upstream_given: bool,
     ) -> Result<Vec<RepoConfig>, Vec<String>> {
-        let tables = match (self.repo, self.repos) {
+        // An empty CHARTCACHE_REPOS (a template that rendered none) is not given.
+        let items = self
+            .repo
+            .filter(|items| items.iter().any(|i| !i.trim().is_empty()));
+        let tables = match (items, self.repos) {
             (Some(items), _) => {
                 let mut tables = Vec::new();
                 let mut bad = Vec::new();
@@ -1929,6 +1933,11 @@ headers = { "Cache-Control" = "max-age=3600" }
         let cfg = build(c, FileConfig::default()).unwrap();
         let prefixes: Vec<&str> = cfg.repos.iter().map(|r| r.prefix.as_str()).collect();
         assert_eq!(prefixes, ["/a", "/b", "/c", "/d"]);
+        // An empty variable is no repository list.
+        let mut c = Cli::default();
+        c.repos.repo = Some(vec![" ".into()]);
+        c.repo.upstream = Some("s3://charts-a".into());
+        assert_eq!(build(c, FileConfig::default()).unwrap().repos[0].prefix, "");
         // Flags replace the file's [[repos]].
         let mut c = Cli::default();
         c.repos.repo = Some(vec!["/x=s3://charts-x".into()]);
