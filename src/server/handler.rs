@@ -339,6 +339,11 @@ impl<'a> Exchange<'a> {
         self.send_head(head).await
     }
 
+    /// The repository's prefix for logs (`-`: none).
+    fn repo_name(&self) -> &'a str {
+        self.repo.map_or("-", |r| r.name.as_str())
+    }
+
     /// Cache and Revalidate: serve a fresh copy, else wait on the fill.
     async fn cached(&mut self, want: Want) -> std::io::Result<()> {
         let mut fill = match self
@@ -418,7 +423,7 @@ impl<'a> Exchange<'a> {
             }
         }
         self.cache = CacheResult::Miss;
-        tracing::warn!(key = self.key, status = error.status, error = %error.message, "upstream failed");
+        tracing::warn!(repo = self.repo_name(), key = self.key, status = error.status, error = %error.message, "upstream failed");
         self.respond_simple(error.status, &error.message).await
     }
 
@@ -746,7 +751,7 @@ impl<'a> Exchange<'a> {
                     .metrics
                     .upstream(err.upstream_status, started.elapsed());
                 self.upstream_status = err.upstream_status;
-                tracing::warn!(key = self.key, error = %e, "upstream request failed");
+                tracing::warn!(repo = self.repo_name(), key = self.key, error = %e, "upstream request failed");
                 return self.respond_simple(err.status, &err.message).await;
             }
         };
@@ -803,7 +808,7 @@ impl<'a> Exchange<'a> {
                 Err(e) => {
                     // No last chunk, and the connection closes: the client
                     // sees a cut body, never a complete-looking one.
-                    tracing::warn!(key = self.key, error = %e, "upstream body failed mid-stream");
+                    tracing::warn!(repo = self.repo_name(), key = self.key, error = %e, "upstream body failed mid-stream");
                     self.keep_alive = false;
                     return Err(std::io::Error::other(e.to_string()));
                 }
@@ -815,6 +820,7 @@ impl<'a> Exchange<'a> {
     /// lie about the body): 502, logged with the key and the status.
     async fn unexpected_status(&mut self, status: u16) -> std::io::Result<()> {
         tracing::warn!(
+            repo = self.repo_name(),
             key = self.key,
             upstream_status = status,
             "unexpected upstream status: answered 502"
