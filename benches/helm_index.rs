@@ -14,6 +14,7 @@ use bytes::Bytes;
 use chartcache::helm::index::Extractor;
 use chartcache::helm::json::JsonWriter;
 use chartcache::helm::process::{process, Job};
+use chartcache::helm::rewrite::Rules;
 use chartcache::helm::walk::walk;
 use chartcache::helm::{rewrite_s3_urls, synthetic};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -46,20 +47,21 @@ fn bench(c: &mut Criterion) {
         b.iter(|| rewrite_s3_urls(helm_s3.as_bytes(), FROM).unwrap())
     });
     let raw = Bytes::from(helm_s3.clone());
+    let rules = Rules::new(Some(FROM.into()), vec![]);
     g.bench_function("process", |b| {
         b.iter(|| {
             let job = Job {
                 rewrite: true,
                 json: true,
             };
-            let p = process(raw.clone(), Some(FROM), job);
+            let p = process(raw.clone(), &rules, job);
             assert!(p.summary.is_ok() && p.json.is_ok());
             p
         })
     });
     let json = process(
         Bytes::from(relative.clone()),
-        None,
+        &Rules::default(),
         Job {
             rewrite: false,
             json: true,

@@ -131,6 +131,7 @@ fn bench(c: &mut Criterion) {
             );
             metrics.request(CacheResult::Hit, 200, hit.body_len as u64);
             log.log(&Entry {
+                repo: None,
                 method: &req.method_name,
                 path: &k,
                 status: 200,

@@ -35,6 +35,8 @@ pub const QUEUE_BUFFERS: usize = 128;
 /// One request, as logged.
 #[derive(Debug, Clone)]
 pub struct Entry<'a> {
+    /// The repository the path named (its prefix, `/` for the root); `None`: none.
+    pub repo: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -198,6 +200,10 @@ fn write_json(
     push_json_str(buf, e.method);
     buf.extend_from_slice(b",\"path\":");
     push_json_str(buf, e.path);
+    if let Some(repo) = e.repo {
+        buf.extend_from_slice(b",\"repo\":");
+        push_json_str(buf, repo);
+    }
     buf.extend_from_slice(b",\"status\":");
     push_u64(buf, e.status as u64);
     buf.extend_from_slice(b",\"bytes\":");
@@ -227,7 +233,7 @@ fn write_text(buf: &mut Vec<u8>, clock: &mut (u64, Vec<u8>), now: Duration, e: &
     timestamp(buf, clock, now);
     let _ = write!(
         buf,
-        " {} {} {} {}B {:.3}ms {} upstream={}",
+        " {} {} {} {}B {:.3}ms {} upstream={} repo={}",
         e.method,
         e.path.escape_debug(),
         e.status,
@@ -235,6 +241,7 @@ fn write_text(buf: &mut Vec<u8>, clock: &mut (u64, Vec<u8>), now: Duration, e: &
         e.duration.as_secs_f64() * 1e3,
         e.cache.as_str(),
         e.upstream_status.map_or("-".to_string(), |s| s.to_string()),
+        e.repo.unwrap_or("-").escape_debug(),
     );
     buf.push(b'\n');
 }
@@ -329,6 +336,7 @@ mod tests {
 
     fn entry() -> Entry<'static> {
         Entry {
+            repo: Some("/stable"),
             method: "GET",
             path: "/we\"ird\u{1}.tgz",
             status: 200,
@@ -355,6 +363,7 @@ mod tests {
         assert_eq!(buf.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["path"], "/we\"ird\u{1}.tgz");
+        assert_eq!(v["repo"], "/stable");
         assert_eq!(v["cache"], "HIT");
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes"], 1234);

@@ -18,10 +18,16 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while serving, 503 while shutting down |
-//! | `GET /readyz` | 200 once every worker has recovered its shard and serves (the text says when a full cache device degrades it) |
+//! | `GET /readyz` | 200 once every worker has recovered its shard and serves, while at least one repository can reach its upstream (the text says when a full cache device degrades it; with several repositories, one line per repository) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `DELETE /cache/<path>` | 200 if the object was cached (now gone), 404 if not |
 //! | `DELETE /cache?prefix=<p>` | 200 with the number of objects removed |
+//!
+//! Purge paths are request paths (`/stable/x.tgz`): each names an object of one
+//! repository ([`Repos::purge_scopes`]); a prefix inside a repository stays in it.
+//! A repository is unavailable when its S3 credentials are missing or expired (it
+//! could only answer 502s for misses); the node is unready only when every
+//! repository is.
 //!
 //! When a token is configured, purge requires `Authorization: Bearer <token>`
 //! (config refuses a non-loopback admin address without one).
@@ -35,6 +41,7 @@ use std::time::{Duration, Instant};
 use crate::cache::{Cache, PurgeError, PurgeTarget};
 use crate::http1::path::object_key;
 use crate::metrics::{LogEvery, Metrics};
+use crate::repo::Repos;
 
 /// Admin connections served at once (one thread each).
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
@@ -55,9 +62,9 @@ pub struct AdminState {
     pub workers: usize,
     pub draining: Arc<AtomicBool>,
     pub token: Option<String>,
-    /// S3 credentials, when the upstream needs them: expired ones make the
-    /// node unready (it could only answer 502s for misses).
-    pub credentials: Option<Arc<crate::origin::credentials::CredentialsCell>>,
+    pub repos: Arc<Repos>,
+    /// Per repository (in order), its S3 credentials when its upstream needs them.
+    pub credentials: Vec<Option<Arc<crate::origin::credentials::CredentialsCell>>>,
 }
 
 /// The admin connections being served, oldest first.
@@ -273,27 +280,7 @@ fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> 
                 Reply::text(200, "ok\n")
             }
         }
-        ("GET" | "HEAD", "/readyz") => {
-            let ready = state.ready.load(Ordering::SeqCst);
-            if state.draining.load(Ordering::SeqCst) {
-                Reply::text(503, "shutting down\n")
-            } else if ready < state.workers {
-                Reply::text(503, format!("starting: {ready}/{} workers ready\n", state.workers))
-            } else if state.credentials.as_ref().is_some_and(|c| !c.is_fresh()) {
-                Reply::text(503, "AWS credentials are missing or expired and cannot be refreshed\n")
-            } else {
-                match state.cache.disk_full_shards() {
-                    0 => Reply::text(200, "ready\n"),
-                    full => Reply::text(
-                        200,
-                        format!(
-                            "ready (degraded: cache device full on {full} of {} shards: cached objects are served, new ones pass through uncached)\n",
-                            state.cache.shards()
-                        ),
-                    ),
-                }
-            }
-        }
+        ("GET" | "HEAD", "/readyz") => readyz(state),
         ("GET" | "HEAD", "/metrics") => Reply {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -318,6 +305,77 @@ fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> 
     }
 }
 
+/// Ready once every worker serves, unless every repository lacks usable credentials;
+/// with several repositories the text has one line per repository.
+fn readyz(state: &AdminState) -> Reply {
+    const NO_CREDENTIALS: &str = "AWS credentials are missing or expired and cannot be refreshed";
+    let ready = state.ready.load(Ordering::SeqCst);
+    if state.draining.load(Ordering::SeqCst) {
+        return Reply::text(503, "shutting down\n");
+    }
+    if ready < state.workers {
+        return Reply::text(
+            503,
+            format!("starting: {ready}/{} workers ready\n", state.workers),
+        );
+    }
+    let usable: Vec<bool> = (0..state.repos.len())
+        .map(|i| {
+            state
+                .credentials
+                .get(i)
+                .and_then(Option::as_ref)
+                .is_none_or(|c| c.is_fresh())
+        })
+        .collect();
+    let several = state.repos.len() > 1;
+    let detail = if several {
+        let now = crate::cache::format::unix_now();
+        let lines: Vec<String> = state
+            .repos
+            .iter()
+            .map(|r| {
+                let answer = state
+                    .metrics
+                    .repo_max(r.id, |c| c.last_answer.load(Ordering::Relaxed));
+                let failure = state
+                    .metrics
+                    .repo_max(r.id, |c| c.last_failure.load(Ordering::Relaxed));
+                let status = if !usable[r.id] {
+                    format!("unavailable: {NO_CREDENTIALS}")
+                } else if failure > answer {
+                    format!(
+                        "upstream failing (last failure {}s ago{}): cached objects are served",
+                        now.saturating_sub(failure),
+                        if answer == 0 {
+                            String::new()
+                        } else {
+                            format!(", last answer {}s ago", now.saturating_sub(answer))
+                        }
+                    )
+                } else {
+                    "ok".into()
+                };
+                format!("  {} ({}): {status}\n", r.name, r.cfg.origin.upstream)
+            })
+            .collect();
+        lines.concat()
+    } else {
+        String::new()
+    };
+    if !usable.iter().any(|u| *u) {
+        return Reply::text(503, format!("{NO_CREDENTIALS}\n{detail}"));
+    }
+    let head = match state.cache.disk_full_shards() {
+        0 => "ready\n".to_string(),
+        full => format!(
+            "ready (degraded: cache device full on {full} of {} shards: cached objects are served, new ones pass through uncached)\n",
+            state.cache.shards()
+        ),
+    };
+    Reply::text(200, format!("{head}{detail}"))
+}
+
 fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
     let timeout = Duration::from_secs(5);
     if path == "/cache" {
@@ -338,20 +396,37 @@ fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
         if !prefix.starts_with('/') {
             return Reply::text(400, "prefix must start with /\n");
         }
-        return match state.cache.purge(PurgeTarget::Prefix(&prefix), timeout) {
-            Ok(removed) => {
-                tracing::info!(prefix = %prefix, removed, "purged by prefix");
-                Reply::json(200, format!("{{\"purged\":{removed}}}\n"))
+        let mut removed = 0;
+        for scope in state.repos.purge_scopes(&prefix, true) {
+            match state
+                .cache
+                .purge(PurgeTarget::Prefix(&scope.cache_key), timeout)
+            {
+                Ok(n) => removed += n,
+                Err(e) => return purge_failed(&e, "a worker did not answer the purge\n"),
             }
-            Err(e) => purge_failed(&e, "a worker did not answer the purge\n"),
-        };
+        }
+        tracing::info!(prefix = %prefix, removed, "purged by prefix");
+        return Reply::json(200, format!("{{\"purged\":{removed}}}\n"));
     }
     let raw = &path["/cache".len()..];
     let key = match object_key(raw) {
         Ok(k) => k,
         Err(e) => return Reply::text(400, format!("bad path: {e}\n")),
     };
-    match state.cache.purge(PurgeTarget::Key(&key), timeout) {
+    let Some(scope) = state.repos.purge_scopes(&key, false).pop() else {
+        return Reply::json(
+            404,
+            format!(
+                "{{\"purged\":0,\"key\":{},\"error\":\"no repository is served under this path\"}}\n",
+                json_str(&key)
+            ),
+        );
+    };
+    match state
+        .cache
+        .purge(PurgeTarget::Key(&scope.cache_key), timeout)
+    {
         Ok(0) => Reply::json(
             404,
             format!("{{\"purged\":0,\"key\":{}}}\n", json_str(&key)),

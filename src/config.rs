@@ -262,6 +262,11 @@ section! {
         #[arg(long, env = "CHARTCACHE_REGION", value_name = "REGION")]
         region: Option<String> = Some(aws_env_region()),
 
+        /// AWS shared-config profile whose credentials sign s3:// requests [default: the
+        /// standard chain, which reads $AWS_PROFILE].
+        #[arg(long, env = "CHARTCACHE_PROFILE", value_name = "PROFILE")]
+        profile: Option<String>,
+
         /// Upstream connect timeout [default: 5s].
         #[arg(long, env = "CHARTCACHE_CONNECT_TIMEOUT", value_name = "DURATION")]
         connect_timeout: Option<String> = Some("5s".into()),
@@ -317,6 +322,39 @@ section! {
     }
 }
 
+section! {
+    /// Several repositories in one instance, each under its own path prefix.
+    pub struct ReposArgs {
+        /// A repository served under PREFIX from UPSTREAM, e.g. --repo /stable=s3://charts-a/stable
+        /// --repo /mirror=https://charts.example.org/ (repeatable; the environment variable
+        /// takes the items separated by commas or whitespace). Every other upstream setting
+        /// is the global one; [[repos]] in the TOML file can set some per repository.
+        /// Without it: one repository at / from --upstream.
+        #[arg(long = "repo", env = "CHARTCACHE_REPOS", value_name = "PREFIX=UPSTREAM")]
+        #[serde(skip)]
+        repo: Option<Vec<String>>,
+        /// The file's form of `--repo`: `[[repos]]` tables.
+        #[arg(skip)]
+        repos: Option<Vec<RepoTable>>,
+    }
+}
+
+/// One `[[repos]]` table: a prefix, an upstream, and what may differ from the global
+/// settings (each key defaults to the global key of the same name).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoTable {
+    pub prefix: String,
+    pub upstream: String,
+    pub s3_endpoint: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub index_format: Option<String>,
+    pub verify_digests: Option<bool>,
+    pub rewrite_s3_urls: Option<bool>,
+    pub rules: Option<Vec<RuleConfig>>,
+}
+
 /// Command-line flags. Every flag can also be set by the environment variable
 /// shown in `--help` and by the same key (with `_` instead of `-`) in the TOML
 /// file given by `--config`.
@@ -324,30 +362,39 @@ section! {
 #[command(
     name = "chartcache",
     version,
-    about = "Caching proxy that serves a Helm chart repository from a private S3 bucket.",
-    long_about = "chartcache serves a Helm chart repository from a private S3 bucket (or an \
-HTTPS server, or a local directory), signing every upstream request with AWS SigV4 and \
-keeping charts in an on-disk cache that survives restarts.\n\n\
-With no arguments it serves the bundled examples/repo on 0.0.0.0:8080, no AWS needed:\n  \
+    about = "Caching proxy that serves Helm chart repositories from private S3 buckets.",
+    long_about = "chartcache serves Helm chart repositories from private S3 buckets (or \
+HTTPS servers, or local directories), each under its own path, signing every upstream \
+request with AWS SigV4 and keeping charts in one on-disk cache that survives restarts.\n\n\
+Serve several repositories (credentials from the standard AWS chain):\n  \
+chartcache --repo /stable=s3://charts-a/stable --repo /team-b=s3://charts-b \\\n    \
+--repo /mirror=https://charts.example.org/ --region eu-west-1\n  \
+helm repo add stable http://HOST:8080/stable\n\n\
+Or one repository at / (the single-upstream form):\n  \
+chartcache --upstream s3://my-charts/stable --region eu-west-1\n  \
+helm repo add stable http://HOST:8080\n\n\
+With no arguments it serves the bundled examples/repo at / on 0.0.0.0:8080, no AWS needed:\n  \
 chartcache\n  helm repo add demo http://127.0.0.1:8080\n\n\
-Serve a private bucket (credentials from the standard AWS chain):\n  \
-chartcache --upstream s3://my-charts/stable --region eu-west-1\n\n\
 Precedence: flag > CHARTCACHE_* environment variable > --config TOML file > default.",
     after_help = "Route rules (which paths are cached, revalidated or bypassed) are set in the \
 TOML file; the defaults are: /index.yaml revalidated on every request, paths matching \
-.*-dev-.* bypassed, everything else cached for 24h with Cache-Control: max-age=86400."
+.*-dev-.* bypassed, everything else cached for 24h with Cache-Control: max-age=86400. \
+Per-repository S3 endpoint, region, credentials profile, rules and index format: \
+[[repos]] tables in the TOML file (see examples/repos.toml)."
 )]
 pub struct Cli {
-    /// TOML configuration file (same keys as the flags, plus [[rules]]).
+    /// TOML configuration file (same keys as the flags, plus [[rules]] and [[repos]]).
     #[arg(long, env = "CHARTCACHE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     #[command(flatten)]
+    pub repos: ReposArgs,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
-    #[command(flatten)]
-    pub repo: RepoArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -369,6 +416,7 @@ pub struct Cli {
 struct FileConfig {
     server: ServerArgs,
     admin: AdminArgs,
+    repos: ReposArgs,
     repo: RepoArgs,
     cache: CacheArgs,
     runtime: RuntimeArgs,
@@ -380,6 +428,7 @@ fn known_keys() -> Vec<&'static str> {
     [
         keys_of::<ServerArgs>(),
         keys_of::<AdminArgs>(),
+        keys_of::<ReposArgs>(),
         keys_of::<RepoArgs>(),
         keys_of::<CacheArgs>(),
         keys_of::<RuntimeArgs>(),
@@ -504,9 +553,15 @@ pub enum IndexFormat {
     Json,
 }
 
-/// One served repository (today the only one, at `/`).
+/// One served repository.
 #[derive(Debug, Clone)]
 pub struct RepoConfig {
+    /// The path prefix it is served under, normalised: `""` for `/`, else `/a[/b…]`
+    /// without a trailing slash. Prefixes of one configuration never overlap.
+    pub prefix: String,
+    /// AWS shared-config profile for an s3:// upstream's credentials (`None`: the
+    /// standard chain).
+    pub profile: Option<String>,
     pub origin: OriginConfig,
     pub policy: Policy,
     /// Rewrite helm-s3 `s3://` chart URLs in index.yaml to relative ones.
@@ -521,6 +576,10 @@ pub struct RepoConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
+    /// Every served repository, in configuration order (at least one).
+    pub repos: Vec<RepoConfig>,
+    /// The first of [`Config::repos`]: the only one in the single-repository form
+    /// (`--upstream`, served at `/`).
     pub repo: RepoConfig,
     pub cache: CacheConfig,
     pub workers: usize,
@@ -592,6 +651,7 @@ fn parse_file(text: &str) -> Result<FileConfig, String> {
     Ok(FileConfig {
         server: section(text)?,
         admin: section(text)?,
+        repos: section(text)?,
         repo: section(text)?,
         cache: section(text)?,
         runtime: section(text)?,
@@ -603,24 +663,34 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
     let mut problems = Vec::new();
     let server = ok(layered(cli.server, file.server).validate(), &mut problems);
     let admin = ok(layered(cli.admin, file.admin).validate(), &mut problems);
-    let repo = ok(layered(cli.repo, file.repo).validate(), &mut problems);
+    // The global upstream was given (not the built-in bundled examples).
+    let upstream_given = cli.repo.upstream.is_some() || file.repo.upstream.is_some();
+    let global = layered(cli.repo, file.repo);
+    let repos = ok(
+        layered(cli.repos, file.repos).validate(global, upstream_given),
+        &mut problems,
+    );
     let cache = ok(layered(cli.cache, file.cache).validate(), &mut problems);
     let runtime = ok(layered(cli.runtime, file.runtime).validate(), &mut problems);
     let log = ok(layered(cli.log, file.log).validate(), &mut problems);
     let (
         Some(server),
         Some(admin),
-        Some(repo),
+        Some(repos),
         Some(cache),
         Some((workers, driver)),
         Some((log_format, access_log)),
-    ) = (server, admin, repo, cache, runtime, log)
+    ) = (server, admin, repos, cache, runtime, log)
     else {
         return Err(Error::Invalid(problems));
+    };
+    let Some(repo) = repos.first().cloned() else {
+        return Err(Error::Invalid(vec!["repos: none configured".into()]));
     };
     Ok(Config {
         server,
         admin,
+        repos,
         repo,
         cache,
         workers,
@@ -822,8 +892,166 @@ impl CacheArgs {
     }
 }
 
+impl ReposArgs {
+    /// Every repository: the `--repo` items (or `[[repos]]` tables) over the global
+    /// settings `global`, or the one repository at `/` that `global` describes.
+    /// `upstream_given`: the global upstream was set explicitly, which is refused
+    /// beside repositories (which one would `/` be?); the built-in default upstream
+    /// simply yields to them.
+    fn validate(
+        self,
+        global: RepoArgs,
+        upstream_given: bool,
+    ) -> Result<Vec<RepoConfig>, Vec<String>> {
+        // An empty CHARTCACHE_REPOS (a template that rendered none) is not given.
+        let items = self
+            .repo
+            .filter(|items| items.iter().any(|i| !i.trim().is_empty()));
+        let tables = match (items, self.repos) {
+            (Some(items), _) => {
+                let mut tables = Vec::new();
+                let mut bad = Vec::new();
+                for item in items
+                    .iter()
+                    .flat_map(|i| i.split(|c: char| c == ',' || c.is_whitespace()))
+                    .filter(|i| !i.is_empty())
+                {
+                    match item.split_once('=') {
+                        Some((prefix, upstream)) if !upstream.is_empty() => {
+                            tables.push(RepoTable {
+                                prefix: prefix.into(),
+                                upstream: upstream.into(),
+                                ..RepoTable::default()
+                            })
+                        }
+                        _ => bad.push(format!(
+                            "repo: {item:?} is not PREFIX=UPSTREAM, e.g. /stable=s3://my-charts/stable"
+                        )),
+                    }
+                }
+                if !bad.is_empty() {
+                    return Err(bad);
+                }
+                tables
+            }
+            (None, Some(tables)) => tables,
+            (None, None) => {
+                return global
+                    .or_defaults()
+                    .validate(String::new(), None)
+                    .map(|r| vec![r]);
+            }
+        };
+        let mut p = Problems::default();
+        if tables.is_empty() {
+            p.push("repos: empty; give at least one PREFIX=UPSTREAM, or leave it out and use --upstream".into());
+        }
+        if upstream_given {
+            p.push(
+                "upstream and repo: both given; with --repo / CHARTCACHE_REPOS / [[repos]] every \
+                 repository names its own upstream (serve the old one at / with --repo /=URL), \
+                 so remove --upstream / CHARTCACHE_UPSTREAM / upstream"
+                    .into(),
+            );
+        }
+        let mut out: Vec<RepoConfig> = Vec::new();
+        for (i, t) in tables.into_iter().enumerate() {
+            let field = |f: &str| format!("repos[{i}] ({}).{f}", t.prefix);
+            let prefix = match normalise_prefix(&t.prefix) {
+                Ok(prefix) => prefix,
+                Err(e) => {
+                    p.push(format!("{}: {e}", field("prefix")));
+                    continue;
+                }
+            };
+            for other in &out {
+                if prefixes_overlap(&other.prefix, &prefix) {
+                    p.push(format!(
+                        "repos: prefixes {} and {} overlap (one contains the other); give each \
+                         repository its own path, e.g. /stable and /incubator",
+                        shown_prefix(&other.prefix),
+                        shown_prefix(&prefix)
+                    ));
+                }
+            }
+            let mut args = global.clone();
+            args.upstream = Some(t.upstream.clone());
+            // A global S3 endpoint is the default of the s3:// repositories only.
+            let inherited = args.s3_endpoint.filter(|_| t.upstream.starts_with("s3://"));
+            args.s3_endpoint = t.s3_endpoint.or(inherited);
+            args.region = t.region.or(args.region);
+            args.profile = t.profile.or(args.profile);
+            args.index_format = t.index_format.or(args.index_format);
+            if let Some(v) = t.verify_digests {
+                args.verify_digests = Some(v);
+                args.no_verify_digests = false;
+            }
+            if let Some(v) = t.rewrite_s3_urls {
+                args.rewrite_s3_urls = Some(v);
+                args.no_rewrite_s3_urls = false;
+            }
+            args.rules = t.rules.or(args.rules);
+            match args.or_defaults().validate(prefix, Some(&field(""))) {
+                Ok(repo) => out.push(repo),
+                Err(problems) => {
+                    for problem in problems {
+                        p.push(problem);
+                    }
+                }
+            }
+        }
+        p.finish(|| Some(out))
+    }
+}
+
+/// `/stable/`, `stable`, `/` → `/stable`, `/stable`, `""`: a leading slash, no trailing
+/// one; segments of letters, digits, `.`, `_`, `~`, `-` (not `.`, `..` or `-`, which
+/// names the per-chart views).
+pub fn normalise_prefix(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    for seg in trimmed.split('/') {
+        let chars_ok = !seg.is_empty()
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
+        if !chars_ok || matches!(seg, "." | ".." | "-") {
+            return Err(format!(
+                "{raw:?} is not a path prefix: use segments of letters, digits, '.', '_', '~', \
+                 '-' such as /stable or /team-b/charts"
+            ));
+        }
+    }
+    Ok(format!("/{trimmed}"))
+}
+
+/// Does one prefix contain the other (`/a` and `/a/b`, `/` and anything)?
+fn prefixes_overlap(a: &str, b: &str) -> bool {
+    let within = |outer: &str, inner: &str| {
+        outer.is_empty()
+            || inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    within(a, b) || within(b, a)
+}
+
+/// A normalised prefix as an operator writes it (`""` is `/`).
+pub fn shown_prefix(prefix: &str) -> &str {
+    if prefix.is_empty() {
+        "/"
+    } else {
+        prefix
+    }
+}
+
 impl RepoArgs {
-    fn validate(self) -> Result<RepoConfig, Vec<String>> {
+    /// One repository served under `prefix`; `field` names it in problems (`None`: the
+    /// global settings, named by their own keys).
+    fn validate(self, prefix: String, field: Option<&str>) -> Result<RepoConfig, Vec<String>> {
         let mut p = Problems::default();
         let upstream = match self.upstream {
             Some(u) => parse_upstream(&u).map_err(|e| p.push(e)).ok(),
@@ -907,8 +1135,17 @@ impl RepoArgs {
             "json" => Ok(IndexFormat::Json),
             other => Err(format!("{other:?} is not one of auto, yaml, json")),
         });
+        let profile = self.profile.filter(|s| !s.is_empty());
+        if let Some(field) = field {
+            p.0 = std::mem::take(&mut p.0)
+                .into_iter()
+                .map(|problem| format!("{field}{problem}"))
+                .collect();
+        }
         p.finish(|| {
             Some(RepoConfig {
+                prefix,
+                profile,
                 origin: OriginConfig {
                     upstream: upstream?,
                     s3_endpoint: self.s3_endpoint,
@@ -1458,7 +1695,11 @@ mod tests {
         .repo;
         repo.retries = Some(1);
         assert_eq!(
-            fields(repo.or_defaults().validate().unwrap_err()),
+            fields(
+                repo.or_defaults()
+                    .validate(String::new(), None)
+                    .unwrap_err()
+            ),
             [
                 "s3_endpoint",
                 "s3_endpoint",
@@ -1631,6 +1872,136 @@ headers = { "Cache-Control" = "max-age=3600" }
         c.admin.admin = Some("0.0.0.0:8081".into());
         c.admin.admin_token = Some("s3cret".into());
         assert!(build(c, FileConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn repos_from_toml_take_the_global_values_as_defaults() {
+        let text = r#"
+            s3_endpoint = "http://127.0.0.1:9000"
+            region = "eu-west-1"
+            verify_digests = false
+
+            [[rules]]
+            match = { prefix = "/" }
+            action = "bypass"
+
+            [[repos]]
+            prefix = "stable/"
+            upstream = "s3://charts-a/stable"
+
+            [[repos]]
+            prefix = "/team-b"
+            upstream = "s3://charts-b"
+            region = "us-west-2"
+            profile = "team-b"
+            verify_digests = true
+            rewrite_s3_urls = false
+            index_format = "yaml"
+            [[repos.rules]]
+            match = { regex = ".*-dev-.*" }
+            action = "bypass"
+
+            [[repos]]
+            prefix = "/mirror"
+            upstream = "https://charts.example.org/"
+        "#;
+        let cfg = build(Cli::default(), file(text)).unwrap();
+        let [a, b, m] = &cfg.repos[..] else {
+            panic!("three repositories: {:?}", cfg.repos)
+        };
+        assert_eq!(
+            (a.prefix.as_str(), b.prefix.as_str()),
+            ("/stable", "/team-b")
+        );
+        assert_eq!(a.origin.region, "eu-west-1");
+        assert_eq!(
+            a.origin.s3_endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert!(!a.verify_digests && a.rewrite_s3_urls && a.profile.is_none());
+        assert_eq!(a.policy.rules().len(), 1, "the global rules");
+        assert_eq!(b.origin.region, "us-west-2");
+        assert_eq!(b.profile.as_deref(), Some("team-b"));
+        assert!(b.verify_digests && !b.rewrite_s3_urls);
+        assert_eq!(b.index_format, IndexFormat::Yaml);
+        assert!(matches!(b.policy.rules()[0].action, Action::Bypass));
+        // The global S3 endpoint is no problem for a repository that is not S3.
+        assert!(m.origin.s3_endpoint.is_none());
+        assert_eq!(cfg.repo.prefix, "/stable", "repo: the first repository");
+    }
+
+    #[test]
+    fn the_example_repos_file_is_valid() {
+        let text = include_str!("../examples/repos.toml");
+        let cfg = build(Cli::default(), file(text)).unwrap();
+        let prefixes: Vec<&str> = cfg.repos.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["/stable", "/team-b", "/mirror"]);
+        assert_eq!(cfg.repos[1].profile.as_deref(), Some("team-b"));
+        assert_eq!(cfg.repos[2].policy.rules().len(), 2);
+        assert_eq!(
+            format!("{:?}", cfg.repos[0].policy),
+            format!("{:?}", Policy::envoy_default())
+        );
+    }
+
+    #[test]
+    fn repos_from_flags_and_environment_items() {
+        let mut c = Cli::default();
+        c.repos.repo = Some(vec![
+            "/a=s3://charts-a,/b=s3://charts-b".into(),
+            " /c=https://h.example/\n/d=s3://charts-d ".into(),
+        ]);
+        let cfg = build(c, FileConfig::default()).unwrap();
+        let prefixes: Vec<&str> = cfg.repos.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["/a", "/b", "/c", "/d"]);
+        // An empty variable is no repository list.
+        let mut c = Cli::default();
+        c.repos.repo = Some(vec![" ".into()]);
+        c.repo.upstream = Some("s3://charts-a".into());
+        assert_eq!(build(c, FileConfig::default()).unwrap().repos[0].prefix, "");
+        // Flags replace the file's [[repos]].
+        let mut c = Cli::default();
+        c.repos.repo = Some(vec!["/x=s3://charts-x".into()]);
+        let f = file("[[repos]]\nprefix = \"/y\"\nupstream = \"s3://charts-y\"\n");
+        assert_eq!(build(c, f).unwrap().repos[0].prefix, "/x");
+    }
+
+    #[test]
+    fn bad_repos_are_named() {
+        let problems = |items: &[&str]| {
+            let mut c = Cli::default();
+            c.repos.repo = Some(items.iter().map(|s| s.to_string()).collect());
+            match build(c, FileConfig::default()) {
+                Err(Error::Invalid(p)) => p.join("\n"),
+                other => panic!("expected problems, got {other:?}"),
+            }
+        };
+        assert!(problems(&["/a"]).contains("\"/a\" is not PREFIX=UPSTREAM"));
+        assert!(problems(&["/a/../b=s3://charts-a"]).contains("repos[0] (/a/../b).prefix"));
+        assert!(problems(&["/-=s3://charts-a"]).contains("is not a path prefix"));
+        assert!(problems(&["/a=ftp://x"]).contains("repos[0] (/a).upstream"));
+        let p = problems(&["/a=s3://charts-a", "/b=s3://charts-b", "/a=s3://charts-c"]);
+        assert!(p.contains("prefixes /a and /a overlap"), "{p}");
+        let unknown = parse_file(
+            "[[repos]]\nprefix = \"/a\"\nupstream = \"s3://charts-a\"\nbucket = \"x\"\n",
+        );
+        assert!(unknown.unwrap_err().contains("unknown field `bucket`"));
+    }
+
+    #[test]
+    fn prefixes_are_normalised() {
+        assert_eq!(normalise_prefix("/").unwrap(), "");
+        assert_eq!(normalise_prefix("").unwrap(), "");
+        assert_eq!(normalise_prefix("stable/").unwrap(), "/stable");
+        assert_eq!(
+            normalise_prefix("/team-b/charts").unwrap(),
+            "/team-b/charts"
+        );
+        assert!(normalise_prefix("/a//b").is_err());
+        assert!(normalise_prefix("/a b").is_err());
+        assert!(prefixes_overlap("", "/a"));
+        assert!(prefixes_overlap("/a", "/a/b"));
+        assert!(!prefixes_overlap("/a", "/ab"));
     }
 
     /// README's configuration table lists exactly the flags, their variables and the

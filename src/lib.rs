@@ -17,6 +17,8 @@
 //! Beside it:
 //! - [`config`]: flags / `CHARTCACHE_*` env / TOML → validated [`config::Config`].
 //! - [`driver`]: which I/O driver the workers run (io_uring or epoll) and why.
+//! - [`repo`]: the served repositories: path prefix → repository, each one's
+//!   cache-key namespace tied to its upstream identity, per-repository counters.
 //! - [`http1`]: strict, bounded HTTP/1.1 codec on `httparse` (no I/O).
 //! - [`helm`]: index.yaml specifics, processed off the workers on one thread:
 //!   helm-s3 URL rewriting, chart digests, the JSON form, per-chart views, gzip.
@@ -36,6 +38,7 @@ pub mod http1;
 pub mod metrics;
 pub mod origin;
 pub mod policy;
+pub mod repo;
 pub mod runtime;
 pub mod sched;
 pub mod server;

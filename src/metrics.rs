@@ -40,6 +40,12 @@ pub const SEND_TIMEOUTS: &str = "chartcache_client_send_timeouts";
 pub const ACCEPT_ERRORS: &str = "chartcache_accept_errors";
 pub const INDEX_PROCESSED: &str = "chartcache_index_versions_processed";
 pub const INDEX_PROCESSING: &str = "chartcache_index_processing";
+// Per repository (label `repo`, one value per configured prefix: bounded).
+pub const REPO_REQUESTS: &str = "chartcache_repo_requests";
+pub const REPO_RESPONSE_BYTES: &str = "chartcache_repo_response_bytes";
+pub const REPO_UPSTREAM_REQUESTS: &str = "chartcache_repo_upstream_requests";
+pub const REPO_UPSTREAM_ERRORS: &str = "chartcache_repo_upstream_errors";
+pub const REPO_UPSTREAM_BYTES: &str = "chartcache_repo_upstream_bytes";
 
 /// How a response was produced (the `X-Cache` value, and a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,9 +107,58 @@ pub const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// One repository's counters on one worker (written only by that worker).
+#[derive(Debug, Default)]
+pub struct RepoCounters {
+    requests: [[AtomicU64; STATUS_SLOTS]; 6],
+    pub response_bytes: AtomicU64,
+    upstream: [AtomicU64; 5],
+    pub upstream_errors: AtomicU64,
+    /// Body bytes received from upstream.
+    pub upstream_bytes: AtomicU64,
+    /// Unix seconds of the last upstream answer (any HTTP status) and of the last
+    /// transport failure or 5xx, for `/readyz`.
+    pub last_answer: AtomicU64,
+    pub last_failure: AtomicU64,
+}
+
+impl RepoCounters {
+    /// Records one upstream exchange of this repository (`None`: a transport error).
+    pub fn upstream(&self, status: Option<u16>) {
+        self.upstream[upstream_slot(status)].fetch_add(1, Relaxed);
+        let now = crate::cache::format::unix_now();
+        match status {
+            None => {
+                self.upstream_errors.fetch_add(1, Relaxed);
+                self.last_failure.store(now, Relaxed);
+            }
+            Some(s) if s >= 500 => {
+                self.last_failure.store(now, Relaxed);
+            }
+            Some(_) => self.last_answer.store(now, Relaxed),
+        }
+    }
+
+    pub fn requests_for(&self, result: CacheResult, status: u16) -> u64 {
+        self.requests[result.index()][status_slot(status)].load(Relaxed)
+    }
+}
+
+fn upstream_slot(status: Option<u16>) -> usize {
+    match status {
+        Some(200) => 0,
+        Some(304) => 1,
+        Some(404) => 2,
+        Some(_) => 3,
+        None => 4,
+    }
+}
+
 /// One worker's counters. Written only by that worker.
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
+    /// Per configured repository, in configuration order.
+    pub repos: Box<[RepoCounters]>,
     requests: [[AtomicU64; STATUS_SLOTS]; 6],
     pub response_bytes: AtomicU64,
     upstream: [AtomicU64; 5],
@@ -149,16 +204,20 @@ impl WorkerMetrics {
         self.response_bytes.fetch_add(bytes, Relaxed);
     }
 
+    /// [`Self::request`], also counted for repository `repo` (`None`: the path named
+    /// no configured repository).
+    #[inline]
+    pub fn request_in(&self, repo: Option<usize>, result: CacheResult, status: u16, bytes: u64) {
+        self.request(result, status, bytes);
+        if let Some(r) = repo.and_then(|i| self.repos.get(i)) {
+            r.requests[result.index()][status_slot(status)].fetch_add(1, Relaxed);
+            r.response_bytes.fetch_add(bytes, Relaxed);
+        }
+    }
+
     /// Records one upstream exchange: `status` is `None` for a transport error.
     pub fn upstream(&self, status: Option<u16>, latency: std::time::Duration) {
-        let slot = match status {
-            Some(200) => 0,
-            Some(304) => 1,
-            Some(404) => 2,
-            Some(_) => 3,
-            None => 4,
-        };
-        self.upstream[slot].fetch_add(1, Relaxed);
+        self.upstream[upstream_slot(status)].fetch_add(1, Relaxed);
         if status.is_none() {
             self.upstream_errors.fetch_add(1, Relaxed);
         }
@@ -219,17 +278,57 @@ impl LogEvery {
 /// A metric name, its help text, and where each worker keeps its value.
 type Described = (&'static str, &'static str, fn(&WorkerMetrics) -> &AtomicU64);
 
+/// [`Described`] for a per-repository counter.
+type RepoDescribed = (&'static str, &'static str, fn(&RepoCounters) -> &AtomicU64);
+
 /// All workers' metrics; what the admin endpoint renders.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     workers: Arc<Vec<Arc<WorkerMetrics>>>,
+    /// The `repo` label of each configured repository (its prefix, `/` for the root).
+    repos: Arc<Vec<String>>,
 }
 
 impl Metrics {
+    /// One repository, at `/`.
     pub fn new(workers: usize) -> Metrics {
+        Metrics::with_repos(workers, vec!["/".into()])
+    }
+
+    /// Counters for `workers` workers serving the repositories named `repos`.
+    pub fn with_repos(workers: usize, repos: Vec<String>) -> Metrics {
+        let worker = || WorkerMetrics {
+            repos: repos.iter().map(|_| RepoCounters::default()).collect(),
+            ..WorkerMetrics::default()
+        };
         Metrics {
-            workers: Arc::new((0..workers).map(|_| Arc::default()).collect()),
+            workers: Arc::new((0..workers).map(|_| Arc::new(worker())).collect()),
+            repos: Arc::new(repos),
         }
+    }
+
+    /// The `repo` labels, in configuration order.
+    pub fn repo_names(&self) -> &[String] {
+        &self.repos
+    }
+
+    /// `f` of repository `repo`'s counters, summed over the workers.
+    pub fn repo_sum(&self, repo: usize, f: impl Fn(&RepoCounters) -> u64) -> u64 {
+        self.workers
+            .iter()
+            .filter_map(|w| w.repos.get(repo))
+            .map(f)
+            .sum()
+    }
+
+    /// `f` of repository `repo`'s counters, the largest over the workers.
+    pub fn repo_max(&self, repo: usize, f: impl Fn(&RepoCounters) -> u64) -> u64 {
+        self.workers
+            .iter()
+            .filter_map(|w| w.repos.get(repo))
+            .map(f)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn worker(&self, i: usize) -> Arc<WorkerMetrics> {
@@ -447,6 +546,82 @@ impl Collector for Metrics {
             let v = self.sum(|w| get(w).load(Relaxed)) as i64;
             enc.encode_descriptor(name, help, None, MetricType::Gauge)?
                 .encode_gauge(&v)?;
+        }
+        self.encode_repos(&mut enc)
+    }
+}
+
+impl Metrics {
+    /// The per-repository families (label `repo`, then the family's own labels).
+    fn encode_repos(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut m = enc.encode_descriptor(
+                REPO_REQUESTS,
+                "Client requests per repository by cache result (hit, miss, revalidated, stale, bypass) and status",
+                None,
+                MetricType::Counter,
+            )?;
+            for (r, name) in self.repos.iter().enumerate() {
+                for result in CacheResult::ALL {
+                    for slot in 0..STATUS_SLOTS {
+                        let v =
+                            self.repo_sum(r, |c| c.requests[result.index()][slot].load(Relaxed));
+                        if v == 0 {
+                            continue;
+                        }
+                        let status = STATUSES
+                            .get(slot)
+                            .map_or("other".to_string(), |s| s.to_string());
+                        let labels = vec![
+                            ("repo", name.clone()),
+                            ("cache", result.as_str().to_ascii_lowercase()),
+                            ("status", status),
+                        ];
+                        m.encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                REPO_UPSTREAM_REQUESTS,
+                "Upstream requests per repository by outcome (status, or error for transport failures)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (r, name) in self.repos.iter().enumerate() {
+                for (i, outcome) in UPSTREAM_OUTCOMES.iter().enumerate() {
+                    let v = self.repo_sum(r, |c| c.upstream[i].load(Relaxed));
+                    m.encode_family(&vec![("repo", name.as_str()), ("outcome", *outcome)])?
+                        .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                }
+            }
+        }
+        let counters: [RepoDescribed; 3] = [
+            (
+                REPO_RESPONSE_BYTES,
+                "Response body bytes sent to clients per repository",
+                |c| &c.response_bytes,
+            ),
+            (
+                REPO_UPSTREAM_ERRORS,
+                "Upstream requests per repository that failed without an HTTP status",
+                |c| &c.upstream_errors,
+            ),
+            (
+                REPO_UPSTREAM_BYTES,
+                "Body bytes received from upstream per repository",
+                |c| &c.upstream_bytes,
+            ),
+        ];
+        for (family, help, get) in counters {
+            let mut m = enc.encode_descriptor(family, help, None, MetricType::Counter)?;
+            for (r, name) in self.repos.iter().enumerate() {
+                let v = self.repo_sum(r, |c| get(c).load(Relaxed));
+                m.encode_family(&vec![("repo", name.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
         }
         Ok(())
     }

@@ -46,11 +46,12 @@ use tokio::sync::watch;
 
 use crate::access_log::{self, AccessLog};
 use crate::admin::{self, AdminState};
-use crate::cache::{self, Cache, FillContext, ShardParts};
+use crate::cache::{self, Cache, FillContext, RepoFill, ShardParts};
 use crate::config::{Config, Driver};
 use crate::metrics::{LogEvery, Metrics};
 use crate::origin::credentials::CredentialsCell;
 use crate::origin::{self, Upstream};
+use crate::repo::{CountedOrigin, Repos};
 use crate::server::send::SocketMode;
 use crate::server::{conn, Worker, WorkerRef};
 
@@ -140,35 +141,106 @@ impl Server {
     }
 }
 
-/// Credentials for the configured upstream: required for S3 (the AWS default
-/// chain — env, profile, web identity/IRSA, ECS/EKS Pod Identity, IMDSv2 —
-/// refreshed in the background), unused otherwise.
-pub fn credentials_for(cfg: &Config) -> Result<Option<Arc<CredentialsCell>>, Error> {
-    match cfg.repo.origin.upstream {
-        Upstream::S3 { .. } => crate::origin::credentials::start_chain(&cfg.repo.origin.region)
-            .map(Some)
-            .map_err(Error::Credentials),
-        _ => Ok(None),
+/// Credentials for the s3:// repositories: the AWS default chain (env, profile,
+/// web identity/IRSA, ECS/EKS Pod Identity, IMDSv2; refreshed in the background)
+/// for those without a `profile`, and one chain per named profile.
+#[derive(Default, Clone)]
+pub struct Credentials {
+    /// The default chain's (also what a profile without its own cell falls back to).
+    pub default: Option<Arc<CredentialsCell>>,
+    pub profiles: std::collections::HashMap<String, Arc<CredentialsCell>>,
+}
+
+impl From<Option<Arc<CredentialsCell>>> for Credentials {
+    fn from(default: Option<Arc<CredentialsCell>>) -> Self {
+        Credentials {
+            default,
+            profiles: Default::default(),
+        }
     }
 }
 
+impl Credentials {
+    /// The cell that signs for `repo` (`None` for an upstream that is not S3).
+    pub fn for_repo(&self, repo: &crate::config::RepoConfig) -> Option<Arc<CredentialsCell>> {
+        if !matches!(repo.origin.upstream, Upstream::S3 { .. }) {
+            return None;
+        }
+        repo.profile
+            .as_ref()
+            .and_then(|p| self.profiles.get(p))
+            .or(self.default.as_ref())
+            .cloned()
+    }
+}
+
+/// Starts the credential chains the configured s3:// repositories need (none for
+/// other upstreams).
+pub fn credentials_for(cfg: &Config) -> Result<Credentials, Error> {
+    let mut creds = Credentials::default();
+    for repo in &cfg.repos {
+        if !matches!(repo.origin.upstream, Upstream::S3 { .. }) {
+            continue;
+        }
+        let region = &repo.origin.region;
+        match &repo.profile {
+            None if creds.default.is_none() => {
+                creds.default = Some(
+                    crate::origin::credentials::start_chain(region).map_err(Error::Credentials)?,
+                );
+            }
+            Some(p) if !creds.profiles.contains_key(p) => {
+                let cell = crate::origin::credentials::start_chain_for_profile(region, p)
+                    .map_err(Error::Credentials)?;
+                creds.profiles.insert(p.clone(), cell);
+            }
+            _ => {}
+        }
+    }
+    Ok(creds)
+}
+
 /// Starts every worker and the admin listener; returns once all serve.
-pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Server, Error> {
+pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, Error> {
+    let creds: Credentials = creds.into();
     let fd_limit = raise_nofile_limit();
     cfg.server.max_connections = max_connections_within(&cfg, fd_limit);
     let cfg = Arc::new(cfg);
     let n = cfg.workers;
     // Fail fast on an origin that cannot be built (e.g. S3 without credentials).
-    if let Upstream::S3 { .. } = cfg.repo.origin.upstream {
-        if creds.is_none() {
+    let repo_creds: Vec<Option<Arc<CredentialsCell>>> =
+        cfg.repos.iter().map(|r| creds.for_repo(r)).collect();
+    for (repo, cell) in cfg.repos.iter().zip(&repo_creds) {
+        if matches!(repo.origin.upstream, Upstream::S3 { .. }) && cell.is_none() {
             return Err(Error::NoCredentials);
         }
     }
 
     let driver = resolve_driver(cfg.driver);
     let listen_claim = claim_listen(cfg.server.listen)?;
-    let (cache, shard_parts, lock) =
-        cache::open(&cfg.cache, n, cache::fill_patience(&cfg.repo.origin))?;
+    let patience = cfg
+        .repos
+        .iter()
+        .map(|r| cache::fill_patience(&r.origin))
+        .max()
+        .unwrap_or_default();
+    let (cache, mut shard_parts, lock) = cache::open(&cfg.cache, n, patience)?;
+    let repos = Arc::new(Repos::new(&cfg.repos).map_err(|source| Error::Worker {
+        worker: 0,
+        what: "cannot start the index-processing thread",
+        source,
+    })?);
+    // Entries tied to no configured repository (another upstream behind a prefix,
+    // a removed repository, an older chartcache's keys) are never served: drop them.
+    let dropped = cache::drop_unkept(&mut shard_parts, |k| repos.keeps(k), Repos::stale_group);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "cached objects dropped at start: written for an upstream or repository that is not \
+             configured any more (another --upstream or bucket behind the same prefix, a removed \
+             repository, or an older chartcache's cache format)"
+        );
+    }
     let listeners = bind_reuseport(cfg.server.listen, n, driver)?;
     let addr = listeners[0].local_addr().map_err(|source| Error::Bind {
         addr: cfg.server.listen,
@@ -185,20 +257,13 @@ pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Ser
         })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
 
-    let metrics = Metrics::new(n);
+    let metrics = Metrics::with_repos(n, repos.iter().map(|r| r.name.clone()).collect());
     let log_writer =
         access_log::Writer::start(std::io::stdout()).map_err(|source| Error::Worker {
             worker: 0,
             what: "cannot start the access-log thread",
             source,
         })?;
-    let helm = Arc::new(
-        crate::helm::HelmRepo::for_repo(&cfg.repo).map_err(|source| Error::Worker {
-            worker: 0,
-            what: "cannot start the index-processing thread",
-            source,
-        })?,
-    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -215,8 +280,8 @@ pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Ser
             cache: cache.clone(),
             metrics: metrics.clone(),
             log_sink: cfg.access_log.then(|| log_writer.sink()),
-            helm: helm.clone(),
-            creds: creds.clone(),
+            repos: repos.clone(),
+            creds: repo_creds.clone(),
             shutdown: shutdown_rx.clone(),
             ready: ready.clone(),
             startup: startup_tx.clone(),
@@ -255,7 +320,8 @@ pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Ser
             workers: n,
             draining: draining.clone(),
             token: cfg.admin.token.clone(),
-            credentials: creds.clone(),
+            repos: repos.clone(),
+            credentials: repo_creds,
         },
     );
     tracing::info!(
@@ -263,7 +329,11 @@ pub fn start(mut cfg: Config, creds: Option<Arc<CredentialsCell>>) -> Result<Ser
         admin = %admin_addr,
         workers = n,
         driver = driver.name(),
-        upstream = %cfg.repo.origin.upstream,
+        repos = %repos
+            .iter()
+            .map(|r| format!("{}={}", r.name, r.cfg.origin.upstream))
+            .collect::<Vec<_>>()
+            .join(" "),
         cache_dir = %cfg.cache.dir.display(),
         cache_size = cfg.cache.size,
         fd_limit,
@@ -327,9 +397,15 @@ pub fn raise_nofile_limit() -> u64 {
 /// each); and a margin (listeners, logs, credentials refresh, the lock).
 pub fn fd_reserve(cfg: &Config) -> u64 {
     let workers = cfg.workers.max(1) as u64;
-    let origin = &cfg.repo.origin;
-    let per_worker =
-        2 * origin.max_upstream_concurrency as u64 + origin.max_idle_connections as u64 + 16;
+    // Each repository has its own upstream pool and concurrency cap per worker.
+    let per_worker = cfg
+        .repos
+        .iter()
+        .map(|r| {
+            2 * r.origin.max_upstream_concurrency as u64 + r.origin.max_idle_connections as u64
+        })
+        .sum::<u64>()
+        + 16;
     let shard = cfg.cache.size / workers;
     let segments = 8 + shard / (64 << 20) + 4;
     workers * (per_worker + segments) + 2 * admin::MAX_ADMIN_CONNECTIONS as u64 + 64
@@ -492,8 +568,9 @@ struct WorkerStart {
     cache: Arc<Cache>,
     metrics: Metrics,
     log_sink: Option<access_log::Sink>,
-    helm: Arc<crate::helm::HelmRepo>,
-    creds: Option<Arc<CredentialsCell>>,
+    repos: Arc<Repos>,
+    /// Per repository, in order.
+    creds: Vec<Option<Arc<CredentialsCell>>>,
     shutdown: watch::Receiver<bool>,
     ready: Arc<AtomicUsize>,
     startup: std::sync::mpsc::Sender<Result<(), Error>>,
@@ -558,13 +635,21 @@ pub(crate) fn uring_runtime() -> std::io::Result<(UringRuntime, SocketMode)> {
 }
 
 async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
-    let origin = match origin::build(&ctx.cfg.repo.origin, ctx.creds.clone()) {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = ctx.startup.send(Err(Error::Origin(e)));
-            return;
+    let metrics = ctx.metrics.worker(ctx.id);
+    let mut origins: Vec<Rc<dyn origin::Origin>> = Vec::with_capacity(ctx.repos.len());
+    for (repo, creds) in ctx.repos.iter().zip(&ctx.creds) {
+        match origin::build(&repo.cfg.origin, creds.clone()) {
+            Ok(inner) => origins.push(Rc::new(CountedOrigin {
+                inner,
+                metrics: metrics.clone(),
+                repo: repo.id,
+            })),
+            Err(e) => {
+                let _ = ctx.startup.send(Err(Error::Origin(e)));
+                return;
+            }
         }
-    };
+    }
     let listener = match monoio::net::TcpListener::from_std(ctx.listener) {
         Ok(l) => l,
         Err(e) => {
@@ -579,21 +664,29 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
     let owner = ctx.cache.owner(
         ctx.shard,
         FillContext {
-            origin: origin.clone(),
-            metrics: ctx.metrics.worker(ctx.id),
-            helm: ctx.helm.clone(),
-            verify_digests: ctx.cfg.repo.verify_digests,
+            metrics: metrics.clone(),
+            repos: ctx
+                .repos
+                .iter()
+                .zip(&origins)
+                .map(|(repo, origin)| RepoFill {
+                    keys: repo.keys.clone(),
+                    origin: origin.clone(),
+                    helm: repo.helm.clone(),
+                    verify_digests: repo.cfg.verify_digests,
+                })
+                .collect(),
         },
     );
     owner.spawn();
     let w: WorkerRef = Rc::new(Worker {
         id: ctx.id,
         cfg: ctx.cfg.clone(),
-        origin,
+        origins,
         cache: ctx.cache,
         owner,
         metrics: ctx.metrics.worker(ctx.id),
-        helm: ctx.helm,
+        repos: ctx.repos,
         access_log: AccessLog::new(
             ctx.log_sink,
             ctx.cfg.log_format,
@@ -706,11 +799,15 @@ async fn housekeeping(w: WorkerRef) {
         m.cache_spooled.store(stats.spooled, Ordering::Relaxed);
         m.cache_spool_bytes
             .store(stats.spool_bytes, Ordering::Relaxed);
-        if let Some(upstream) = w.origin.connection_stats() {
-            w.metrics
-                .upstream_unsolicited
-                .store(upstream.unsolicited, Ordering::Relaxed);
-        }
+        let unsolicited = w
+            .origins
+            .iter()
+            .filter_map(|o| o.connection_stats())
+            .map(|s| s.unsolicited)
+            .sum();
+        w.metrics
+            .upstream_unsolicited
+            .store(unsolicited, Ordering::Relaxed);
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = Instant::now();
             match w.owner.checkpoint().await {
@@ -763,6 +860,42 @@ mod tests {
         assert!(claim_listen("127.0.0.1:0".parse().unwrap())
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn each_s3_repository_signs_with_its_profile_or_the_default_chain() {
+        let mut cli = crate::config::Cli::default();
+        cli.repos.repo = Some(vec![
+            "/a=s3://charts-a /b=s3://charts-b /c=https://charts.example.org".into(),
+        ]);
+        cli.cache.cache_dir = Some("/nonexistent/chartcache-test".into());
+        let mut cfg = crate::config::load(cli).unwrap();
+        cfg.repos[1].profile = Some("team-b".into());
+        let cell = |id: &str| {
+            Arc::new(CredentialsCell::new(
+                aws_credential_types::Credentials::new(id, "secret", None, None, "test"),
+            ))
+        };
+        let mut creds = Credentials::from(Some(cell("default")));
+        let key = |c: Option<Arc<CredentialsCell>>| {
+            c.and_then(|c| c.get())
+                .map(|k| k.access_key_id().to_string())
+        };
+        assert_eq!(
+            key(creds.for_repo(&cfg.repos[0])).as_deref(),
+            Some("default")
+        );
+        // A profile without its own chain (tests) falls back to the default one.
+        assert_eq!(
+            key(creds.for_repo(&cfg.repos[1])).as_deref(),
+            Some("default")
+        );
+        creds.profiles.insert("team-b".into(), cell("team-b"));
+        assert_eq!(
+            key(creds.for_repo(&cfg.repos[1])).as_deref(),
+            Some("team-b")
+        );
+        assert!(creds.for_repo(&cfg.repos[2]).is_none(), "not S3: unsigned");
     }
 
     #[test]

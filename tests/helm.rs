@@ -49,6 +49,11 @@ fn main() {
             }),
             // `helm repo add one http://HOST/-/charts/hello`: a repository of one chart.
             ("helm_through_a_chart_view", helm_through_a_chart_view),
+            // Two S3 buckets and a plain HTTP upstream behind one instance (issue 13).
+            (
+                "helm_adds_and_pulls_from_each_of_several_repositories",
+                helm_through_several_repositories,
+            ),
         ],
     );
 }
@@ -151,5 +156,49 @@ fn helm_through_a_chart_view() -> Result<(), Failed> {
     // The chart Helm fetched under the view is the repository's object.
     assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "HIT");
     assert_eq!(s3.get_count("/helm-charts/hello-0.2.0.tgz"), 1);
+    Ok(())
+}
+
+/// `/stable` (bucket `charts-a`, prefix `stable`, helm-s3 `s3://` URLs), `/team-b`
+/// (bucket `charts-b`) and `/mirror` (a plain HTTP upstream: another chartcache
+/// serving the example repository from disk), one instance: Helm adds each and
+/// pulls `hello` from each, every chart from its own upstream.
+fn helm_through_several_repositories() -> Result<(), Failed> {
+    let s3 = spawn_s3(AK, SK);
+    for entry in std::fs::read_dir(examples_repo()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let bytes = std::fs::read(&path).unwrap();
+        s3.put_object("charts-b", &name, &bytes);
+        let bytes = if name == "index.yaml" {
+            String::from_utf8(bytes)
+                .unwrap()
+                .replace("    - hello-", "    - s3://charts-a/stable/hello-")
+                .into_bytes()
+        } else {
+            bytes
+        };
+        s3.put_object("charts-a", &format!("stable/{name}"), &bytes);
+    }
+    let mirror = Proxy::examples();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cli = test_cli("unused", &tmp.path().join("cache"));
+    cli.repo.upstream = None;
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    cli.repos.repo = Some(vec![format!(
+        "/stable=s3://charts-a/stable /team-b=s3://charts-b /mirror=http://{}",
+        mirror.addr
+    )]);
+    let p = Proxy::start_in(cli, Some(tmp));
+    for prefix in ["/stable", "/team-b", "/mirror"] {
+        helm_pulls_hello_0_2_0(&format!("http://{}{prefix}", p.addr))?;
+    }
+    assert_eq!(s3.get_count("/charts-a/stable/hello-0.2.0.tgz"), 1);
+    assert_eq!(s3.get_count("/charts-b/hello-0.2.0.tgz"), 1);
+    assert!(s3.get_count("/charts-a/stable/index.yaml") >= 1);
+    assert!(s3.get_count("/charts-b/index.yaml") >= 1);
+    // The mirror's chart came through the plain HTTP upstream.
+    assert_eq!(mirror.get("/hello-0.2.0.tgz").x_cache(), "HIT");
+    assert_eq!(p.get("/mirror/hello-0.2.0.tgz").x_cache(), "HIT");
     Ok(())
 }

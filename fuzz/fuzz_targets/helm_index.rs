@@ -17,7 +17,7 @@ use chartcache::helm::{
 };
 use libfuzzer_sys::fuzz_target;
 
-/// A bucket with a prefix, and a bare bucket (`HelmRepo::rewrite_from` values).
+/// A bucket with a prefix, and a bare bucket (a repository's own base in `HelmRepo::rewrite`).
 const FROM: [&str; 2] = ["s3://my-charts/stable/", "s3://my-charts/"];
 
 fuzz_target!(|data: &[u8]| {

@@ -29,7 +29,7 @@ use super::format::{unix_now, ObjectMeta};
 use super::negative::NegativeCache;
 use super::store::{GrowingSpool, Hit, Segment, ShardStore};
 use crate::helm::process::{self, Input};
-use crate::helm::{self, HelmRepo, ProcessedIndex};
+use crate::helm::{self, HelmRepo, IndexKeys, ProcessedIndex};
 use crate::metrics::WorkerMetrics;
 use crate::origin::{self, Origin, OriginRequest};
 
@@ -68,8 +68,28 @@ pub struct Filler<'a> {
     pub metrics: &'a WorkerMetrics,
     /// index.yaml rewriting and chart digests.
     pub helm: &'a HelmRepo,
+    /// The repository's cache keys: `inflight.key` starts with its namespace.
+    pub keys: &'a IndexKeys,
     /// Check chart bodies against the index's sha256 digests.
     pub verify_digests: bool,
+}
+
+impl Filler<'_> {
+    /// A fill whose key no configured repository owns (cannot come from a request):
+    /// answered 404 at once, nothing fetched.
+    pub fn refuse(table: &InflightTable, inflight: Arc<Inflight>) {
+        let _guard = FillGuard {
+            table,
+            inflight: inflight.clone(),
+        };
+        inflight.publish(FillState::Failed {
+            error: FillError {
+                status: 404,
+                message: "not found: no configured repository".into(),
+                upstream_status: None,
+            },
+        });
+    }
 }
 
 impl Filler<'_> {
@@ -86,7 +106,7 @@ impl Filler<'_> {
             inflight: inflight.clone(),
         };
         let key = inflight.key.clone();
-        let mut req = OriginRequest::get(key.clone());
+        let mut req = OriginRequest::get(self.keys.object(&key));
         req.if_none_match = etag;
         let started = Instant::now();
         let resp = self.origin.fetch(req).await;
@@ -116,7 +136,7 @@ impl Filler<'_> {
                     .flatten();
                 match hit {
                     Some(hit) => {
-                        if key == helm::INDEX_KEY {
+                        if key == self.keys.index {
                             // After a restart: learn from the stored index (digests,
                             // views) before answering, once per process.
                             self.learn_stored_index(&inflight, hit.clone()).await;
@@ -135,7 +155,7 @@ impl Filler<'_> {
                     content_type: meta.content_type.clone(),
                     stored_at: unix_now(),
                 };
-                if key == helm::INDEX_KEY {
+                if key == self.keys.index {
                     return self
                         .fill_index(&inflight, &key, object, meta.content_length, body.as_mut())
                         .await;
@@ -409,7 +429,7 @@ impl Filler<'_> {
     /// The index digest a chart body must match (when digests are checked).
     fn expected_digest(&self, key: &str) -> Option<[u8; 32]> {
         self.verify_digests
-            .then(|| self.helm.digests.get(key))
+            .then(|| self.helm.digests.get(self.keys.object(key)))
             .flatten()
     }
 
@@ -520,8 +540,8 @@ impl Filler<'_> {
         // knows nothing: ask the store), else the counter's turn.
         let served = self.store.borrow().reader().lookup(key);
         let live = served.and_then(|h| h.meta.etag.clone()).and_then(|e| {
-            self.stored_slot(&helm::INDEX_VIEWS_KEYS, &helm::views_etag(&e))
-                .or_else(|| self.stored_slot(&helm::INDEX_JSON_KEYS, &helm::json_etag(&e)))
+            self.stored_slot(&self.keys.views, &helm::views_etag(&e))
+                .or_else(|| self.stored_slot(&self.keys.json, &helm::json_etag(&e)))
         });
         let turn = self
             .helm
@@ -573,7 +593,7 @@ impl Filler<'_> {
             let views_gone = self.helm.views.iter().any(|t| {
                 t.load().as_ref().is_some_and(|t| {
                     let etag = helm::views_etag(&t.yaml_etag);
-                    self.stored_slot(&helm::INDEX_VIEWS_KEYS, &etag).is_none()
+                    self.stored_slot(&self.keys.views, &etag).is_none()
                 })
             });
             if !views_gone {
@@ -600,7 +620,7 @@ impl Filler<'_> {
             }
         };
         // Still the stored index, and nothing newer learned while it was processed?
-        let current = self.store.borrow().reader().lookup(helm::INDEX_KEY);
+        let current = self.store.borrow().reader().lookup(&self.keys.index);
         if current.is_none_or(|h| h.meta.etag != etag) {
             return;
         }
@@ -611,10 +631,10 @@ impl Filler<'_> {
             }
             learned.clone_from(&etag);
         }
-        self.apply_digests(helm::INDEX_KEY, &mut p);
+        self.apply_digests(&self.keys.index, &mut p);
         if let Some(etag) = &etag {
-            let json = self.stored_slot(&helm::INDEX_JSON_KEYS, &helm::json_etag(etag));
-            let views = self.stored_slot(&helm::INDEX_VIEWS_KEYS, &helm::views_etag(etag));
+            let json = self.stored_slot(&self.keys.json, &helm::json_etag(etag));
+            let views = self.stored_slot(&self.keys.views, &helm::views_etag(etag));
             // Missing ones go to slot 0 (what a fresh process writes first is slot 1).
             let slot = views.unwrap_or(0);
             let table = self
@@ -700,7 +720,7 @@ impl Filler<'_> {
     }
 
     /// Which of `keys` (beside the index) holds a record with this ETag.
-    fn stored_slot(&self, keys: &[&str; 2], etag: &str) -> Option<usize> {
+    fn stored_slot(&self, keys: &[String; 2], etag: &str) -> Option<usize> {
         let store = self.store.borrow();
         let reader = store.reader();
         keys.iter().position(|key| {
@@ -732,10 +752,7 @@ impl Filler<'_> {
         };
         if let (true, Ok(body)) = (json, &p.json) {
             let m = meta(helm::json_etag(yaml_etag));
-            if let Err(e) = self
-                .store_in_runs(helm::INDEX_JSON_KEYS[slot], &m, body)
-                .await
-            {
+            if let Err(e) = self.store_in_runs(&self.keys.json[slot], &m, body).await {
                 tracing::warn!(error = %e, "JSON form of the index not stored: YAML served to every client");
             }
         }
@@ -743,7 +760,7 @@ impl Filler<'_> {
         if views {
             let m = meta(helm::views_etag(yaml_etag));
             if let Err(e) = self
-                .store_in_runs(helm::INDEX_VIEWS_KEYS[slot], &m, &v.body)
+                .store_in_runs(&self.keys.views[slot], &m, &v.body)
                 .await
             {
                 tracing::warn!(error = %e, "per-chart views not stored: answered 503");
@@ -804,7 +821,7 @@ impl Filler<'_> {
                 content_type,
                 stored_at: object.stored_at,
             };
-            let key = helm::INDEX_GZIP_KEYS[form][slot];
+            let key = &self.keys.gzip[form][slot];
             if let Err(e) = self.store_in_runs(key, &meta, &gz).await {
                 tracing::warn!(key, error = %e, "compressed index form not stored");
             }

@@ -64,7 +64,7 @@ use tokio::sync::mpsc;
 
 pub use coalesce::{Answer, BodyView, FillError, FillWait};
 pub use format::ObjectMeta;
-pub use owner::{FillContext, ShardOwner, ShardParts};
+pub use owner::{FillContext, RepoFill, ShardOwner, ShardParts};
 pub use shard::{DirLock, Error as OpenError};
 pub use store::{Hit, Segment, SegmentPin, StoreStats};
 
@@ -167,6 +167,19 @@ pub fn open(
         patience,
     });
     Ok((cache, parts, lock))
+}
+
+/// Drops from every shard, before the workers own them, the entries whose key
+/// `keep` refuses (see [`store::ShardStore::remove_unless`]); returns how many.
+pub fn drop_unkept(
+    parts: &mut [ShardParts],
+    keep: impl Fn(&str) -> bool,
+    group: impl Fn(&str) -> &str,
+) -> usize {
+    parts
+        .iter_mut()
+        .map(|p| p.store.remove_unless(&keep, &group))
+        .sum()
 }
 
 impl Cache {

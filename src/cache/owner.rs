@@ -22,7 +22,7 @@ use super::fill::Filler;
 use super::negative::NegativeCache;
 use super::shard::ShardJob;
 use super::store::{ShardStore, StoreStats};
-use crate::helm::HelmRepo;
+use crate::helm::{HelmRepo, IndexKeys};
 use crate::metrics::WorkerMetrics;
 use crate::origin::Origin;
 
@@ -33,12 +33,22 @@ pub struct ShardParts {
     pub(super) jobs: mpsc::UnboundedReceiver<ShardJob>,
 }
 
-/// What a fill needs besides the store: the owner worker's upstream and
-/// counters, and the repository's index knowledge.
+/// What a fill needs besides the store: the owner worker's counters, and per
+/// repository its upstream and index knowledge.
 pub struct FillContext {
-    /// The owner worker's upstream (its own connection pool).
-    pub origin: Rc<dyn Origin>,
     pub metrics: Arc<WorkerMetrics>,
+    /// Every repository, in configuration order; a fill's key names its own by the
+    /// namespace it starts with.
+    pub repos: Vec<RepoFill>,
+}
+
+/// One repository as its fills on one owner worker see it.
+pub struct RepoFill {
+    /// Its cache keys (the namespace every key of it starts with, the index's and
+    /// its derived forms').
+    pub keys: IndexKeys,
+    /// The owner worker's upstream for it (its own connection pool).
+    pub origin: Rc<dyn Origin>,
     /// index.yaml rewriting and chart digests.
     pub helm: Arc<HelmRepo>,
     /// Check chart bodies against the index's sha256 digests.
@@ -101,10 +111,10 @@ impl ShardOwner {
                 } => {
                     let owner = self.clone();
                     monoio::spawn(async move {
-                        owner
-                            .filler()
-                            .fill(inflight, etag, remember_not_found)
-                            .await;
+                        match owner.filler(&inflight.key) {
+                            Some(filler) => filler.fill(inflight, etag, remember_not_found).await,
+                            None => Filler::refuse(&owner.inflight, inflight),
+                        }
                     });
                 }
                 ShardJob::Purge { key, prefix, reply } => {
@@ -120,16 +130,23 @@ impl ShardOwner {
         }
     }
 
-    fn filler(&self) -> Filler<'_> {
-        Filler {
-            origin: &*self.fill.origin,
+    /// The filler for `key`'s repository (`None`: no configured repository owns it).
+    fn filler(&self, key: &str) -> Option<Filler<'_>> {
+        let repo = self
+            .fill
+            .repos
+            .iter()
+            .find(|r| key.starts_with(r.keys.ns.as_str()))?;
+        Some(Filler {
+            origin: &*repo.origin,
             store: &self.store,
             inflight: &self.inflight,
             negative: &self.negative,
             metrics: &self.fill.metrics,
-            helm: &self.fill.helm,
-            verify_digests: self.fill.verify_digests,
-        }
+            helm: &repo.helm,
+            keys: &repo.keys,
+            verify_digests: repo.verify_digests,
+        })
     }
 
     /// Periodic chores of the store: resume admission paused by a full device once

@@ -61,10 +61,14 @@ pub enum ShardJob {
     },
 }
 
-/// The shard owning `key` among `shards`.
+/// The shard owning `key` among `shards`, chosen by the key from its first `/` on:
+/// a repository's namespace in front of it (`crate::repo`) does not move an object
+/// to another shard, so the single-repository form places objects as before
+/// namespaces existed (the same object name in two repositories shares a shard).
 #[inline]
 pub fn owner_of(key: &str, shards: usize) -> usize {
-    (crc32fast::hash(key.as_bytes()) as usize) % shards.max(1)
+    let placed = key.find('/').map_or(key, |i| &key[i..]);
+    (crc32fast::hash(placed.as_bytes()) as usize) % shards.max(1)
 }
 
 /// Holds the cache directory's lock file; released when dropped (or when the

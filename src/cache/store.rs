@@ -845,6 +845,33 @@ impl ShardStore {
         n
     }
 
+    /// Remove every entry whose key `keep` refuses (at start, before serving: entries
+    /// no configured repository owns), each `group` of them with one prefix
+    /// tombstone (a key that is its own group: its own tombstone); returns how many.
+    pub fn remove_unless(
+        &mut self,
+        keep: impl Fn(&str) -> bool,
+        group: impl Fn(&str) -> &str,
+    ) -> usize {
+        let groups: std::collections::BTreeSet<String> = self
+            .reader
+            .index
+            .entries()
+            .iter()
+            .filter(|e| !keep(&e.key))
+            .map(|e| group(&e.key).to_owned())
+            .collect();
+        let mut removed = 0;
+        for g in groups {
+            removed += if self.reader.index.get(&g).is_some() {
+                usize::from(self.remove(&g))
+            } else {
+                self.remove_prefix(&g)
+            };
+        }
+        removed
+    }
+
     /// Update an entry's freshness (after a 304) without rewriting its body. Persisted by
     /// the next checkpoint (and by a second-chance copy). False if `key` is absent.
     pub fn refresh(&mut self, key: &str, stored_at: u64) -> bool {

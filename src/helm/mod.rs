@@ -91,10 +91,44 @@ pub const INDEX_GZIP_KEYS: [[&str; 2]; 2] = [
 /// [`INDEX_JSON_KEYS`].
 pub const INDEX_VIEWS_KEYS: [&str; 2] = ["/index.yaml\u{1}views0", "/index.yaml\u{1}views1"];
 
+/// The cache keys of one repository's index and its derived forms: [`INDEX_KEY`] and
+/// the `INDEX_*_KEYS` above, each after the repository's key namespace (see
+/// `crate::repo`), so two repositories never share an entry.
+#[derive(Debug, Clone)]
+pub struct IndexKeys {
+    /// The namespace every key of the repository starts with.
+    pub ns: String,
+    pub index: String,
+    pub json: [String; 2],
+    pub gzip: [[String; 2]; 2],
+    pub views: [String; 2],
+}
+
+impl IndexKeys {
+    pub fn new(ns: &str) -> IndexKeys {
+        let k = |key: &str| format!("{ns}{key}");
+        IndexKeys {
+            ns: ns.to_owned(),
+            index: k(INDEX_KEY),
+            json: INDEX_JSON_KEYS.map(k),
+            gzip: INDEX_GZIP_KEYS.map(|form| form.map(k)),
+            views: INDEX_VIEWS_KEYS.map(k),
+        }
+    }
+
+    /// The object key (as upstream and the index name it) of a cache key of this
+    /// repository.
+    pub fn object<'k>(&self, key: &'k str) -> &'k str {
+        key.strip_prefix(self.ns.as_str()).unwrap_or(key)
+    }
+}
+
 /// Helm repository state shared by all workers.
 pub struct HelmRepo {
-    /// `s3://bucket/prefix/` (or `s3://bucket/`) when URL rewriting is on.
-    pub rewrite_from: Option<String>,
+    /// What `s3://` chart URLs become: `s3://bucket/prefix/` of the repository itself
+    /// relative, other configured repositories' bases their paths (empty when URL
+    /// rewriting is off).
+    pub rewrite: rewrite::Rules,
     pub digests: Digests,
     /// Where index work runs (off the worker threads).
     pub processor: IndexProcessor,
@@ -113,10 +147,10 @@ pub struct HelmRepo {
 
 impl HelmRepo {
     /// Starts the index processor thread.
-    pub fn new(rewrite_from: Option<String>) -> std::io::Result<HelmRepo> {
+    pub fn new(rewrite: rewrite::Rules) -> std::io::Result<HelmRepo> {
         Ok(HelmRepo {
-            processor: IndexProcessor::start(rewrite_from.clone())?,
-            rewrite_from,
+            processor: IndexProcessor::start(rewrite.clone())?,
+            rewrite,
             digests: Digests::default(),
             learned: std::sync::Mutex::new(None),
             views: Default::default(),
@@ -125,13 +159,27 @@ impl HelmRepo {
     }
 
     /// The state for a configured repository: helm-s3 URLs into its own
-    /// bucket and prefix are rewritten unless that is turned off.
-    pub fn for_repo(repo: &crate::config::RepoConfig) -> std::io::Result<HelmRepo> {
-        HelmRepo::new(
-            repo.rewrite_s3_urls
-                .then(|| repo.origin.upstream.s3_url_base())
-                .flatten(),
-        )
+    /// bucket and prefix are rewritten unless that is turned off, and so are URLs
+    /// into the buckets/prefixes of `others` (other repositories served by this
+    /// instance) to their paths.
+    pub fn for_repo(
+        repo: &crate::config::RepoConfig,
+        others: &[crate::config::RepoConfig],
+    ) -> std::io::Result<HelmRepo> {
+        let rules = if repo.rewrite_s3_urls {
+            let others = others
+                .iter()
+                .filter(|o| o.prefix != repo.prefix)
+                .filter_map(|o| {
+                    let base = o.origin.upstream.s3_url_base()?;
+                    Some((base, format!("{}/", o.prefix)))
+                })
+                .collect();
+            rewrite::Rules::new(repo.origin.upstream.s3_url_base(), others)
+        } else {
+            rewrite::Rules::default()
+        };
+        HelmRepo::new(rules)
     }
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use super::index::{Extractor, IndexSummary, NotAnIndex};
 use super::json::JsonWriter;
-use super::rewrite::rewrite_s3_urls;
+use super::rewrite::Rules;
 use super::view::{self, Views};
 use super::walk::{walk, WalkError};
 
@@ -97,11 +97,9 @@ pub fn gzip(body: &[u8]) -> Bytes {
 
 /// Runs the whole pipeline on the calling thread: rewrite, then one parse that
 /// extracts the digests and writes the JSON form.
-pub fn process(raw: Bytes, rewrite_from: Option<&str>, job: Job) -> ProcessedIndex {
+pub fn process(raw: Bytes, rewrite: &Rules, job: Job) -> ProcessedIndex {
     let started = Instant::now();
-    let out = rewrite_from
-        .filter(|_| job.rewrite)
-        .and_then(|from| rewrite_s3_urls(&raw, from));
+    let out = job.rewrite.then(|| rewrite.apply(&raw)).flatten();
     let (yaml, rewritten) = match out {
         Some(out) => {
             drop(raw); // the upstream copy is not needed once rewritten
@@ -183,12 +181,12 @@ pub struct IndexProcessor {
 }
 
 impl IndexProcessor {
-    /// Starts the thread; `rewrite_from` as in [`super::HelmRepo::rewrite_from`].
-    pub fn start(rewrite_from: Option<String>) -> std::io::Result<IndexProcessor> {
+    /// Starts the thread; `rewrite` as in [`super::HelmRepo::rewrite`].
+    pub fn start(rewrite: Rules) -> std::io::Result<IndexProcessor> {
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("chartcache-index".into())
-            .spawn(move || run(rx, rewrite_from))?;
+            .spawn(move || run(rx, rewrite))?;
         Ok(IndexProcessor { tx })
     }
 
@@ -228,7 +226,7 @@ impl IndexProcessor {
     }
 }
 
-fn run(rx: Receiver<Request>, rewrite_from: Option<String>) {
+fn run(rx: Receiver<Request>, rewrite: Rules) {
     crate::sched::background_priority();
     while let Ok(request) = rx.recv() {
         let (input, job, reply) = match request {
@@ -244,7 +242,7 @@ fn run(rx: Receiver<Request>, rewrite_from: Option<String>) {
         if reply.is_closed() {
             continue; // the worker gave up waiting
         }
-        let from = rewrite_from.as_deref();
+        let from = &rewrite;
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let raw = match input {
                 Input::Bytes(b) => Some(b),
@@ -281,7 +279,11 @@ mod tests {
             rewrite: true,
             json: true,
         };
-        let p = process(Bytes::from(index()), Some("s3://b/p/"), job);
+        let p = process(
+            Bytes::from(index()),
+            &Rules::new(Some("s3://b/p/".into()), vec![]),
+            job,
+        );
         assert!(p.rewritten);
         assert!(std::str::from_utf8(&p.yaml)
             .unwrap()
@@ -293,7 +295,7 @@ mod tests {
         // Stored already rewritten: nothing to rewrite, no JSON asked for.
         let again = process(
             p.yaml.clone(),
-            Some("s3://b/p/"),
+            &Rules::new(Some("s3://b/p/".into()), vec![]),
             Job {
                 rewrite: false,
                 json: false,
@@ -310,7 +312,11 @@ mod tests {
             json: true,
         };
         for body in [&b"\xff\xfe"[..], b"entries: [", b"- a list\n", b""] {
-            let p = process(Bytes::copy_from_slice(body), Some("s3://b/p/"), job);
+            let p = process(
+                Bytes::copy_from_slice(body),
+                &Rules::new(Some("s3://b/p/".into()), vec![]),
+                job,
+            );
             assert!(p.summary.is_err(), "{body:?}");
             assert!(p.json.is_err(), "{body:?}");
             assert_eq!(&p.yaml[..], body);
@@ -319,7 +325,7 @@ mod tests {
 
     #[test]
     fn the_thread_answers_and_loads_stored_bodies() {
-        let proc = IndexProcessor::start(None).unwrap();
+        let proc = IndexProcessor::start(Rules::default()).unwrap();
         let job = Job {
             rewrite: false,
             json: true,
@@ -433,12 +439,12 @@ mod fuzzed {
         fn any_input_gives_valid_json_or_none(text in yamlish()) {
             // The rewrite keeps YAML that parses parseable (the fuzz target's check).
             if super::super::yaml_parses(text.as_bytes()) {
-                if let Some(out) = rewrite_s3_urls(text.as_bytes(), "s3://b/p/") {
+                if let Some(out) = super::super::rewrite_s3_urls(text.as_bytes(), "s3://b/p/") {
                     prop_assert!(super::super::yaml_parses(&out), "{text:?}");
                 }
             }
             let job = Job { rewrite: true, json: true };
-            let p = process(Bytes::from(text), Some("s3://b/p/"), job);
+            let p = process(Bytes::from(text), &Rules::new(Some("s3://b/p/".into()), vec![]), job);
             if let Ok(json) = &p.json {
                 prop_assert!(serde_json::from_slice::<serde_json::Value>(json).is_ok(),
                     "{:?}", String::from_utf8_lossy(json));

@@ -5,6 +5,11 @@
 //! charts were pushed with `--relative`. Plain Helm over HTTP cannot fetch those, so
 //! URLs that point into the configured bucket/prefix are rewritten to be relative to
 //! the repository root. Runs on the index processor (see [`super::process`]).
+//!
+//! With several repositories in one instance ([`Rules`]), a URL into another
+//! configured repository's bucket/prefix becomes that repository's absolute path
+//! (`s3://charts-b/x.tgz` → `/team-b/x.tgz`, which Helm resolves against the host);
+//! a URL pointing nowhere configured is left alone.
 
 /// Rewrites `s3://bucket/prefix/X` to `X` where it is a URL naming an object: the
 /// needle starts a token (at the start, after whitespace, a quote, `[`, `{` or `,`),
@@ -47,6 +52,90 @@ pub fn rewrite_s3_urls(index: &[u8], from: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// What an index's `s3://` URLs become: `(from, to)` pairs, the longest `from` first
+/// (the most specific bucket/prefix wins). Empty: nothing is rewritten.
+#[derive(Debug, Clone, Default)]
+pub struct Rules(Vec<(String, String)>);
+
+impl Rules {
+    /// `own` (`s3://bucket/prefix/` of the repository itself) becomes relative;
+    /// each of `others` (`(s3 base, "/prefix/")`) becomes that path.
+    pub fn new(own: Option<String>, others: Vec<(String, String)>) -> Rules {
+        let mut rules: Vec<(String, String)> = own
+            .map(|from| (from, String::new()))
+            .into_iter()
+            .chain(others)
+            .filter(|(from, _)| !from.is_empty())
+            .collect();
+        rules.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        rules.dedup_by(|a, b| a.0 == b.0);
+        Rules(rules)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The repository's own base, if it is rewritten.
+    pub fn own(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, to)| to.is_empty())
+            .map(|(from, _)| from.as_str())
+    }
+
+    /// The index with every rule applied ([`rewrite_s3_urls`]'s token rules), or
+    /// `None` when nothing was rewritten.
+    pub fn apply(&self, index: &[u8]) -> Option<Vec<u8>> {
+        match self.0.as_slice() {
+            [] => None,
+            [(from, to)] if to.is_empty() => rewrite_s3_urls(index, from),
+            rules => rewrite_all(index, rules),
+        }
+    }
+}
+
+/// [`rewrite_s3_urls`] for several `(from, to)` rules (longest `from` first) in one
+/// pass: at each `s3://`, the first rule whose `from` is there applies.
+fn rewrite_all(index: &[u8], rules: &[(String, String)]) -> Option<Vec<u8>> {
+    const SCHEME: &[u8] = b"s3://";
+    let mut out: Option<Vec<u8>> = None;
+    let (mut copied, mut from_pos) = (0, 0);
+    while let Some(found) = index[from_pos..]
+        .windows(SCHEME.len())
+        .position(|w| w == SCHEME)
+    {
+        let at = from_pos + found;
+        let rule = rules
+            .iter()
+            .find(|(from, _)| index[at..].starts_with(from.as_bytes()));
+        let Some((from, to)) = rule else {
+            from_pos = at + 1;
+            continue;
+        };
+        let end = at + from.len();
+        let starts_token = at == 0
+            || matches!(
+                index[at - 1],
+                b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'[' | b'{' | b','
+            );
+        let names_object = index.get(end).is_some_and(u8::is_ascii_alphanumeric)
+            && !ends_as_mapping_key(&index[end..]);
+        if starts_token && names_object {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(index.len()));
+            o.extend_from_slice(&index[copied..at]);
+            o.extend_from_slice(to.as_bytes());
+            copied = end;
+            from_pos = end;
+        } else {
+            from_pos = at + 1;
+        }
+    }
+    let mut out = out?;
+    out.extend_from_slice(&index[copied..]);
+    Some(out)
+}
+
 /// Is the token going on at the start of `rest` a mapping key (`X: ` or `X": `)? Only
 /// the token is looked at (up to whitespace, a quote or a flow indicator), so the
 /// rewrite stays linear in the size of the index; a plain key of several words is not
@@ -70,6 +159,31 @@ fn ends_as_mapping_key(rest: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_into_other_repositories_become_their_paths() {
+        let rules = Rules::new(
+            Some("s3://charts-a/stable/".into()),
+            vec![
+                ("s3://charts-b/".into(), "/team-b/".into()),
+                ("s3://charts-b/deep/".into(), "/deep/".into()),
+            ],
+        );
+        let index = b"urls:\n- s3://charts-a/stable/a-1.tgz\n- s3://charts-b/b-1.tgz\n- s3://charts-b/deep/c-1.tgz\n- s3://elsewhere/d-1.tgz\n- 's3://charts-b/e-1.tgz'\n";
+        let out = String::from_utf8(rules.apply(index).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "urls:\n- a-1.tgz\n- /team-b/b-1.tgz\n- /deep/c-1.tgz\n- s3://elsewhere/d-1.tgz\n- '/team-b/e-1.tgz'\n"
+        );
+        assert_eq!(rules.own(), Some("s3://charts-a/stable/"));
+        assert!(Rules::new(None, vec![]).apply(index).is_none());
+        // One rule of the repository itself: the single-repository rewrite.
+        let own = Rules::new(Some("s3://charts-a/stable/".into()), vec![]);
+        assert_eq!(
+            own.apply(index),
+            rewrite_s3_urls(index, "s3://charts-a/stable/")
+        );
+    }
 
     const INDEX: &str = r#"apiVersion: v1
 entries:

@@ -204,6 +204,24 @@ pub fn start_chain(region: &str) -> Result<Arc<CredentialsCell>, Error> {
     start_chain_with(region, RefreshSchedule::default())
 }
 
+/// [`start_chain`] reading the shared-config profile `profile` (a repository's
+/// `profile = "..."`) instead of `$AWS_PROFILE`.
+pub fn start_chain_for_profile(region: &str, profile: &str) -> Result<Arc<CredentialsCell>, Error> {
+    let (region, profile) = (region.to_owned(), profile.to_owned());
+    let help_region = region.clone();
+    let help_profile = profile.clone();
+    start_refresher(
+        Box::new(move || Box::pin(load_chain(region, Some(profile)))),
+        RefreshSchedule::default(),
+        Box::new(move |detail| {
+            format!(
+                "profile {help_profile:?}: {}",
+                chain_help(&help_region, detail)
+            )
+        }),
+    )
+}
+
 /// [`start_chain`] with an explicit schedule.
 pub fn start_chain_with(
     region: &str,
@@ -241,6 +259,11 @@ type Explain = Box<dyn Fn(&str) -> String + Send>;
 /// The aws-config default chain, with an explicit rustls (ring) HTTP client
 /// for IMDS, ECS/EKS and STS (aws-config's default client is compiled out).
 async fn load_default_chain(region: String) -> SharedCredentialsProvider {
+    load_chain(region, None).await
+}
+
+/// The default chain, reading shared-config `profile` when given.
+async fn load_chain(region: String, profile: Option<String>) -> SharedCredentialsProvider {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
     // The same egress proxy variables as the upstream client (origin::proxy):
     // aws-smithy-http-client 1.5 offers proxies on its connector builder only,
@@ -258,11 +281,13 @@ async fn load_default_chain(region: String) -> SharedCredentialsProvider {
                 .tls_provider(Provider::Rustls(CryptoMode::Ring))
                 .build()
         });
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(region))
-        .http_client(http)
-        .load()
-        .await;
+        .http_client(http);
+    if let Some(profile) = profile {
+        loader = loader.profile_name(profile);
+    }
+    let config = loader.load().await;
     match config.credentials_provider() {
         Some(p) => p,
         // Not reachable (the loader always builds the default chain unless told

@@ -66,6 +66,7 @@ pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
         stream,
         peer: Some(peer),
         head_buf: Vec::with_capacity(512),
+        key_buf: String::new(),
         broken: false,
     };
     if serve_requests(&w, &mut conn).await == End::Linger && !conn.broken {
@@ -245,6 +246,7 @@ async fn reject(w: &WorkerRef, conn: &mut Conn, status: u16, why: &str) {
     let _ = send_all(&mut conn.stream, out, w.cfg.server.send_timeout).await;
     w.metrics.request(CacheResult::None, status, 0);
     w.access_log.log(&Entry {
+        repo: None,
         method: "-",
         path: "-",
         status,

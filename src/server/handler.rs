@@ -65,6 +65,7 @@ use crate::http1::request::{Method, RequestHead};
 use crate::metrics::CacheResult;
 use crate::origin::{self, OriginRequest, ResponseMeta};
 use crate::policy::Action;
+use crate::repo::Repo;
 use crate::server::send::{
     abort, send_all, send_head_and_body, send_head_and_file, send_vec, MmapSlice,
 };
@@ -76,6 +77,8 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     /// Reused buffer for response heads.
     pub head_buf: Vec<u8>,
+    /// Reused buffer for the request's cache key.
+    pub key_buf: String,
     /// A send failed or timed out: close at once, without a lingering close.
     pub broken: bool,
 }
@@ -133,9 +136,12 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         Ok(k) => k.as_ref(),
         Err(_) => req.target.as_str(),
     };
+    // `/PREFIX/…`: the repository served there and the object key inside it.
+    let routed = key.as_ref().ok().and_then(|k| w.repos.route(k));
+    let in_repo = routed.map_or(path, |(_, k)| k);
     // `/-/charts/<name>/…`: a chart's view of the index, or a repository object.
-    let (object, view) = match key.as_ref().ok().and_then(|k| view::parse_path(k)) {
-        None => (path, None),
+    let (object, view) = match routed.and_then(|(_, k)| view::parse_path(k)) {
+        None => (in_repo, None),
         Some(ViewPath::Index { chart }) => (helm::INDEX_KEY, Some(chart)),
         Some(ViewPath::Object { key }) => (key, None),
         Some(ViewPath::Invalid) => ("", None),
@@ -143,26 +149,45 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
     let mut x = Exchange::new(w, conn, req, object);
     x.shown = path;
     x.view = view;
-    if object == helm::INDEX_KEY {
-        let format = w.cfg.repo.index_format;
-        x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
-        x.vary = Some(helm::form::vary(format));
+    if let Some((repo, _)) = routed {
+        x.repo = Some(repo);
+        let mut cache_key = std::mem::take(&mut x.conn.key_buf);
+        cache_key.clear();
+        cache_key.push_str(&repo.keys.ns);
+        cache_key.push_str(object);
+        x.cache_key = cache_key;
+        if object == helm::INDEX_KEY {
+            let format = repo.cfg.index_format;
+            x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
+            x.vary = Some(helm::form::vary(format));
+        }
     }
-    let result = match (&key, req.method) {
-        (_, Method::Other) => x.method_not_allowed().await,
-        (Ok(_), _) if object.is_empty() => {
+    let result = match (&key, req.method, routed) {
+        (_, Method::Other, _) => x.method_not_allowed().await,
+        (Ok(_), _, None) => {
+            // No request reaches upstream outside a configured repository.
+            let msg = "not found: no repository is served under this path";
+            x.respond_simple(404, msg).await
+        }
+        (Ok(_), _, Some(_)) if object == "/" => {
+            x.respond_simple(404, "not found: a repository root names no object")
+                .await
+        }
+        (Ok(_), _, Some(_)) if object.is_empty() => {
             let msg = "not found: chart views are /-/charts/NAME/index.yaml";
             x.respond_simple(404, msg).await
         }
-        (Err(e), _) if e.status() == 404 => x.respond_simple(404, &format!("not found: {e}")).await,
-        (Err(e), _) => {
+        (Err(e), _, _) if e.status() == 404 => {
+            x.respond_simple(404, &format!("not found: {e}")).await
+        }
+        (Err(e), _, _) => {
             w.metrics.bad_requests.fetch_add(1, Relaxed);
             x.keep_alive = false;
             x.respond_simple(400, &format!("bad request path: {e}"))
                 .await
         }
-        (Ok(_), _) => {
-            let rule = w.cfg.repo.policy.decide(object);
+        (Ok(_), _, Some((repo, _))) => {
+            let rule = repo.cfg.policy.decide(object);
             x.overrides = &rule.headers;
             match rule.action {
                 // A view is cut from the stored index; a bypassed index is not stored.
@@ -196,8 +221,13 @@ struct Exchange<'a> {
     w: &'a Worker,
     conn: &'a mut Conn,
     req: &'a RequestHead,
-    /// The object key (or the raw target when it is not one).
+    /// The object key inside its repository (or the raw target when it is not one).
     key: &'a str,
+    /// The repository the path names (`None`: none does; nothing is fetched).
+    repo: Option<&'a Repo>,
+    /// `key`'s cache key (the repository's namespace, then `key`; empty without a
+    /// repository).
+    cache_key: String,
     /// The matched rule's response header overrides (none before policy).
     overrides: &'a [(String, String)],
     // What was answered, for the log and metrics.
@@ -231,6 +261,8 @@ impl<'a> Exchange<'a> {
             conn,
             req,
             key,
+            repo: None,
+            cache_key: String::new(),
             overrides: &[],
             status: 0,
             bytes: 0,
@@ -249,8 +281,9 @@ impl<'a> Exchange<'a> {
 
     /// One metrics update and one access-log line; whether the connection may
     /// be reused.
-    fn finish(self, result: std::io::Result<()>, started: Instant) -> bool {
+    fn finish(mut self, result: std::io::Result<()>, started: Instant) -> bool {
         let w = self.w;
+        self.conn.key_buf = std::mem::take(&mut self.cache_key);
         if let Err(e) = &result {
             self.conn.broken = true;
             if e.kind() == std::io::ErrorKind::TimedOut {
@@ -260,8 +293,11 @@ impl<'a> Exchange<'a> {
                 abort(&self.conn.stream);
             }
         }
-        w.metrics.request(self.cache, self.status, self.bytes);
+        let repo = self.repo.map(|r| r.id);
+        w.metrics
+            .request_in(repo, self.cache, self.status, self.bytes);
         w.access_log.log(&Entry {
+            repo: self.repo.map(|r| r.name.as_str()),
             method: &self.req.method_name,
             path: self.shown,
             status: self.status,
@@ -303,9 +339,18 @@ impl<'a> Exchange<'a> {
         self.send_head(head).await
     }
 
+    /// The repository's prefix for logs (`-`: none).
+    fn repo_name(&self) -> &'a str {
+        self.repo.map_or("-", |r| r.name.as_str())
+    }
+
     /// Cache and Revalidate: serve a fresh copy, else wait on the fill.
     async fn cached(&mut self, want: Want) -> std::io::Result<()> {
-        let mut fill = match self.w.cache.get_or_fill(self.key, want, &self.w.metrics) {
+        let mut fill = match self
+            .w
+            .cache
+            .get_or_fill(&self.cache_key, want, &self.w.metrics)
+        {
             Lookup::Fresh(hit) => {
                 self.cache = CacheResult::Hit;
                 if self.serve_stored(&Stored::from(&hit)).await? {
@@ -378,7 +423,7 @@ impl<'a> Exchange<'a> {
             }
         }
         self.cache = CacheResult::Miss;
-        tracing::warn!(key = self.key, status = error.status, error = %error.message, "upstream failed");
+        tracing::warn!(repo = self.repo_name(), key = self.key, status = error.status, error = %error.message, "upstream failed");
         self.respond_simple(error.status, &error.message).await
     }
 
@@ -430,7 +475,9 @@ impl<'a> Exchange<'a> {
                 );
                 let timeout = self.w.cfg.server.send_timeout;
                 if let Err(e) = send_all(&mut self.conn.stream, slice, timeout).await {
-                    self.w.cache.body_send_failed(self.key, &view.segment, &e);
+                    self.w
+                        .cache
+                        .body_send_failed(&self.cache_key, &view.segment, &e);
                     return Err(e);
                 }
                 self.bytes += available - sent;
@@ -494,7 +541,11 @@ impl<'a> Exchange<'a> {
     /// when its JSON form is not stored).
     fn index_form(&self, yaml: &ObjectMeta) -> Result<Option<IndexForm>, (u16, &'static str)> {
         let cache = &self.w.cache;
-        let beside = |key: &str, etag: &str| cache.lookup_beside(helm::INDEX_KEY, key, etag);
+        let Some(repo) = self.repo else {
+            return Ok(None);
+        };
+        let keys = &repo.keys;
+        let beside = |key: &str, etag: &str| cache.lookup_beside(&keys.index, key, etag);
         let Some(chart) = self.view else {
             let Some(yaml_etag) = yaml.etag.as_deref() else {
                 return Ok(None);
@@ -503,11 +554,7 @@ impl<'a> Exchange<'a> {
             let json_etag = helm::json_etag(yaml_etag);
             let json = self
                 .json_index
-                .then(|| {
-                    helm::INDEX_JSON_KEYS
-                        .iter()
-                        .find_map(|k| beside(k, &json_etag))
-                })
+                .then(|| keys.json.iter().find_map(|k| beside(k, &json_etag)))
                 .flatten();
             let form_etag = if json.is_some() {
                 &json_etag
@@ -515,9 +562,9 @@ impl<'a> Exchange<'a> {
                 yaml_etag
             };
             if self.req.accepts_gzip {
-                let keys = &helm::INDEX_GZIP_KEYS[usize::from(json.is_some())];
+                let gz_keys = &keys.gzip[usize::from(json.is_some())];
                 let gz_etag = helm::gzip_etag(form_etag);
-                if let Some(hit) = keys.iter().find_map(|k| beside(k, &gz_etag)) {
+                if let Some(hit) = gz_keys.iter().find_map(|k| beside(k, &gz_etag)) {
                     return Ok(Some(IndexForm {
                         range: 0..hit.body_len,
                         hit,
@@ -539,8 +586,7 @@ impl<'a> Exchange<'a> {
         );
         let yaml_etag = yaml.etag.as_deref().ok_or(NOT_READY)?;
         // The slot whose table belongs to the YAML being served (see `HelmRepo::views`).
-        let table = self
-            .w
+        let table = repo
             .helm
             .views
             .iter()
@@ -553,7 +599,7 @@ impl<'a> Exchange<'a> {
             .get(chart)
             .ok_or((404, "not found: no such chart in the index"))?;
         let views_etag = helm::views_etag(yaml_etag);
-        let hit = beside(helm::INDEX_VIEWS_KEYS[table.slot], &views_etag).ok_or(NOT_READY)?;
+        let hit = beside(&keys.views[table.slot], &views_etag).ok_or(NOT_READY)?;
         if range.end > hit.body_len {
             return Err(NOT_READY);
         }
@@ -645,7 +691,9 @@ impl<'a> Exchange<'a> {
                 Ok(true)
             }
             Err(e) => {
-                self.w.cache.body_send_failed(self.key, s.segment, &e);
+                self.w
+                    .cache
+                    .body_send_failed(&self.cache_key, s.segment, &e);
                 Err(e)
             }
         }
@@ -686,8 +734,11 @@ impl<'a> Exchange<'a> {
             // of the upstream slots, so fills keep theirs.
             purpose: origin::Purpose::PassThrough,
         };
+        let Some(origin) = self.repo.and_then(|r| self.w.origins.get(r.id)) else {
+            return self.respond_simple(404, "not found").await;
+        };
         let started = Instant::now();
-        let resp = match self.w.origin.fetch(oreq).await {
+        let resp = match origin.fetch(oreq).await {
             Ok(r) => {
                 self.w
                     .metrics
@@ -700,7 +751,7 @@ impl<'a> Exchange<'a> {
                     .metrics
                     .upstream(err.upstream_status, started.elapsed());
                 self.upstream_status = err.upstream_status;
-                tracing::warn!(key = self.key, error = %e, "upstream request failed");
+                tracing::warn!(repo = self.repo_name(), key = self.key, error = %e, "upstream request failed");
                 return self.respond_simple(err.status, &err.message).await;
             }
         };
@@ -757,7 +808,7 @@ impl<'a> Exchange<'a> {
                 Err(e) => {
                     // No last chunk, and the connection closes: the client
                     // sees a cut body, never a complete-looking one.
-                    tracing::warn!(key = self.key, error = %e, "upstream body failed mid-stream");
+                    tracing::warn!(repo = self.repo_name(), key = self.key, error = %e, "upstream body failed mid-stream");
                     self.keep_alive = false;
                     return Err(std::io::Error::other(e.to_string()));
                 }
@@ -769,6 +820,7 @@ impl<'a> Exchange<'a> {
     /// lie about the body): 502, logged with the key and the status.
     async fn unexpected_status(&mut self, status: u16) -> std::io::Result<()> {
         tracing::warn!(
+            repo = self.repo_name(),
             key = self.key,
             upstream_status = status,
             "unexpected upstream status: answered 502"

@@ -28,15 +28,16 @@ use crate::origin::Origin;
 pub struct Worker {
     pub id: usize,
     pub cfg: Arc<Config>,
-    /// This worker's upstream (its own connection pool), for pass-through.
-    pub origin: Rc<dyn Origin>,
+    /// This worker's upstream of each repository (its own connection pools), for
+    /// pass-through; indexed like [`Worker::repos`].
+    pub origins: Vec<Rc<dyn Origin>>,
     /// The cache, shared by every worker.
     pub cache: Arc<Cache>,
     /// This worker's own shard (only it writes there).
     pub owner: Rc<ShardOwner>,
     pub metrics: Arc<WorkerMetrics>,
-    /// The repository's index knowledge (the per-chart views' table).
-    pub helm: Arc<crate::helm::HelmRepo>,
+    /// The served repositories (routing, keys, index knowledge).
+    pub repos: Arc<crate::repo::Repos>,
     pub access_log: AccessLog,
     /// Set when shutdown began: finish the current response, then close.
     pub draining: Cell<bool>,
