@@ -85,21 +85,31 @@ fn locate(cache: &Path, objs: &[Obj]) -> Vec<(PathBuf, u64)> {
         .collect()
 }
 
-/// Cuts every segment holding objects at the body of its middle object (by
-/// offset): that one and the later ones are gone. Returns which objects are,
-/// and how many files were cut.
+/// Cuts every segment holding objects at the body of its middle small object
+/// (by offset; small bodies, sent with writev from the mapping, do not start on
+/// a page boundary, so the rest of the page the file now ends in reads as
+/// zeros through the mapping, with no fault): that one and the later ones are
+/// gone. Returns which objects are, and how many files were cut.
 fn truncate_segments(cache: &Path, objs: &[Obj]) -> (Vec<bool>, u64) {
     let at = locate(cache, objs);
     let files: HashSet<PathBuf> = at.iter().map(|(f, _)| f.clone()).collect();
     let mut cut = vec![false; objs.len()];
     let n = files.len() as u64;
     for f in files {
-        let mut offsets: Vec<u64> = at
-            .iter()
-            .filter(|(g, _)| *g == f)
-            .map(|(_, o)| *o)
-            .collect();
-        offsets.sort_unstable();
+        let in_file = |small: bool| {
+            let mut offsets: Vec<u64> = at
+                .iter()
+                .zip(objs)
+                .filter(|((g, _), o)| *g == f && (!small || o.body.len() < 16 * 1024))
+                .map(|((_, off), _)| *off)
+                .collect();
+            offsets.sort_unstable();
+            offsets
+        };
+        let offsets = match in_file(true) {
+            small if !small.is_empty() => small,
+            _ => in_file(false),
+        };
         let len = offsets[offsets.len() / 2];
         let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
         file.set_len(len).unwrap();

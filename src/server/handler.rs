@@ -356,8 +356,18 @@ impl<'a> Exchange<'a> {
                 if self.serve_stored(&Stored::from(&hit)).await? {
                     return Ok(());
                 }
-                // Evicted between the lookup and the send: fetch it for this client.
-                return self.refetch().await;
+                drop(hit);
+                // Evicted, or dropped because its segment file was cut, between the
+                // lookup and the send: look once more, which fills (and stores) it for
+                // this client; anything else is fetched for it without the cache.
+                match self
+                    .w
+                    .cache
+                    .get_or_fill(&self.cache_key, want, &self.w.metrics)
+                {
+                    Lookup::Filling(fill) => fill,
+                    _ => return self.refetch().await,
+                }
             }
             Lookup::NotFound => {
                 self.cache = CacheResult::Hit;
@@ -681,6 +691,24 @@ impl<'a> Exchange<'a> {
             let mode = self.w.socket_mode;
             send_head_and_file(stream, mode, head, pin, at as u64, n as usize, timeout).await
         } else {
+            // A file cut short inside this body's last page reads as zeros through the
+            // mapping, with no fault (writev gets EFAULT only for pages wholly past the
+            // end), so one fstat first: a body past the cut is dropped and fetched again
+            // instead of sent as zeros. sendfile stops at the file's end by itself.
+            if s.segment
+                .check_size()
+                .is_some_and(|intact| intact < (at + n as usize) as u64)
+            {
+                self.conn.head_buf = head;
+                let cut = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment file ends inside the body (truncated)",
+                );
+                self.w
+                    .cache
+                    .body_send_failed(&self.cache_key, s.segment, &cut);
+                return Ok(false);
+            }
             let body = MmapSlice::new(pin, at, n as usize);
             send_head_and_body(&mut self.conn.stream, head, body, timeout).await
         };
