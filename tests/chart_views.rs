@@ -167,3 +167,116 @@ fn no_views_when_the_index_route_bypasses_the_cache() {
     assert_eq!(view.status, 404, "{}", view.text());
     assert!(view.text().contains("chart views need /index.yaml cached"));
 }
+
+/// `?versions=N`: the newest N versions by SemVer as Helm orders them (whatever
+/// the index's order), in the client's form, with an ETag per N and form; 304,
+/// HEAD and ranges over the served bytes; N beyond the count is all of them
+/// (same bytes, same ETag); a bad N is a 400 that says why.
+#[test]
+fn the_newest_versions_of_a_chart() {
+    let s3 = spawn_s3(AK, SK);
+    // Oldest first, and a version that sorts between the others.
+    s3.put_object(
+        "charts",
+        "stable/index.yaml",
+        index(&["1.0.0", "1.10.0", "1.2.0", "2.0.0-rc.1", "1.9.0"]).as_bytes(),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let p = proxy_in(&s3, tmp.path());
+    let versions = |doc: &serde_json::Value| -> Vec<String> {
+        doc["entries"]["app"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["version"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let full = p.get_with("/-/charts/app/index.yaml", &[HELM]);
+    assert_eq!(
+        versions(&json(&full.body)),
+        ["1.0.0", "1.10.0", "1.2.0", "2.0.0-rc.1", "1.9.0"],
+        "the plain view keeps the index's order"
+    );
+    let mut etags = vec![full.header("etag").unwrap().to_string()];
+    for (n, want) in [
+        (1, &["2.0.0-rc.1"][..]),
+        (2, &["2.0.0-rc.1", "1.10.0"][..]),
+        (4, &["2.0.0-rc.1", "1.10.0", "1.9.0", "1.2.0"][..]),
+    ] {
+        let path = format!("/-/charts/app/index.yaml?versions={n}");
+        let r = p.get_with(&path, &[HELM]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        let doc = json(&r.body);
+        assert_eq!(versions(&doc), want, "versions={n}");
+        assert_eq!(doc["apiVersion"], "v1");
+        assert_eq!(doc["generated"], "2024-01-01T00:00:00Z");
+        assert_eq!(doc["entries"].as_object().unwrap().len(), 1);
+        let etag = r.header("etag").unwrap().to_string();
+        assert!(etag.starts_with('"'), "strong: {etag}");
+        let y = p.get_with(&path, &[CURL]);
+        assert_eq!(y.header("content-type"), Some("text/yaml"));
+        assert_eq!(y.body, r.body, "same bytes, labelled YAML");
+        let yaml_etag = y.header("etag").unwrap().to_string();
+        // 304 for its own ETag only.
+        let c = p.get_with(&path, &[HELM, ("If-None-Match", &etag)]);
+        assert_eq!(c.status, 304);
+        let c = p.get_with(&path, &[CURL, ("If-None-Match", &etag)]);
+        assert_eq!(c.status, 200);
+        // HEAD: the length of the GET.
+        let head = common::proxy::request(p.addr, "HEAD", &path, &[HELM]);
+        assert_eq!(
+            head.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        assert!(head.body.is_empty());
+        // Every range, including ones across the two stored pieces.
+        let len = r.body.len();
+        for (a, b) in [
+            (0, len - 1),
+            (1, 5),
+            (len - 40, len - 1),
+            (len / 2, len - 3),
+        ] {
+            let range = format!("bytes={a}-{b}");
+            let part = p.get_with(&path, &[HELM, ("Range", &range)]);
+            assert_eq!(part.status, 206, "{range}");
+            assert_eq!(part.body, &r.body[a..=b], "{range}");
+        }
+        etags.push(etag);
+        etags.push(yaml_etag);
+    }
+    let all = p.get_with("/-/charts/app/index.yaml?versions=5", &[HELM]);
+    assert_eq!(
+        versions(&json(&all.body)),
+        ["2.0.0-rc.1", "1.10.0", "1.9.0", "1.2.0", "1.0.0"]
+    );
+    for huge in ["6", "1000", "99999999999999999999999999"] {
+        let r = p.get_with(
+            &format!("/-/charts/app/index.yaml?versions={huge}"),
+            &[HELM],
+        );
+        assert_eq!(r.body, all.body, "{huge}");
+        assert_eq!(r.header("etag"), all.header("etag"), "{huge}");
+    }
+    etags.push(all.header("etag").unwrap().to_string());
+    for (i, e) in etags.iter().enumerate() {
+        assert!(!etags[i + 1..].contains(e), "ETag {e} used twice");
+    }
+    for bad in ["0", "", "-1", "two", "1.5"] {
+        let r = p.get_with(&format!("/-/charts/app/index.yaml?versions={bad}"), &[HELM]);
+        assert_eq!(r.status, 400, "versions={bad}");
+        assert!(r.text().contains("versions="), "{}", r.text());
+    }
+    assert_eq!(p.get("/-/charts/nope/index.yaml?versions=1").status, 404);
+    // Sorted already (the other chart): the view's own bytes.
+    let other = p.get_with("/-/charts/other/index.yaml?versions=1", &[HELM]);
+    assert_eq!(
+        json(&other.body),
+        json(&p.get_with("/-/charts/other/index.yaml", &[HELM]).body)
+    );
+}

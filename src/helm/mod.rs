@@ -42,8 +42,8 @@
 //! - [`walk`]: one pass over the first document as events, aliases expanded.
 //! - [`index`]: the extractor (digests by object key).
 //! - [`json`]: the JSON writer; [`scalar`]: YAML 1.1 typing and Go formatting.
-//! - [`view`]: per-chart views (`/-/charts/<name>/index.yaml`), built with the
-//!   JSON form.
+//! - [`view`]: per-chart views (`/-/charts/<name>/index.yaml`, `?versions=N`),
+//!   built with the JSON form; [`version`]: Helm's order of chart versions.
 //! - [`rewrite`]: helm-s3 URL rewriting; [`etag`]: ETags of every form;
 //!   [`form`]: which form a client gets.
 
@@ -61,6 +61,7 @@ pub mod rewrite;
 pub mod scalar;
 #[doc(hidden)]
 pub mod synthetic;
+pub mod version;
 pub mod view;
 pub mod walk;
 

@@ -444,8 +444,16 @@ mod fuzzed {
                     "{:?}", String::from_utf8_lossy(json));
             }
             if let Some(v) = &p.views {
-                for range in v.table.values() {
-                    prop_assert!(serde_json::from_slice::<serde_json::Value>(&v.body[range.clone()]).is_ok());
+                for view in v.table.values() {
+                    prop_assert!(serde_json::from_slice::<serde_json::Value>(&v.body[view.range.clone()]).is_ok());
+                    // And every `?versions=N` of it.
+                    for n in 1..=view.versions() + 1 {
+                        let [a, b] = view.newest(n);
+                        let mut bytes = v.body[a].to_vec();
+                        bytes.extend_from_slice(&v.body[b]);
+                        prop_assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+                            "{:?}", String::from_utf8_lossy(&bytes));
+                    }
                 }
             }
         }

@@ -88,6 +88,9 @@ struct Stored<'a> {
     body_offset: usize,
     body_len: u64,
     meta: &'a ObjectMeta,
+    /// A body in two pieces of the segment (a view's newest versions): the first
+    /// `.0` bytes at `body_offset`, the rest at `.1`.
+    split: Option<(u64, usize)>,
 }
 
 impl<'a> From<&'a Hit> for Stored<'a> {
@@ -98,6 +101,7 @@ impl<'a> From<&'a Hit> for Stored<'a> {
             body_offset: h.body_offset,
             body_len: h.body_len as u64,
             meta: &h.meta,
+            split: None,
         }
     }
 }
@@ -110,6 +114,7 @@ impl<'a> From<&'a BodyView> for Stored<'a> {
             body_offset: v.body_offset,
             body_len: v.body_len,
             meta: &v.meta,
+            split: None,
         }
     }
 }
@@ -117,8 +122,9 @@ impl<'a> From<&'a BodyView> for Stored<'a> {
 /// A stored body served in place of the YAML index (see `Exchange::index_form`).
 struct IndexForm {
     hit: Hit,
-    /// The part of `hit`'s body that is served.
-    range: std::ops::Range<usize>,
+    /// The parts of `hit`'s body that are served, one after the other (the
+    /// second is empty but for a view's newest versions, see `view::ChartView`).
+    pieces: [std::ops::Range<usize>; 2],
     /// Its own metadata (a view's), else `hit`'s.
     meta: Option<ObjectMeta>,
     /// The body is gzip-compressed (`Content-Encoding: gzip`).
@@ -140,9 +146,15 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         Some(ViewPath::Object { key }) => (key, None),
         Some(ViewPath::Invalid) => ("", None),
     };
+    // `?versions=N` of a view (queries are ignored everywhere else).
+    let versions = match view {
+        Some(_) => view::parse_versions(req.target.split_once('?').map(|(_, q)| q)),
+        None => Ok(None),
+    };
     let mut x = Exchange::new(w, conn, req, object);
     x.shown = path;
     x.view = view;
+    x.view_versions = versions.unwrap_or(None);
     if object == helm::INDEX_KEY {
         let format = w.cfg.repo.index_format;
         x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
@@ -155,6 +167,10 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
             x.respond_simple(404, msg).await
         }
         (Err(e), _) if e.status() == 404 => x.respond_simple(404, &format!("not found: {e}")).await,
+        (Ok(_), _) if versions.is_err() => {
+            let msg = versions.err().unwrap_or_default();
+            x.respond_simple(400, msg).await
+        }
         (Err(e), _) => {
             w.metrics.bad_requests.fetch_add(1, Relaxed);
             x.keep_alive = false;
@@ -216,6 +232,8 @@ struct Exchange<'a> {
     shown: &'a str,
     /// A chart's view of the index (`key` is then the index).
     view: Option<&'a str>,
+    /// Of that view, only the newest N versions (`?versions=N`).
+    view_versions: Option<usize>,
     /// The index, to a client that gets its JSON form (where stored).
     json_index: bool,
     /// `Vary` of this object's responses (the index's form depends on a header).
@@ -241,6 +259,7 @@ impl<'a> Exchange<'a> {
             chunked: false,
             shown: key,
             view: None,
+            view_versions: None,
             json_index: false,
             vary: None,
             content_encoding: None,
@@ -459,12 +478,15 @@ impl<'a> Exchange<'a> {
             Ok(None) => self.serve_stored_form(s).await,
             Ok(Some(form)) => {
                 let meta = form.meta.as_ref().unwrap_or(&form.hit.meta);
+                let [first, second] = &form.pieces;
                 let derived = Stored {
                     segment: &form.hit.segment,
                     pin: None,
-                    body_offset: form.hit.body_offset + form.range.start,
-                    body_len: form.range.len() as u64,
+                    body_offset: form.hit.body_offset + first.start,
+                    body_len: (first.len() + second.len()) as u64,
                     meta,
+                    split: (!second.is_empty())
+                        .then(|| (first.len() as u64, form.hit.body_offset + second.start)),
                 };
                 self.content_encoding = form.gzip.then_some("gzip");
                 let served = self.serve_stored_form(&derived).await;
@@ -519,7 +541,7 @@ impl<'a> Exchange<'a> {
                 let gz_etag = helm::gzip_etag(form_etag);
                 if let Some(hit) = keys.iter().find_map(|k| beside(k, &gz_etag)) {
                     return Ok(Some(IndexForm {
-                        range: 0..hit.body_len,
+                        pieces: [0..hit.body_len, 0..0],
                         hit,
                         meta: None,
                         gzip: true,
@@ -527,7 +549,7 @@ impl<'a> Exchange<'a> {
                 }
             }
             return Ok(json.map(|hit| IndexForm {
-                range: 0..hit.body_len,
+                pieces: [0..hit.body_len, 0..0],
                 hit,
                 meta: None,
                 gzip: false,
@@ -548,18 +570,24 @@ impl<'a> Exchange<'a> {
             .find(|t| t.as_ref().is_some_and(|t| t.yaml_etag == yaml_etag))
             .flatten()
             .ok_or(NOT_READY)?;
-        let range = table
+        let chart_view = table
             .table
             .get(chart)
             .ok_or((404, "not found: no such chart in the index"))?;
+        // The newest N: pieces of the same record (N clamped for the ETag, so every
+        // N that serves the same bytes has the same ETag).
+        let (pieces, newest) = match self.view_versions {
+            None => ([chart_view.range.clone(), 0..0], None),
+            Some(n) => (chart_view.newest(n), Some(n.min(chart_view.versions()))),
+        };
         let views_etag = helm::views_etag(yaml_etag);
         let hit = beside(helm::INDEX_VIEWS_KEYS[table.slot], &views_etag).ok_or(NOT_READY)?;
-        if range.end > hit.body_len {
+        if pieces.iter().any(|p| p.end > hit.body_len) {
             return Err(NOT_READY);
         }
         let meta = ObjectMeta {
             status: 200,
-            etag: Some(view::view_etag(&views_etag, chart, self.json_index)),
+            etag: Some(view::view_etag(&views_etag, chart, self.json_index, newest)),
             last_modified: yaml.last_modified.clone(),
             content_type: Some(
                 if self.json_index {
@@ -573,7 +601,7 @@ impl<'a> Exchange<'a> {
         };
         Ok(Some(IndexForm {
             hit,
-            range: range.clone(),
+            pieces,
             meta: Some(meta),
             gzip: false,
         }))
@@ -627,6 +655,11 @@ impl<'a> Exchange<'a> {
             },
         };
         let head = self.object_head(meta, status, Some(n), range.as_deref());
+        if let Some((first_len, second_at)) = s.split {
+            return self
+                .send_two_pieces(s, pin, head, (start, n), (first_len, second_at))
+                .await;
+        }
         let at = s.body_offset + start as usize;
         let sendfile = self.w.cfg.server.sendfile_threshold.is_some_and(|t| n >= t);
         let timeout = self.w.cfg.server.send_timeout;
@@ -639,6 +672,49 @@ impl<'a> Exchange<'a> {
             send_head_and_body(&mut self.conn.stream, head, body, timeout).await
         };
         self.conn.head_buf = head;
+        match res {
+            Ok(()) => {
+                self.bytes += n;
+                Ok(true)
+            }
+            Err(e) => {
+                self.w.cache.body_send_failed(self.key, s.segment, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `head` and bytes `start..start + n` of a body stored in two pieces
+    /// (`first_len` bytes at `s.body_offset`, the rest at `second_at`): what of each
+    /// piece the range covers, one after the other, from the pinned mapping.
+    async fn send_two_pieces(
+        &mut self,
+        s: &Stored<'_>,
+        pin: SegmentPin,
+        head: Vec<u8>,
+        (start, n): (u64, u64),
+        (first_len, second_at): (u64, usize),
+    ) -> std::io::Result<bool> {
+        let end = start + n;
+        let timeout = self.w.cfg.server.send_timeout;
+        let first = start.min(first_len)..end.min(first_len);
+        let second = start.max(first_len) - first_len..end.max(first_len) - first_len;
+        let first = MmapSlice::new(
+            pin.clone(),
+            s.body_offset + first.start as usize,
+            (first.end - first.start) as usize,
+        );
+        let second = MmapSlice::new(
+            pin,
+            second_at + second.start as usize,
+            (second.end - second.start) as usize,
+        );
+        let stream = &mut self.conn.stream;
+        let (mut res, head) = send_head_and_body(stream, head, first, timeout).await;
+        self.conn.head_buf = head;
+        if res.is_ok() && !second.is_empty() {
+            res = send_all(&mut self.conn.stream, second, timeout).await;
+        }
         match res {
             Ok(()) => {
                 self.bytes += n;
