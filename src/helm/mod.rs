@@ -92,6 +92,29 @@ pub const INDEX_GZIP_KEYS: [[&str; 2]; 2] = [
 /// [`INDEX_JSON_KEYS`].
 pub const INDEX_VIEWS_KEYS: [&str; 2] = ["/index.yaml\u{1}views0", "/index.yaml\u{1}views1"];
 
+/// The cache keys of the gzip form of the per-chart views record (each view
+/// compressed on its own, see [`view::ViewTable::gzip`]), in two slots like
+/// [`INDEX_VIEWS_KEYS`] (a views record and its gzip form share a slot).
+pub const INDEX_VIEWS_GZIP_KEYS: [&str; 2] =
+    ["/index.yaml\u{1}views.gz0", "/index.yaml\u{1}views.gz1"];
+
+/// Which derived forms of one index version were stored by this process, so one
+/// found missing later was evicted or purged and is rebuilt (see `cache::fill`);
+/// one that could not be stored (too large, no room) is not tried again for that
+/// version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredForms {
+    /// The served ETag of the YAML they were derived from.
+    pub yaml_etag: String,
+    /// The slot they are in.
+    pub slot: usize,
+    pub json: bool,
+    pub views: bool,
+    /// The gzip forms of the YAML and of the JSON form.
+    pub gzip: [bool; 2],
+    pub views_gzip: bool,
+}
+
 /// Helm repository state shared by all workers.
 pub struct HelmRepo {
     /// `s3://bucket/prefix/` (or `s3://bucket/`) when URL rewriting is on.
@@ -110,6 +133,8 @@ pub struct HelmRepo {
     pub views: [arc_swap::ArcSwapOption<view::ViewTable>; 2],
     /// Counts index versions stored: the slot of derived forms to write next.
     pub slot: std::sync::atomic::AtomicUsize,
+    /// The derived forms stored for the learned version (see [`StoredForms`]).
+    pub stored: std::sync::Mutex<Option<StoredForms>>,
 }
 
 impl HelmRepo {
@@ -122,6 +147,7 @@ impl HelmRepo {
             learned: std::sync::Mutex::new(None),
             views: Default::default(),
             slot: std::sync::atomic::AtomicUsize::new(0),
+            stored: std::sync::Mutex::new(None),
         })
     }
 

@@ -32,6 +32,9 @@ pub const PREFIX: &str = "/-/charts/";
 pub struct Views {
     pub body: Bytes,
     pub table: HashMap<String, ChartView>,
+    /// Every view in `table` (its `range`), by start: the pieces the gzip form of
+    /// the record compresses one by one ([`ViewTable::gzip`]).
+    pub plain: Vec<Range<usize>>,
 }
 
 /// Where one chart's view is in the views record, in its two orders.
@@ -74,9 +77,35 @@ impl ChartView {
 #[derive(Debug)]
 pub struct ViewTable {
     pub yaml_etag: String,
-    /// Which of [`super::INDEX_VIEWS_KEYS`] holds the views.
+    /// Which of [`super::INDEX_VIEWS_KEYS`] holds the views (and of
+    /// [`super::INDEX_VIEWS_GZIP_KEYS`] their gzip form).
     pub slot: usize,
     pub table: HashMap<String, ChartView>,
+    /// Once the gzip form of the record is stored: each view's gzip member in it,
+    /// by the view's start (ascending).
+    pub gzip: arc_swap::ArcSwapOption<Vec<(usize, Range<usize>)>>,
+}
+
+impl ViewTable {
+    /// A table without the gzip form yet.
+    pub fn new(yaml_etag: String, slot: usize, table: HashMap<String, ChartView>) -> ViewTable {
+        ViewTable {
+            yaml_etag,
+            slot,
+            table,
+            gzip: Default::default(),
+        }
+    }
+
+    /// Where `view`'s gzip member is in the gzip form of the record, once stored.
+    pub fn gzip_of(&self, view: &ChartView) -> Option<Range<usize>> {
+        let members = self.gzip.load();
+        let members = members.as_ref()?;
+        let at = members
+            .binary_search_by_key(&view.range.start, |(start, _)| *start)
+            .ok()?;
+        Some(members[at].1.clone())
+    }
 }
 
 /// Parses the query of a view request: `versions=N` asks for the newest `N`
@@ -211,9 +240,12 @@ pub fn build(json: &JsonForm) -> Views {
         view.ends = ends.into();
         view.tail = tail;
     }
+    let mut plain: Vec<Range<usize>> = table.values().map(|v| v.range.clone()).collect();
+    plain.sort_unstable_by_key(|r| r.start);
     Views {
         body: Bytes::from(body),
         table,
+        plain,
     }
 }
 

@@ -581,13 +581,10 @@ impl<'a> Exchange<'a> {
             Some(n) => (chart_view.newest(n), Some(n.min(chart_view.versions()))),
         };
         let views_etag = helm::views_etag(yaml_etag);
-        let hit = beside(helm::INDEX_VIEWS_KEYS[table.slot], &views_etag).ok_or(NOT_READY)?;
-        if pieces.iter().any(|p| p.end > hit.body_len) {
-            return Err(NOT_READY);
-        }
-        let meta = ObjectMeta {
+        let view_etag = view::view_etag(&views_etag, chart, self.json_index, newest);
+        let meta = |etag: String| ObjectMeta {
             status: 200,
-            etag: Some(view::view_etag(&views_etag, chart, self.json_index, newest)),
+            etag: Some(etag),
             last_modified: yaml.last_modified.clone(),
             content_type: Some(
                 if self.json_index {
@@ -599,10 +596,30 @@ impl<'a> Exchange<'a> {
             ),
             stored_at: yaml.stored_at,
         };
+        // The whole view to a client that accepts gzip: its member of the views'
+        // gzip form, once stored (`?versions=N` is served identity-only).
+        if self.req.accepts_gzip && newest.is_none() {
+            let members = table.gzip_of(chart_view);
+            let gz_etag = helm::gzip_etag(&views_etag);
+            let key = helm::INDEX_VIEWS_GZIP_KEYS[table.slot];
+            let found = members.and_then(|m| beside(key, &gz_etag).map(|hit| (m, hit)));
+            if let Some((member, hit)) = found.filter(|(m, h)| m.end <= h.body_len) {
+                return Ok(Some(IndexForm {
+                    hit,
+                    pieces: [member, 0..0],
+                    meta: Some(meta(helm::gzip_etag(&view_etag))),
+                    gzip: true,
+                }));
+            }
+        }
+        let hit = beside(helm::INDEX_VIEWS_KEYS[table.slot], &views_etag).ok_or(NOT_READY)?;
+        if pieces.iter().any(|p| p.end > hit.body_len) {
+            return Err(NOT_READY);
+        }
         Ok(Some(IndexForm {
             hit,
             pieces,
-            meta: Some(meta),
+            meta: Some(meta(view_etag)),
             gzip: false,
         }))
     }
