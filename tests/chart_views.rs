@@ -371,6 +371,22 @@ fn gzip_views_for_clients_that_ask() {
     assert_eq!(json(&n.body)["entries"]["app"][0]["version"], "1.1.0");
 }
 
+/// A Helm GET that waits for its answer as long as a debug build on a busy
+/// machine needs to process a big index (requests during a republish wait for it).
+fn slow_get(addr: std::net::SocketAddr, path: &str) -> common::proxy::Response {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Helm/4.3\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    common::proxy::parse_response(&raw, false).expect("a response")
+}
+
 /// While a big index is republished, view requests on every worker are answered
 /// with a whole view of the old or the new version — never a 503 or a mixed body.
 /// (Requests are sent while the index processor is busy with the new version: the
@@ -394,13 +410,13 @@ fn views_during_a_republish_are_the_old_or_the_new_version() {
     let p = Proxy::start_in(cli, None);
     let path = "/-/charts/chart0000/index.yaml";
     let newest = "/-/charts/chart0000/index.yaml?versions=2";
-    let before = (p.get_with(path, &[HELM]), p.get_with(newest, &[HELM]));
+    let before = (slow_get(p.addr, path), slow_get(p.addr, newest));
     assert_eq!((before.0.status, before.1.status), (200, 200));
     s3.put_object("charts", "stable/index.yaml", new.as_bytes());
 
     let processing = |p: &Proxy| p.metric("chartcache_index_processing");
     let addr = p.addr;
-    let index = std::thread::spawn(move || common::proxy::get(addr, "/index.yaml", &[HELM]));
+    let index = std::thread::spawn(move || slow_get(addr, "/index.yaml"));
     // Wait until the new version is being processed, then ask from several clients
     // (connections land on both workers) until it is stored.
     let mut waited = 0;
@@ -422,7 +438,7 @@ fn views_during_a_republish_are_the_old_or_the_new_version() {
                     if processing(p) == 1 {
                         sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    let r = common::proxy::get(p.addr, which, &[HELM]);
+                    let r = slow_get(p.addr, which);
                     answers.lock().unwrap().push((which, r));
                 }
             });
@@ -430,7 +446,7 @@ fn views_during_a_republish_are_the_old_or_the_new_version() {
     });
     let r = index.join().unwrap();
     assert_eq!(r.status, 200);
-    let after = (p.get_with(path, &[HELM]), p.get_with(newest, &[HELM]));
+    let after = (slow_get(p.addr, path), slow_get(p.addr, newest));
     assert_ne!(after.0.body, before.0.body, "the new version is served");
     assert_eq!(
         json(&after.1.body)["entries"]["chart0000"][0]["version"],

@@ -530,3 +530,50 @@ fn a_corrupt_derived_form_found_after_a_restart_is_replaced() {
         (js.body.clone(), js.header("etag"))
     );
 }
+
+/// The gzip forms cost nothing until a client asks for one: an index version
+/// served only to clients that do not accept gzip is never compressed. The first
+/// client that asks gets the identity form and starts the compression; from then
+/// on every version is compressed once, right after it is stored.
+#[test]
+fn gzip_forms_are_built_once_a_client_asks() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    // One worker: the fill runs on the worker that answers, and the gauge is up
+    // (compression included) before the answer leaves.
+    let p = proxy(&s3, None, 1, "64MiB");
+    let settled = |p: &Proxy| {
+        assert_eq!(p.metric_until("chartcache_index_processing", |v| v == 0), 0);
+    };
+    let yaml = p.get_with("/index.yaml", &[CURL]);
+    let js = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(p.get_with("/-/charts/app/index.yaml", &[HELM]).status, 200);
+    settled(&p);
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}yaml.gz"), 0, "not built");
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}json.gz"), 0, "not built");
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}views.gz"), 0, "not built");
+    const GZ: (&str, &str) = ("Accept-Encoding", "gzip");
+    // The first that asks starts it (and gets the identity form unless the
+    // compression was done before its answer left).
+    let first = p.get_with("/index.yaml", &[CURL, GZ]);
+    match first.header("content-encoding") {
+        None => assert_eq!(first.body, yaml.body),
+        Some(_) => assert_eq!(gunzip(&first.body), yaml.body),
+    }
+    let gz = until_gzip(&p, "/index.yaml", &[CURL, GZ], |_| ());
+    assert_eq!(gunzip(&gz.body), yaml.body);
+    let jgz = until_gzip(&p, "/index.yaml", &[HELM, GZ], |_| ());
+    assert_eq!(gunzip(&jgz.body), js.body);
+    // The next version: compressed right after it is stored, without being asked.
+    s3.put_object(
+        "charts",
+        "stable/index.yaml",
+        index()
+            .replace("version: 1.9.0", "version: 1.9.1")
+            .as_bytes(),
+    );
+    assert_eq!(p.get_with("/index.yaml", &[CURL]).x_cache(), "MISS");
+    settled(&p);
+    // Both versions' forms, one in each slot.
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}yaml.gz"), 2);
+}

@@ -119,7 +119,10 @@ impl Filler<'_> {
                         // After a restart (or once a derived form was evicted): learn
                         // from the stored index (digests, views) and store the missing
                         // forms before answering, then the gzip forms.
-                        let gzip = self.learn_stored_index(&inflight, hit.clone()).await;
+                        let gzip = match self.learn_stored_index(&inflight, hit.clone()).await {
+                            Some(learned) => Some(learned),
+                            None => self.gzip_wanted_now(&hit),
+                        };
                         inflight.publish(FillState::NotModified(hit));
                         if let Some((forms, mut stored)) = gzip {
                             self.store_gzip(forms, &mut stored).await;
@@ -561,23 +564,72 @@ impl Filler<'_> {
         match self.store_in_runs(key, &object, &yaml).await {
             Ok(view) => {
                 inflight.publish(FillState::Done { view });
-                // Then the gzip forms (clients that ask get the identity form meanwhile).
+                // Then the gzip forms, once a client wants them (clients that ask
+                // get the identity form meanwhile).
+                stored.gzip_tried = self.gzip_wanted();
                 self.note_stored(stored.clone());
-                let forms = GzipForms {
-                    object,
-                    yaml: Some(yaml),
-                    json: json.filter(|_| stored.json),
-                    views,
-                    views_stored: None,
-                };
-                self.store_gzip(forms, &mut stored).await;
-                self.note_stored(stored);
+                if stored.gzip_tried {
+                    let forms = GzipForms {
+                        object,
+                        yaml: Some(Input::Bytes(yaml)),
+                        json: json.filter(|_| stored.json).map(Input::Bytes),
+                        views: views.map(|v| (v.table, Input::Bytes(v.body))),
+                        views_stored: None,
+                    };
+                    self.store_gzip(forms, &mut stored).await;
+                    self.note_stored(stored);
+                }
             }
             Err(e) => {
                 tracing::warn!(key, error = %e, "index not stored: served from memory");
                 inflight.publish(from_memory(object, yaml));
             }
         }
+    }
+
+    /// Has a client asked for a gzip form (see `HelmRepo::gzip_wanted`)?
+    fn gzip_wanted(&self) -> bool {
+        self.helm
+            .gzip_wanted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The gzip forms of the stored index version `hit`, if a client wants them
+    /// and they were not built (or tried) yet for it: read from the stored
+    /// records and compressed on the index processor (see [`Self::store_gzip`]).
+    fn gzip_wanted_now(&self, hit: &Hit) -> Option<(GzipForms, helm::StoredForms)> {
+        if !self.gzip_wanted() {
+            return None;
+        }
+        let mut stored = self
+            .helm
+            .stored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|s| hit.meta.etag.as_ref() == Some(&s.yaml_etag) && !s.gzip_tried)?;
+        stored.gzip_tried = true;
+        self.note_stored(stored.clone());
+        let found = self.find_forms(&stored.yaml_etag);
+        let load = |hit: Hit| {
+            Input::Load(Box::new(move || {
+                hit.verify()
+                    .then(|| hit.read_body().ok().map(Bytes::from))
+                    .flatten()
+            }))
+        };
+        let table = self.helm.views[stored.slot]
+            .load_full()
+            .filter(|t| t.yaml_etag == stored.yaml_etag);
+        let views = table.zip(found.views.filter(|(s, _)| *s == stored.slot));
+        let forms = GzipForms {
+            object: (*hit.meta).clone(),
+            yaml: (!stored.gzip[0]).then(|| load(hit.clone())),
+            json: found.json.filter(|_| !stored.gzip[1]).map(|(_, h)| load(h)),
+            views: views.map(|(t, (_, h))| (t, load(h))),
+            views_stored: found.views_gzip,
+        };
+        Some((forms, stored))
     }
 
     /// Records which derived forms of the learned version are stored.
@@ -704,6 +756,7 @@ impl Filler<'_> {
             views: found.views.is_some(),
             gzip: [found.gzip[0].is_some(), found.gzip[1].is_some()],
             views_gzip: false,
+            gzip_tried: self.gzip_wanted(),
         };
         let yaml = std::mem::take(&mut p.yaml);
         let json = p.json.as_ref().ok().cloned();
@@ -715,11 +768,16 @@ impl Filler<'_> {
             .await;
         self.helm.views[slot].store(views.as_ref().map(|v| v.table.clone()));
         self.note_stored(stored.clone());
+        if !stored.gzip_tried {
+            return Some((GzipForms::default(), stored));
+        }
         let forms = GzipForms {
             object,
-            yaml: (!stored.gzip[0]).then_some(yaml),
-            json: json.filter(|_| stored.json && !stored.gzip[1]),
-            views,
+            yaml: (!stored.gzip[0]).then_some(Input::Bytes(yaml)),
+            json: json
+                .filter(|_| stored.json && !stored.gzip[1])
+                .map(Input::Bytes),
+            views: views.map(|v| (v.table, Input::Bytes(v.body))),
             views_stored: found.views_gzip,
         };
         Some((forms, stored))
@@ -891,7 +949,7 @@ impl Filler<'_> {
                 }
             }
         }
-        let helm::view::Views { body, table, plain } = views?;
+        let (table, body) = helm::view::ViewTable::new(stored.yaml_etag.clone(), slot, views?);
         if store_views {
             let m = meta(helm::views_etag(&stored.yaml_etag));
             match self
@@ -905,11 +963,9 @@ impl Filler<'_> {
                 }
             }
         }
-        let table = helm::view::ViewTable::new(stored.yaml_etag.clone(), slot, table);
         Some(StoredViews {
             table: Arc::new(table),
             body,
-            plain,
         })
     }
 
@@ -946,18 +1002,21 @@ impl Filler<'_> {
                 pieces: None,
             });
         }
-        let views = views.filter(|_| stored.views);
-        if let Some(v) = &views {
+        let mut table = None;
+        if let Some((t, body)) = views.filter(|_| stored.views) {
             let etag = helm::gzip_etag(&helm::views_etag(&yaml_etag));
             targets.push((2, etag, Some("application/json".into())));
             jobs.push(process::CompressJob {
-                body: v.body.clone(),
-                pieces: Some(v.plain.clone()),
+                body,
+                pieces: Some(t.plain.clone()),
             });
+            table = Some(t);
         }
         if jobs.is_empty() {
             return;
         }
+        // The gauge covers compressing and storing too: index work off the workers.
+        let _processing = Gauge::up(&self.metrics.index_processing);
         let answer = match self.helm.processor.submit_compress(jobs) {
             Ok(a) => a,
             Err(e) => {
@@ -972,7 +1031,11 @@ impl Filler<'_> {
                 return;
             }
         };
-        for ((form, etag, content_type), (gz, members)) in targets.into_iter().zip(compressed) {
+        for ((form, etag, content_type), done) in targets.into_iter().zip(compressed) {
+            let Some((gz, members)) = done else {
+                tracing::warn!(form, "stored index form not readable: not compressed");
+                continue;
+            };
             let meta = ObjectMeta {
                 status: 200,
                 etag: Some(etag),
@@ -995,12 +1058,12 @@ impl Filler<'_> {
                     continue;
                 }
             }
-            match (form, &views) {
+            match (form, &table) {
                 (0 | 1, _) => stored.gzip[form] = true,
-                (_, Some(v)) => {
+                (_, Some(t)) => {
                     stored.views_gzip = true;
-                    let by_start = v.plain.iter().map(|r| r.start).zip(members).collect();
-                    v.table.gzip.store(Some(Arc::new(by_start)));
+                    let by_start = t.plain.iter().map(|r| r.start).zip(members).collect();
+                    t.gzip.store(Some(Arc::new(by_start)));
                 }
                 _ => {}
             }
@@ -1045,17 +1108,18 @@ impl Filler<'_> {
 struct StoredViews {
     table: Arc<helm::view::ViewTable>,
     body: Bytes,
-    plain: Vec<std::ops::Range<usize>>,
 }
 
 /// What [`Filler::store_gzip`] compresses: the YAML, the JSON form, the views
-/// (each `None`: not this time).
+/// with their table (each `None`: not this time), in memory or read by the index
+/// processor from the store.
+#[derive(Default)]
 struct GzipForms {
     /// The YAML's metadata.
     object: ObjectMeta,
-    yaml: Option<Bytes>,
-    json: Option<Bytes>,
-    views: Option<StoredViews>,
+    yaml: Option<Input>,
+    json: Option<Input>,
+    views: Option<(Arc<helm::view::ViewTable>, Input)>,
     /// The views' gzip form found stored (its slot and record).
     views_stored: Option<(usize, Hit)>,
 }

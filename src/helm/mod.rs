@@ -113,6 +113,8 @@ pub struct StoredForms {
     /// The gzip forms of the YAML and of the JSON form.
     pub gzip: [bool; 2],
     pub views_gzip: bool,
+    /// The gzip forms were built (or tried) for this version.
+    pub gzip_tried: bool,
 }
 
 /// Helm repository state shared by all workers.
@@ -135,6 +137,10 @@ pub struct HelmRepo {
     pub slot: std::sync::atomic::AtomicUsize,
     /// The derived forms stored for the learned version (see [`StoredForms`]).
     pub stored: std::sync::Mutex<Option<StoredForms>>,
+    /// A client asked for a gzip form of the index or a view: from then on every
+    /// version's gzip forms are built (until then, no index version costs any
+    /// compression; the first such client gets the identity form and starts it).
+    pub gzip_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl HelmRepo {
@@ -148,6 +154,7 @@ impl HelmRepo {
             views: Default::default(),
             slot: std::sync::atomic::AtomicUsize::new(0),
             stored: std::sync::Mutex::new(None),
+            gzip_wanted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -110,12 +110,17 @@ pub fn gzip_pieces(body: &[u8], pieces: &[Range<usize>]) -> (Bytes, Vec<Range<us
     (Bytes::from(out), at)
 }
 
-/// A body to compress, whole or piece by piece (see [`gzip_pieces`]).
+/// A body to compress, whole or piece by piece (see [`gzip_pieces`]): in memory,
+/// or read (and verified) by the processor from the store.
 pub struct CompressJob {
-    pub body: Bytes,
+    pub body: Input,
     /// `None`: the whole body as one member.
     pub pieces: Option<Vec<Range<usize>>>,
 }
+
+/// A compressed body and where its pieces' members are in it; `None` when the
+/// body could not be read.
+pub type Compressed = Option<(Bytes, Vec<Range<usize>>)>;
 
 /// Runs the whole pipeline on the calling thread: rewrite, then one parse that
 /// extracts the digests and writes the JSON form.
@@ -185,7 +190,7 @@ enum Request {
     /// gzip each body (see [`gzip_pieces`]).
     Compress {
         jobs: Vec<CompressJob>,
-        reply: oneshot::Sender<Vec<(Bytes, Vec<Range<usize>>)>>,
+        reply: oneshot::Sender<Vec<Compressed>>,
     },
     /// Something to free here rather than on a worker.
     Drop(#[allow(dead_code)] Box<dyn Send>),
@@ -231,11 +236,10 @@ impl IndexProcessor {
 
     /// Queues bodies for gzip compression (the answer: each job's compressed bytes
     /// and where its pieces are in them, in order).
-    #[allow(clippy::type_complexity)]
     pub fn submit_compress(
         &self,
         jobs: Vec<CompressJob>,
-    ) -> Result<oneshot::Receiver<Vec<(Bytes, Vec<Range<usize>>)>>, SubmitError> {
+    ) -> Result<oneshot::Receiver<Vec<Compressed>>, SubmitError> {
         let (reply, answer) = oneshot::channel();
         match self.tx.try_send(Request::Compress { jobs, reply }) {
             Ok(()) => Ok(answer),
@@ -251,6 +255,18 @@ impl IndexProcessor {
     }
 }
 
+/// One compression job, on the processor.
+fn compress(job: CompressJob) -> Compressed {
+    let body = match job.body {
+        Input::Bytes(b) => b,
+        Input::Load(load) => load()?,
+    };
+    Some(match &job.pieces {
+        Some(pieces) => gzip_pieces(&body, pieces),
+        None => gzip_pieces(&body, std::slice::from_ref(&(0..body.len()))),
+    })
+}
+
 fn run(rx: Receiver<Request>, rewrite_from: Option<String>) {
     crate::sched::background_priority();
     while let Ok(request) = rx.recv() {
@@ -258,14 +274,15 @@ fn run(rx: Receiver<Request>, rewrite_from: Option<String>) {
             Request::Process { input, job, reply } => (input, job, reply),
             Request::Compress { jobs, reply } => {
                 if !reply.is_closed() {
-                    let done = jobs
-                        .iter()
-                        .map(|j| match &j.pieces {
-                            Some(pieces) => gzip_pieces(&j.body, pieces),
-                            None => gzip_pieces(&j.body, std::slice::from_ref(&(0..j.body.len()))),
-                        })
-                        .collect();
-                    let _ = reply.send(done);
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        jobs.into_iter().map(compress).collect::<Vec<_>>()
+                    }));
+                    match done {
+                        Ok(done) => {
+                            let _ = reply.send(done);
+                        }
+                        Err(_) => tracing::error!("index compression panicked"),
+                    }
                 }
                 continue;
             }
@@ -371,18 +388,24 @@ mod tests {
         assert!(proc.submit(gone, job).unwrap().blocking_recv().is_err());
         proc.dispose(vec![0u8; 1 << 20]);
         let whole = CompressJob {
-            body: Bytes::from(index()),
+            body: Input::Load(Box::new(|| Some(Bytes::from(index())))),
             pieces: None,
         };
         let split = CompressJob {
-            body: Bytes::from(index()),
+            body: Input::Bytes(Bytes::from(index())),
             pieces: Some(vec![0..10, 10..10, 10..index().len()]),
         };
+        let unreadable = CompressJob {
+            body: Input::Load(Box::new(|| None)),
+            pieces: None,
+        };
         let gz = proc
-            .submit_compress(vec![whole, split])
+            .submit_compress(vec![whole, split, unreadable])
             .unwrap()
             .blocking_recv()
             .unwrap();
+        assert!(gz[2].is_none(), "a body that cannot be read");
+        let gz: Vec<_> = gz.into_iter().flatten().collect();
         let gunzip = |b: &[u8]| {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(b), &mut text).unwrap();

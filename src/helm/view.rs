@@ -81,20 +81,25 @@ pub struct ViewTable {
     /// [`super::INDEX_VIEWS_GZIP_KEYS`] their gzip form).
     pub slot: usize,
     pub table: HashMap<String, ChartView>,
+    /// Every view's range, by start (see [`Views::plain`]).
+    pub plain: Vec<Range<usize>>,
     /// Once the gzip form of the record is stored: each view's gzip member in it,
     /// by the view's start (ascending).
     pub gzip: arc_swap::ArcSwapOption<Vec<(usize, Range<usize>)>>,
 }
 
 impl ViewTable {
-    /// A table without the gzip form yet.
-    pub fn new(yaml_etag: String, slot: usize, table: HashMap<String, ChartView>) -> ViewTable {
-        ViewTable {
+    /// The table of `views` (stored in `slot`), without the gzip form yet; the
+    /// body is given back.
+    pub fn new(yaml_etag: String, slot: usize, views: Views) -> (ViewTable, Bytes) {
+        let table = ViewTable {
             yaml_etag,
             slot,
-            table,
+            table: views.table,
+            plain: views.plain,
             gzip: Default::default(),
-        }
+        };
+        (table, views.body)
     }
 
     /// Where `view`'s gzip member is in the gzip form of the record, once stored.

@@ -159,6 +159,11 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         let format = w.cfg.repo.index_format;
         x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
         x.vary = Some(helm::form::vary(format));
+        // gzip forms are built once a client asks for one (see `HelmRepo::gzip_wanted`).
+        let wanted = &w.helm.gzip_wanted;
+        if req.accepts_gzip && x.view_versions.is_none() && !wanted.load(Relaxed) {
+            wanted.store(true, Relaxed);
+        }
     }
     let result = match (&key, req.method) {
         (_, Method::Other) => x.method_not_allowed().await,
