@@ -14,7 +14,16 @@
 //! (YAML, and the JSON form and per-chart views under [`helm::INDEX_JSON_KEYS`] /
 //! [`helm::INDEX_VIEWS_KEYS`] on this same shard) are appended in bounded runs with
 //! a yield after each, derived forms first, then published.
-//! Until then the stored index keeps being served.
+//! Until then the stored index keeps being served. The gzip forms (of the YAML,
+//! the JSON form and the views) follow once a client has asked for gzip
+//! (`HelmRepo::gzip_wanted`), compressed on the processor.
+//!
+//! Derived forms are looked after on every index revalidation (a 304, see
+//! `learn_stored_index`): after a restart they are learned from the stored index
+//! and the stored forms are verified on the processor (never a full CRC of a big
+//! record on this worker); one stored by this process for the current version
+//! and gone since (evicted, purged, corrupt) is rebuilt from the stored index
+//! ([`helm::StoredForms`]).
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -17,7 +17,10 @@
 //!    half-finished upload or a `push --force` race is caught before a node pins the
 //!    bad bytes for a day.
 //! 5. **Per-chart views** ([`view`]): each chart's part of the JSON form, built
-//!    with it and stored beside it.
+//!    with it and stored beside it, with every chart's versions in Helm's order
+//!    ([`version`]) for `?versions=N`.
+//! 6. **gzip forms** of the YAML, the JSON form and the views, compressed on the
+//!    processor once a client has asked for gzip ([`HelmRepo::gzip_wanted`]).
 //! 4. **The JSON form.** Helm ≥ 3.13 decodes an index that is JSON with Go's JSON
 //!    decoder, 4–5× faster than YAML; [`json`] writes the JSON that decodes to what
 //!    Helm reads from the YAML (its YAML 1.1 typing included, [`scalar`]).

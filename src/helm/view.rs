@@ -11,6 +11,16 @@
 //! that stored record, so conditional requests, HEAD and ranges work as for any
 //! stored object.
 //!
+//! `?versions=N` ([`parse_versions`]) serves the newest N versions in Helm's
+//! order ([`super::version`]), worked out here once per index version: when the
+//! index lists a chart's versions newest first (as `helm repo index` and helm-s3
+//! write them) the view itself is in that order, else a copy in that order is
+//! appended to the record; [`ChartView::newest`] is then at most two pieces of
+//! the record (up to the N-th version's end, then the list's end), sent one after
+//! the other. The gzip form of the record compresses each view as its own gzip
+//! member, so a view's gzip form is one slice of it too ([`ViewTable::gzip`]);
+//! `?versions=N` is served identity-only (its bytes are cut per request).
+//!
 //! The same bytes answer JSON and YAML clients (JSON is YAML, and the typing was
 //! already resolved the way Helm reads the YAML); each form is labelled with its
 //! content type and its own ETag. Chart URLs stay as the index has them: relative
