@@ -8,13 +8,17 @@
 //! - `helm_index/rewrite`: helm-s3 `s3://` URL rewriting of every version.
 //! - `helm_index/process`: the whole pipeline (rewrite, then extract + JSON +
 //!   per-chart views).
-//! - `helm_index/gzip_json`: compressing the JSON form (done after it is served).
+//! - `helm_index/views`: the per-chart views from the JSON form (part of
+//!   `process`), with every chart's versions in Helm's order for `?versions=N`.
+//! - `helm_index/gzip_json`, `gzip_yaml`, `gzip_views`: compressing the JSON form,
+//!   the YAML, the views (each view its own member) — done after they are served.
 
 use bytes::Bytes;
 use chartcache::helm::index::Extractor;
 use chartcache::helm::json::JsonWriter;
-use chartcache::helm::process::{process, Job};
+use chartcache::helm::process::{gzip, gzip_pieces, process, Job};
 use chartcache::helm::rewrite::Rules;
+use chartcache::helm::view;
 use chartcache::helm::walk::walk;
 use chartcache::helm::{rewrite_s3_urls, synthetic};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -59,19 +63,29 @@ fn bench(c: &mut Criterion) {
             p
         })
     });
-    let json = process(
+    let p = process(
         Bytes::from(relative.clone()),
         &Rules::default(),
         Job {
             rewrite: false,
             json: true,
         },
-    )
-    .json
-    .unwrap();
+    );
+    let json = p.json.unwrap();
+    let views = p.views.unwrap();
+    let form = {
+        let mut w = JsonWriter::new(relative.len());
+        walk(&relative, &mut [&mut w]).unwrap();
+        w.finish().unwrap()
+    };
     g.throughput(Throughput::Bytes(json.len() as u64));
-    g.bench_function("gzip_json", |b| {
-        b.iter(|| chartcache::helm::process::gzip(&json))
+    g.bench_function("views", |b| b.iter(|| view::build(&form)));
+    g.bench_function("gzip_json", |b| b.iter(|| gzip(&json)));
+    g.throughput(Throughput::Bytes(relative.len() as u64));
+    g.bench_function("gzip_yaml", |b| b.iter(|| gzip(relative.as_bytes())));
+    g.throughput(Throughput::Bytes(views.body.len() as u64));
+    g.bench_function("gzip_views", |b| {
+        b.iter(|| gzip_pieces(&views.body, &views.plain))
     });
     g.finish();
 }

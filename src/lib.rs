@@ -21,7 +21,8 @@
 //!   cache-key namespace tied to its upstream identity, per-repository counters.
 //! - [`http1`]: strict, bounded HTTP/1.1 codec on `httparse` (no I/O).
 //! - [`helm`]: index.yaml specifics, processed off the workers on one thread:
-//!   helm-s3 URL rewriting, chart digests, the JSON form, per-chart views, gzip.
+//!   helm-s3 URL rewriting, chart digests, the JSON form, per-chart views (and
+//!   their newest versions in Helm's order), gzip.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, purge (plain threads).
 //! - [`metrics`]: metric names and per-worker counters, summed at scrape.
 //! - [`access_log`]: one structured line per request on stdout.

@@ -517,7 +517,7 @@ impl Collector for Metrics {
         let gauges: [Described; 6] = [
             (
                 INDEX_PROCESSING,
-                "index.yaml bodies being processed on the index thread right now (hits keep being served meanwhile)",
+                "index.yaml versions being processed, or their gzip forms built, on the index thread right now (hits keep being served meanwhile)",
                 |w| &w.index_processing,
             ),
             (

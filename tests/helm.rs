@@ -54,6 +54,12 @@ fn main() {
                 "helm_adds_and_pulls_from_each_of_several_repositories",
                 helm_through_several_repositories,
             ),
+            // `helm repo add one "http://HOST/-/charts/hello?versions=2"`: Helm keeps
+            // the query when it fetches the index, so it sees the newest two only.
+            (
+                "helm_through_the_newest_versions_of_a_chart",
+                helm_through_the_newest_versions_of_a_chart,
+            ),
         ],
     );
 }
@@ -200,5 +206,43 @@ fn helm_through_several_repositories() -> Result<(), Failed> {
     // The mirror's chart came through the plain HTTP upstream.
     assert_eq!(mirror.get("/hello-0.2.0.tgz").x_cache(), "HIT");
     assert_eq!(p.get("/mirror/hello-0.2.0.tgz").x_cache(), "HIT");
+    Ok(())
+}
+
+fn helm_through_the_newest_versions_of_a_chart() -> Result<(), Failed> {
+    let s3 = spawn_s3(AK, SK);
+    for entry in std::fs::read_dir(examples_repo()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        s3.put_object("helm-charts", &name, &std::fs::read(&path).unwrap());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cli = test_cli("s3://helm-charts", &tmp.path().join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    let p = Proxy::start_in(cli, Some(tmp));
+    // hello's newest two: 0.3.0-dev-1 (a pre-release, which `helm show` skips)
+    // and 0.2.0.
+    helm_pulls_hello_0_2_0(&format!("http://{}/-/charts/hello?versions=2", p.addr))?;
+    assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "HIT");
+    // The newest one only is the pre-release: Helm finds no stable version, so the
+    // query reached chartcache with the index request.
+    let py = python();
+    let out = Command::new(&py)
+        .arg(helm_check_script())
+        .args([
+            &format!("http://{}/-/charts/hello?versions=1", p.addr),
+            "hello",
+            "0.2.0",
+            "--timeout",
+            "120",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", py.to_string_lossy()))?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     Ok(())
 }

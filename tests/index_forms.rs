@@ -321,3 +321,259 @@ fn a_hit_is_answered_while_a_big_index_is_processed() {
         .metrics()
         .contains("chartcache_index_versions_processed_total 1"));
 }
+
+/// Purges every cache key starting with `prefix` through the admin endpoint
+/// (derived forms' keys have a control character: percent-encoded); returns how
+/// many records went.
+fn purge_prefix(p: &Proxy, prefix: &str) -> u64 {
+    let encoded: String = prefix
+        .bytes()
+        .map(|b| match b {
+            b'/' | b'.' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let r = common::proxy::request(p.admin, "DELETE", &format!("/cache?prefix={encoded}"), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["purged"].as_u64().unwrap()
+}
+
+/// GETs `path` with `headers` until its answer carries `Content-Encoding: gzip`
+/// (the gzip forms are stored after the answer that stored the index), checking
+/// every answer on the way with `check`; the gzip answer.
+fn until_gzip(
+    p: &Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+    check: impl Fn(&common::proxy::Response),
+) -> common::proxy::Response {
+    for _ in 0..1000 {
+        let r = p.get_with(path, headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        check(&r);
+        if r.header("content-encoding").is_some() {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{path}: no gzip form within 10 s");
+}
+
+/// A derived form purged (or evicted) while its index version is current is
+/// rebuilt from the stored index: the JSON form and the views before the next
+/// answer, the gzip forms right after it; no answer meanwhile is wrong.
+#[test]
+fn purged_derived_forms_are_rebuilt() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    let p = proxy(&s3, None, 2, "64MiB");
+    const GZ: (&str, &str) = ("Accept-Encoding", "gzip");
+    let yaml = p.get_with("/index.yaml", &[CURL]);
+    let js = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(js.header("content-type"), Some("application/json"));
+    let view = p.get_with("/-/charts/app/index.yaml", &[HELM]);
+    assert_eq!(view.status, 200);
+    // Every answer is one of the forms, whole and labelled as what it is.
+    let is_yaml_form = |r: &common::proxy::Response| match r.header("content-encoding") {
+        None => assert_eq!(r.body, yaml.body),
+        Some(_) => assert_eq!(gunzip(&r.body), yaml.body),
+    };
+    let is_json_form = |r: &common::proxy::Response| match r.header("content-encoding") {
+        None => assert_eq!(r.body, js.body),
+        Some(_) => assert_eq!(gunzip(&r.body), js.body),
+    };
+    let is_view = |r: &common::proxy::Response| match r.header("content-encoding") {
+        None => assert_eq!(r.body, view.body),
+        Some(_) => assert_eq!(gunzip(&r.body), view.body),
+    };
+    let ygz = until_gzip(&p, "/index.yaml", &[CURL, GZ], is_yaml_form);
+    let jgz = until_gzip(&p, "/index.yaml", &[HELM, GZ], is_json_form);
+    let vgz = until_gzip(&p, "/-/charts/app/index.yaml", &[HELM, GZ], is_view);
+
+    // The JSON forms: rebuilt before the next answer.
+    assert_eq!(
+        purge_prefix(&p, "/index.yaml\u{1}json"),
+        2,
+        "json + json.gz"
+    );
+    let r = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        (r.body.clone(), r.header("etag")),
+        (js.body.clone(), js.header("etag"))
+    );
+    let r = until_gzip(&p, "/index.yaml", &[HELM, GZ], is_json_form);
+    assert_eq!(r.header("etag"), jgz.header("etag"));
+
+    // The YAML's gzip form: the identity form until it is back.
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}yaml.gz"), 1);
+    let r = until_gzip(&p, "/index.yaml", &[CURL, GZ], is_yaml_form);
+    assert_eq!(r.header("etag"), ygz.header("etag"));
+    assert_eq!(r.body, ygz.body);
+
+    // The views and their gzip form.
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}views"), 2);
+    let r = p.get_with("/-/charts/app/index.yaml", &[HELM]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.body.clone(), r.header("etag")),
+        (view.body.clone(), view.header("etag"))
+    );
+    let r = until_gzip(&p, "/-/charts/app/index.yaml", &[HELM, GZ], is_view);
+    assert_eq!(
+        (r.body.clone(), r.header("etag")),
+        (vgz.body.clone(), vgz.header("etag"))
+    );
+    // One upstream version all along: rebuilt from the stored copy.
+    assert_eq!(p.metric("chartcache_index_versions_processed_total"), 4);
+}
+
+/// After a restart the forms of the stored index are found in their slot, and the
+/// next version's forms go to the other one: the served version's forms are never
+/// overwritten while its YAML is still the one served.
+#[test]
+fn after_a_restart_new_forms_go_to_the_other_slot() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut cli = test_cli("s3://charts/stable", &tmp.path().join("cache"));
+        cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+        cli.runtime.workers = Some(2);
+        Proxy::start_in(cli, None)
+    };
+    let first = {
+        let p = start();
+        p.get_with("/index.yaml", &[HELM])
+    };
+    assert_eq!(first.header("content-type"), Some("application/json"));
+    let p = start();
+    let again = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(
+        (again.x_cache(), again.body.clone()),
+        ("REVALIDATED", first.body.clone())
+    );
+    assert_eq!(again.header("etag"), first.header("etag"));
+    s3.put_object(
+        "charts",
+        "stable/index.yaml",
+        index()
+            .replace("version: 1.9.0", "version: 1.9.1")
+            .as_bytes(),
+    );
+    let next = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(next.x_cache(), "MISS");
+    assert_ne!(next.header("etag"), first.header("etag"));
+    let view = p.get_with("/-/charts/app/index.yaml", &[HELM]);
+    assert_eq!(view.status, 200);
+    assert!(view.text().contains("1.9.1"));
+    // Both versions' JSON forms and views are stored: one in each slot (had the
+    // new version's gone to the slot of the old one, it would have replaced it).
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}json0"), 1);
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}json1"), 1);
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}views0"), 1);
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}views1"), 1);
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// After a restart the stored derived forms are verified with the stored index
+/// on the index processor before the first answer: a corrupt one is dropped and
+/// stored again from the index, so the first answer is already the right form.
+#[test]
+fn a_corrupt_derived_form_found_after_a_restart_is_replaced() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut cli = test_cli("s3://charts/stable", &tmp.path().join("cache"));
+        cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+        cli.runtime.workers = Some(1);
+        Proxy::start_in(cli, None)
+    };
+    let js = {
+        let p = start();
+        p.get_with("/index.yaml", &[HELM])
+    };
+    assert_eq!(js.header("content-type"), Some("application/json"));
+    // Flip one byte in the middle of the stored JSON form.
+    let mut files = Vec::new();
+    files_under(&tmp.path().join("cache"), &mut files);
+    let mut flipped = 0;
+    for f in files {
+        let mut bytes = std::fs::read(&f).unwrap();
+        let found = bytes.windows(js.body.len()).position(|w| w == js.body);
+        if let Some(at) = found {
+            bytes[at + js.body.len() / 2] ^= 0x01;
+            std::fs::write(&f, &bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1, "the JSON form is stored once");
+    let p = start();
+    let r = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(r.x_cache(), "REVALIDATED");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        (r.body.clone(), r.header("etag")),
+        (js.body.clone(), js.header("etag"))
+    );
+}
+
+/// The gzip forms cost nothing until a client asks for one: an index version
+/// served only to clients that do not accept gzip is never compressed. The first
+/// client that asks gets the identity form and starts the compression; from then
+/// on every version is compressed once, right after it is stored.
+#[test]
+fn gzip_forms_are_built_once_a_client_asks() {
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    // One worker: the fill runs on the worker that answers, and the gauge is up
+    // (compression included) before the answer leaves.
+    let p = proxy(&s3, None, 1, "64MiB");
+    let settled = |p: &Proxy| {
+        assert_eq!(p.metric_until("chartcache_index_processing", |v| v == 0), 0);
+    };
+    let yaml = p.get_with("/index.yaml", &[CURL]);
+    let js = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(p.get_with("/-/charts/app/index.yaml", &[HELM]).status, 200);
+    settled(&p);
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}yaml.gz"), 0, "not built");
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}json.gz"), 0, "not built");
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}views.gz"), 0, "not built");
+    const GZ: (&str, &str) = ("Accept-Encoding", "gzip");
+    // The first that asks starts it (and gets the identity form unless the
+    // compression was done before its answer left).
+    let first = p.get_with("/index.yaml", &[CURL, GZ]);
+    match first.header("content-encoding") {
+        None => assert_eq!(first.body, yaml.body),
+        Some(_) => assert_eq!(gunzip(&first.body), yaml.body),
+    }
+    let gz = until_gzip(&p, "/index.yaml", &[CURL, GZ], |_| ());
+    assert_eq!(gunzip(&gz.body), yaml.body);
+    let jgz = until_gzip(&p, "/index.yaml", &[HELM, GZ], |_| ());
+    assert_eq!(gunzip(&jgz.body), js.body);
+    // The next version: compressed right after it is stored, without being asked.
+    s3.put_object(
+        "charts",
+        "stable/index.yaml",
+        index()
+            .replace("version: 1.9.0", "version: 1.9.1")
+            .as_bytes(),
+    );
+    assert_eq!(p.get_with("/index.yaml", &[CURL]).x_cache(), "MISS");
+    settled(&p);
+    // Both versions' forms, one in each slot.
+    assert_eq!(purge_prefix(&p, "/index.yaml\u{1}yaml.gz"), 2);
+}

@@ -14,7 +14,16 @@
 //! (YAML, and the JSON form and per-chart views under [`helm::INDEX_JSON_KEYS`] /
 //! [`helm::INDEX_VIEWS_KEYS`] on this same shard) are appended in bounded runs with
 //! a yield after each, derived forms first, then published.
-//! Until then the stored index keeps being served.
+//! Until then the stored index keeps being served. The gzip forms (of the YAML,
+//! the JSON form and the views) follow once a client has asked for gzip
+//! (`HelmRepo::gzip_wanted`), compressed on the processor.
+//!
+//! Derived forms are looked after on every index revalidation (a 304, see
+//! `learn_stored_index`): after a restart they are learned from the stored index
+//! and the stored forms are verified on the processor (never a full CRC of a big
+//! record on this worker); one stored by this process for the current version
+//! and gone since (evicted, purged, corrupt) is rebuilt from the stored index
+//! ([`helm::StoredForms`]).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -135,14 +144,21 @@ impl Filler<'_> {
                     .then(|| self.store.borrow().reader().lookup(&key))
                     .flatten();
                 match hit {
-                    Some(hit) => {
-                        if key == self.keys.index {
-                            // After a restart: learn from the stored index (digests,
-                            // views) before answering, once per process.
-                            self.learn_stored_index(&inflight, hit.clone()).await;
-                        }
+                    Some(hit) if key == self.keys.index => {
+                        // After a restart (or once a derived form was evicted): learn
+                        // from the stored index (digests, views) and store the missing
+                        // forms before answering, then the gzip forms.
+                        let gzip = match self.learn_stored_index(&inflight, hit.clone()).await {
+                            Some(learned) => Some(learned),
+                            None => self.gzip_wanted_now(&hit),
+                        };
                         inflight.publish(FillState::NotModified(hit));
+                        if let Some((forms, mut stored)) = gzip {
+                            self.store_gzip(forms, &mut stored).await;
+                            self.note_stored(stored);
+                        }
                     }
+                    Some(hit) => inflight.publish(FillState::NotModified(hit)),
                     // The stored copy vanished (evicted, purged) meanwhile.
                     None => inflight.publish(FillState::Passthrough),
                 }
@@ -535,7 +551,6 @@ impl Filler<'_> {
         // The derived forms first, in the slot the current ones are not in: a request
         // that finds the new YAML finds them too, and until then the current ones
         // keep being served with the current YAML.
-        let mut table = None;
         // The slot the served YAML's forms are not in (after a restart the counter
         // knows nothing: ask the store), else the counter's turn.
         let served = self.store.borrow().reader().lookup(key);
@@ -550,23 +565,48 @@ impl Filler<'_> {
             .wrapping_add(1)
             % 2;
         let slot = live.map_or(turn, |s| 1 - s);
-        if let Some(etag) = &object.etag {
-            table = self
-                .store_derived(&p, etag, &object, slot, [true, true])
-                .await;
-        }
-        let yaml = p.yaml;
-        let json = p.json.ok();
+        let yaml = std::mem::take(&mut p.yaml);
+        let json = p.json.as_ref().ok().cloned();
+        let views = p.views.take();
         // Freeing tens of MB is not this worker's job either.
-        self.helm.processor.dispose((p.views, p.summary));
+        self.helm.processor.dispose(p);
+        let Some(etag) = object.etag.clone() else {
+            self.helm.views[slot].store(None);
+            return match self.store_in_runs(key, &object, &yaml).await {
+                Ok(view) => inflight.publish(FillState::Done { view }),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "index not stored: served from memory");
+                    inflight.publish(from_memory(object, yaml));
+                }
+            };
+        };
+        let mut stored = helm::StoredForms {
+            yaml_etag: etag,
+            slot,
+            ..Default::default()
+        };
+        let views = self
+            .store_derived(json.as_ref(), views, &object, &mut stored, [true, true])
+            .await;
         // Before the YAML: a view request that meets the new YAML finds its table.
-        self.helm.views[slot].store(table.map(Arc::new));
+        self.helm.views[slot].store(views.as_ref().map(|v| v.table.clone()));
         match self.store_in_runs(key, &object, &yaml).await {
             Ok(view) => {
                 inflight.publish(FillState::Done { view });
-                // Then the gzip forms (clients that ask get the identity form meanwhile).
-                if let Some(etag) = &object.etag {
-                    self.store_gzip(yaml, json, etag, &object, slot).await;
+                // Then the gzip forms, once a client wants them (clients that ask
+                // get the identity form meanwhile).
+                stored.gzip_tried = self.gzip_wanted();
+                self.note_stored(stored.clone());
+                if stored.gzip_tried {
+                    let forms = GzipForms {
+                        object,
+                        yaml: Some(Input::Bytes(yaml)),
+                        json: json.filter(|_| stored.json).map(Input::Bytes),
+                        views: views.map(|v| (v.table, Input::Bytes(v.body))),
+                        views_stored: None,
+                    };
+                    self.store_gzip(forms, &mut stored).await;
+                    self.note_stored(stored);
                 }
             }
             Err(e) => {
@@ -576,11 +616,98 @@ impl Filler<'_> {
         }
     }
 
-    /// After a 304 for the index (the first after a restart): learn its digests and
-    /// its views' table, and store its JSON form and views if missing, from the
-    /// stored copy — read and parsed on the index processor. Applied only if
-    /// nothing newer was learned meanwhile.
-    async fn learn_stored_index(&self, inflight: &Inflight, hit: Hit) {
+    /// Has a client asked for a gzip form (see `HelmRepo::gzip_wanted`)?
+    fn gzip_wanted(&self) -> bool {
+        self.helm
+            .gzip_wanted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The gzip forms of the stored index version `hit`, if a client wants them
+    /// and they were not built (or tried) yet for it: read from the stored
+    /// records and compressed on the index processor (see [`Self::store_gzip`]).
+    fn gzip_wanted_now(&self, hit: &Hit) -> Option<(GzipForms, helm::StoredForms)> {
+        if !self.gzip_wanted() {
+            return None;
+        }
+        let mut stored = self
+            .helm
+            .stored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|s| hit.meta.etag.as_ref() == Some(&s.yaml_etag) && !s.gzip_tried)?;
+        stored.gzip_tried = true;
+        self.note_stored(stored.clone());
+        let found = self.find_forms(&stored.yaml_etag);
+        let load = |hit: Hit| {
+            Input::Load(Box::new(move || {
+                hit.verify()
+                    .then(|| hit.read_body().ok().map(Bytes::from))
+                    .flatten()
+            }))
+        };
+        let table = self.helm.views[stored.slot]
+            .load_full()
+            .filter(|t| t.yaml_etag == stored.yaml_etag);
+        let views = table.zip(found.views.filter(|(s, _)| *s == stored.slot));
+        let forms = GzipForms {
+            object: (*hit.meta).clone(),
+            yaml: (!stored.gzip[0]).then(|| load(hit.clone())),
+            json: found.json.filter(|_| !stored.gzip[1]).map(|(_, h)| load(h)),
+            views: views.map(|(t, (_, h))| (t, load(h))),
+            views_stored: found.views_gzip,
+        };
+        Some((forms, stored))
+    }
+
+    /// Records which derived forms of the learned version are stored.
+    fn note_stored(&self, stored: helm::StoredForms) {
+        *self.helm.stored.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored);
+    }
+
+    /// Was a derived form of the learned index version `yaml_etag` stored by this
+    /// process and is gone now (evicted, purged, dropped as corrupt)?
+    fn derived_form_gone(&self, yaml_etag: &str) -> bool {
+        let Some(s) = self
+            .helm
+            .stored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|s| s.yaml_etag == yaml_etag)
+        else {
+            return false;
+        };
+        let json_etag = helm::json_etag(yaml_etag);
+        let views_etag = helm::views_etag(yaml_etag);
+        let gone = |expected: bool, keys: &[String; 2], etag: &str| {
+            expected && self.stored_slot(keys, etag).is_none()
+        };
+        gone(s.json, &self.keys.json, &json_etag)
+            || gone(s.views, &self.keys.views, &views_etag)
+            || gone(s.gzip[0], &self.keys.gzip[0], &helm::gzip_etag(yaml_etag))
+            || gone(s.gzip[1], &self.keys.gzip[1], &helm::gzip_etag(&json_etag))
+            || gone(
+                s.views_gzip,
+                &self.keys.views_gzip,
+                &helm::gzip_etag(&views_etag),
+            )
+    }
+
+    /// After a 304 for the index — the first after a restart, or once a derived
+    /// form stored for it was evicted since — learn its digests and its views'
+    /// table, and store its JSON form and views if missing, from the stored copy,
+    /// read and parsed on the index processor. The derived forms found stored are
+    /// verified there too (a full CRC of up to twice the index is not a worker's
+    /// job; their first request then finds them verified). Applied only if nothing
+    /// newer was learned meanwhile. Returns the gzip forms to build once the 304 is
+    /// answered.
+    async fn learn_stored_index(
+        &self,
+        inflight: &Inflight,
+        hit: Hit,
+    ) -> Option<(GzipForms, helm::StoredForms)> {
         let etag = hit.meta.etag.clone();
         let learned = self
             .helm
@@ -589,15 +716,9 @@ impl Filler<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if learned.is_some() && learned == etag {
-            // Learned already; again only if its views were evicted since.
-            let views_gone = self.helm.views.iter().any(|t| {
-                t.load().as_ref().is_some_and(|t| {
-                    let etag = helm::views_etag(&t.yaml_etag);
-                    self.stored_slot(&self.keys.views, &etag).is_none()
-                })
-            });
-            if !views_gone {
-                return;
+            // Learned already; again only if a derived form was evicted since.
+            if !etag.as_deref().is_some_and(|e| self.derived_form_gone(e)) {
+                return None;
             }
             self.helm
                 .learned
@@ -605,8 +726,18 @@ impl Filler<'_> {
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
         }
+        let found = etag
+            .as_deref()
+            .map(|e| self.find_forms(e))
+            .unwrap_or_default();
+        let verify = found.hits();
         let object = (*hit.meta).clone();
-        let load = Input::Load(Box::new(move || hit.read_body().ok().map(Bytes::from)));
+        let load = Input::Load(Box::new(move || {
+            for form in &verify {
+                form.verify();
+            }
+            hit.read_body().ok().map(Bytes::from)
+        }));
         // The JSON form is always derived: the views' table lives in memory only.
         let job = process::Job {
             rewrite: false,
@@ -616,33 +747,107 @@ impl Filler<'_> {
             Ok(p) => p,
             Err(message) => {
                 tracing::warn!(%message, "stored index not processed: chart digests not checked");
-                return;
+                return None;
             }
         };
         // Still the stored index, and nothing newer learned while it was processed?
         let current = self.store.borrow().reader().lookup(&self.keys.index);
         if current.is_none_or(|h| h.meta.etag != etag) {
-            return;
+            return None;
         }
         {
             let mut learned = self.helm.learned.lock().unwrap_or_else(|e| e.into_inner());
             if learned.is_some() {
-                return;
+                return None;
             }
             learned.clone_from(&etag);
         }
         self.apply_digests(&self.keys.index, &mut p);
-        if let Some(etag) = &etag {
-            let json = self.stored_slot(&self.keys.json, &helm::json_etag(etag));
-            let views = self.stored_slot(&self.keys.views, &helm::views_etag(etag));
-            // Missing ones go to slot 0 (what a fresh process writes first is slot 1).
-            let slot = views.unwrap_or(0);
-            let table = self
-                .store_derived(&p, etag, &object, slot, [json.is_none(), views.is_none()])
-                .await;
-            self.helm.views[slot].store(table.map(Arc::new));
-        }
+        let etag = etag?;
+        // Forms that failed verification on the processor are dropped (and stored
+        // again below).
+        let found = self.drop_unverified(found);
+        // Missing forms go where this version's are (else slot 0: what a fresh
+        // process writes first is slot 1).
+        let slot = found.slot().unwrap_or(0);
+        let mut stored = helm::StoredForms {
+            yaml_etag: etag,
+            slot,
+            json: found.json.is_some(),
+            views: found.views.is_some(),
+            gzip: [found.gzip[0].is_some(), found.gzip[1].is_some()],
+            views_gzip: false,
+            gzip_tried: self.gzip_wanted(),
+        };
+        let yaml = std::mem::take(&mut p.yaml);
+        let json = p.json.as_ref().ok().cloned();
+        let views = p.views.take();
         self.helm.processor.dispose(p);
+        let store = [found.json.is_none(), found.views.is_none()];
+        let views = self
+            .store_derived(json.as_ref(), views, &object, &mut stored, store)
+            .await;
+        self.helm.views[slot].store(views.as_ref().map(|v| v.table.clone()));
+        self.note_stored(stored.clone());
+        if !stored.gzip_tried {
+            return Some((GzipForms::default(), stored));
+        }
+        let forms = GzipForms {
+            object,
+            yaml: (!stored.gzip[0]).then_some(Input::Bytes(yaml)),
+            json: json
+                .filter(|_| stored.json && !stored.gzip[1])
+                .map(Input::Bytes),
+            views: views.map(|v| (v.table, Input::Bytes(v.body))),
+            views_stored: found.views_gzip,
+        };
+        Some((forms, stored))
+    }
+
+    /// This index version's derived forms stored now (by their ETags), in either slot.
+    fn find_forms(&self, yaml_etag: &str) -> FoundForms {
+        let store = self.store.borrow();
+        let reader = store.reader();
+        let find = |keys: &[String; 2], etag: &str| {
+            keys.iter().enumerate().find_map(|(slot, key)| {
+                reader
+                    .lookup(key)
+                    .filter(|h| h.meta.etag.as_deref() == Some(etag))
+                    .map(|h| (slot, h))
+            })
+        };
+        let json_etag = helm::json_etag(yaml_etag);
+        let views_etag = helm::views_etag(yaml_etag);
+        FoundForms {
+            json: find(&self.keys.json, &json_etag),
+            views: find(&self.keys.views, &views_etag),
+            gzip: [
+                find(&self.keys.gzip[0], &helm::gzip_etag(yaml_etag)),
+                find(&self.keys.gzip[1], &helm::gzip_etag(&json_etag)),
+            ],
+            views_gzip: find(&self.keys.views_gzip, &helm::gzip_etag(&views_etag)),
+        }
+    }
+
+    /// `found` without the forms whose verification failed (dropped from the store).
+    fn drop_unverified(&self, mut found: FoundForms) -> FoundForms {
+        let reader = self.store.borrow().reader();
+        let keep = |form: &mut Option<(usize, Hit)>| {
+            if let Some((_, hit)) = form.take_if(|(_, h)| !h.is_verified()) {
+                if hit.segment.check_size().is_some() {
+                    reader.drop_truncated(&hit.segment);
+                } else {
+                    reader.drop_corrupt(hit.key(), &hit);
+                }
+            }
+        };
+        keep(&mut found.json);
+        keep(&mut found.views);
+        let [a, b] = &mut found.gzip;
+        keep(a);
+        keep(b);
+        keep(&mut found.views_gzip);
+        found
     }
 
     /// Hands `input` to the index processor and waits for its answer, telling
@@ -730,19 +935,22 @@ impl Filler<'_> {
         })
     }
 
-    /// Stores the forms derived from the index whose served ETag is `yaml_etag`
-    /// in `slot` (those asked for, `[json, views]`, and present): the JSON form
-    /// under [`helm::INDEX_JSON_KEYS`], the per-chart views under
-    /// [`helm::INDEX_VIEWS_KEYS`] — on this shard, the index's owner. Returns the
-    /// views' table, to publish once the YAML it belongs to is stored.
+    /// Stores the forms derived from one index version in `stored.slot` (those
+    /// asked for, `[json, views]`, and present): the JSON form under
+    /// [`helm::INDEX_JSON_KEYS`], the per-chart views under
+    /// [`helm::INDEX_VIEWS_KEYS`] — on this shard, the index's owner — and notes in
+    /// `stored` what was stored. Returns the views' table (moved, not copied), to
+    /// publish before the YAML it belongs to is, and the views for their gzip form;
+    /// `None` when there are no views stored.
     async fn store_derived(
         &self,
-        p: &ProcessedIndex,
-        yaml_etag: &str,
+        json_form: Option<&Bytes>,
+        views: Option<helm::view::Views>,
         yaml: &ObjectMeta,
-        slot: usize,
-        [json, views]: [bool; 2],
-    ) -> Option<helm::view::ViewTable> {
+        stored: &mut helm::StoredForms,
+        [json, store_views]: [bool; 2],
+    ) -> Option<StoredViews> {
+        let slot = stored.slot;
         let meta = |etag: String| ObjectMeta {
             status: 200,
             etag: Some(etag),
@@ -750,62 +958,87 @@ impl Filler<'_> {
             content_type: Some("application/json".into()),
             stored_at: yaml.stored_at,
         };
-        if let (true, Ok(body)) = (json, &p.json) {
-            let m = meta(helm::json_etag(yaml_etag));
-            if let Err(e) = self.store_in_runs(&self.keys.json[slot], &m, body).await {
-                tracing::warn!(error = %e, "JSON form of the index not stored: YAML served to every client");
+        if let (true, Some(body)) = (json, json_form) {
+            let m = meta(helm::json_etag(&stored.yaml_etag));
+            match self.store_in_runs(&self.keys.json[slot], &m, body).await {
+                Ok(_) => stored.json = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "JSON form of the index not stored: YAML served to every client")
+                }
             }
         }
-        let v = p.views.as_ref()?;
-        if views {
-            let m = meta(helm::views_etag(yaml_etag));
-            if let Err(e) = self
-                .store_in_runs(&self.keys.views[slot], &m, &v.body)
-                .await
-            {
-                tracing::warn!(error = %e, "per-chart views not stored: answered 503");
-                return None;
+        let (table, body) = helm::view::ViewTable::new(stored.yaml_etag.clone(), slot, views?);
+        if store_views {
+            let m = meta(helm::views_etag(&stored.yaml_etag));
+            match self.store_in_runs(&self.keys.views[slot], &m, &body).await {
+                Ok(_) => stored.views = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "per-chart views not stored: answered 503");
+                    return None;
+                }
             }
         }
-        Some(helm::view::ViewTable {
-            yaml_etag: yaml_etag.to_string(),
-            slot,
-            table: v.table.clone(),
+        Some(StoredViews {
+            table: Arc::new(table),
+            body,
         })
     }
 
-    /// Compresses the YAML form and the JSON form (if any) of the index whose
-    /// served ETag is `yaml_etag` on the index processor, and stores them in `slot`
-    /// of [`helm::INDEX_GZIP_KEYS`].
-    async fn store_gzip(
-        &self,
-        yaml: Bytes,
-        json: Option<Bytes>,
-        yaml_etag: &str,
-        object: &ObjectMeta,
-        slot: usize,
-    ) {
-        let mut forms = vec![(0, yaml_etag.to_string(), object.content_type.clone(), yaml)];
-        if let Some(json) = json {
-            forms.push((
-                1,
-                helm::json_etag(yaml_etag),
-                Some("application/json".into()),
-                json,
-            ));
+    /// Compresses the index's forms in `forms` on the index processor, and stores
+    /// them in `stored.slot` of [`helm::INDEX_GZIP_KEYS`] and
+    /// [`helm::INDEX_VIEWS_GZIP_KEYS`]; the views' gzip members are published on
+    /// their table once stored (or found stored already, the same bytes: gzip is
+    /// deterministic). Notes in `stored` what was stored.
+    async fn store_gzip(&self, forms: GzipForms, stored: &mut helm::StoredForms) {
+        let GzipForms {
+            object,
+            yaml,
+            json,
+            views,
+            views_stored,
+        } = forms;
+        let slot = stored.slot;
+        let yaml_etag = stored.yaml_etag.clone();
+        // (which form, its key, its ETag, its content type), in job order.
+        let mut targets = Vec::new();
+        let mut jobs = Vec::new();
+        if let Some(yaml) = yaml {
+            targets.push((0, helm::gzip_etag(&yaml_etag), object.content_type.clone()));
+            jobs.push(process::CompressJob {
+                body: yaml,
+                pieces: None,
+            });
         }
-        let bodies = forms.iter().map(|f| f.3.clone()).collect();
-        let answer = match self.helm.processor.submit_compress(bodies) {
+        if let Some(json) = json {
+            let etag = helm::gzip_etag(&helm::json_etag(&yaml_etag));
+            targets.push((1, etag, Some("application/json".into())));
+            jobs.push(process::CompressJob {
+                body: json,
+                pieces: None,
+            });
+        }
+        let mut table = None;
+        if let Some((t, body)) = views.filter(|_| stored.views) {
+            let etag = helm::gzip_etag(&helm::views_etag(&yaml_etag));
+            targets.push((2, etag, Some("application/json".into())));
+            jobs.push(process::CompressJob {
+                body,
+                pieces: Some(t.plain.clone()),
+            });
+            table = Some(t);
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        // The gauge covers compressing and storing too: index work off the workers.
+        let _processing = Gauge::up(&self.metrics.index_processing);
+        let answer = match self.helm.processor.submit_compress(jobs) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "index not compressed: served uncompressed");
                 return;
             }
         };
-        // The processor holds the bodies now; they are freed when it is done.
-        for f in &mut forms {
-            f.3 = Bytes::new();
-        }
         let compressed = match monoio::time::timeout(PROCESS_DEADLINE, answer).await {
             Ok(Ok(c)) => c,
             _ => {
@@ -813,17 +1046,41 @@ impl Filler<'_> {
                 return;
             }
         };
-        for ((form, etag, content_type, _), gz) in forms.into_iter().zip(compressed) {
+        for ((form, etag, content_type), done) in targets.into_iter().zip(compressed) {
+            let Some((gz, members)) = done else {
+                tracing::warn!(form, "stored index form not readable: not compressed");
+                continue;
+            };
             let meta = ObjectMeta {
                 status: 200,
-                etag: Some(helm::gzip_etag(&etag)),
+                etag: Some(etag),
                 last_modified: object.last_modified.clone(),
                 content_type,
                 stored_at: object.stored_at,
             };
-            let key = &self.keys.gzip[form][slot];
-            if let Err(e) = self.store_in_runs(key, &meta, &gz).await {
-                tracing::warn!(key, error = %e, "compressed index form not stored");
+            let key = match form {
+                0 | 1 => &self.keys.gzip[form][slot],
+                _ => &self.keys.views_gzip[slot],
+            };
+            // The views' gzip form stored already (after a restart): the same bytes.
+            let present = form == 2
+                && views_stored
+                    .as_ref()
+                    .is_some_and(|(s, h)| *s == slot && h.body_len == gz.len());
+            if !present {
+                if let Err(e) = self.store_in_runs(key, &meta, &gz).await {
+                    tracing::warn!(key, error = %e, "compressed index form not stored");
+                    continue;
+                }
+            }
+            match (form, &table) {
+                (0 | 1, _) => stored.gzip[form] = true,
+                (_, Some(t)) => {
+                    stored.views_gzip = true;
+                    let by_start = t.plain.iter().map(|r| r.start).zip(members).collect();
+                    t.gzip.store(Some(Arc::new(by_start)));
+                }
+                _ => {}
             }
         }
     }
@@ -858,6 +1115,58 @@ impl Filler<'_> {
         };
         self.store.borrow_mut().commit(rec)?;
         Ok(view)
+    }
+}
+
+/// The stored per-chart views of one index version: their table (published) and
+/// what their gzip form is made from.
+struct StoredViews {
+    table: Arc<helm::view::ViewTable>,
+    body: Bytes,
+}
+
+/// What [`Filler::store_gzip`] compresses: the YAML, the JSON form, the views
+/// with their table (each `None`: not this time), in memory or read by the index
+/// processor from the store.
+#[derive(Default)]
+struct GzipForms {
+    /// The YAML's metadata.
+    object: ObjectMeta,
+    yaml: Option<Input>,
+    json: Option<Input>,
+    views: Option<(Arc<helm::view::ViewTable>, Input)>,
+    /// The views' gzip form found stored (its slot and record).
+    views_stored: Option<(usize, Hit)>,
+}
+
+/// An index version's derived forms found in the store: each its slot and record.
+#[derive(Default)]
+struct FoundForms {
+    json: Option<(usize, Hit)>,
+    views: Option<(usize, Hit)>,
+    gzip: [Option<(usize, Hit)>; 2],
+    views_gzip: Option<(usize, Hit)>,
+}
+
+impl FoundForms {
+    /// Every record found (to verify).
+    fn hits(&self) -> Vec<Hit> {
+        let [a, b] = &self.gzip;
+        [&self.json, &self.views, a, b, &self.views_gzip]
+            .into_iter()
+            .flatten()
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
+    /// The slot this version's forms are in (the views' first: their table says it).
+    fn slot(&self) -> Option<usize> {
+        let [a, b] = &self.gzip;
+        [&self.views, &self.json, a, b, &self.views_gzip]
+            .into_iter()
+            .flatten()
+            .map(|(s, _)| *s)
+            .next()
     }
 }
 

@@ -177,6 +177,10 @@ impl Hit {
     pub fn verify(&self) -> bool {
         self.entry.verify()
     }
+    /// Was this record verified in this process ([`Hit::verify`] on any thread)?
+    pub fn is_verified(&self) -> bool {
+        self.entry.verified.load(Ordering::Acquire)
+    }
     /// The key this hit is for.
     pub fn key(&self) -> &str {
         &self.entry.key

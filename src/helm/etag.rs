@@ -17,7 +17,7 @@ const ETAG_MARK: &str = "-cc";
 /// for the same YAML could change (a converter fix), so no client keeps an old one.
 const JSON_MARK: &str = "-json1";
 /// Suffix of the views record's ETag (versioned like [`JSON_MARK`]).
-const VIEWS_MARK: &str = "-views1";
+const VIEWS_MARK: &str = "-views2";
 /// Suffix of a gzip-compressed form's ETag (after its form's own).
 const GZIP_MARK: &str = "-gz";
 

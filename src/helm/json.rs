@@ -190,8 +190,28 @@ pub struct Ranges {
     pub api_version: Option<Range<usize>>,
     /// The root's `generated` value.
     pub generated: Option<Range<usize>>,
-    /// Each chart under `entries`: its name and its value (the list of versions).
-    pub charts: Vec<(String, Range<usize>)>,
+    /// Each chart under `entries`, in the order written.
+    pub charts: Vec<ChartRanges>,
+}
+
+/// Where one chart under `entries` was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChartRanges {
+    pub name: String,
+    /// Its value (the list of versions).
+    pub value: Range<usize>,
+    /// Each item of that list (empty when the value is not a list).
+    pub items: Vec<ItemRanges>,
+}
+
+/// Where one version of a chart was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRanges {
+    /// The item, without the separating commas.
+    pub value: Range<usize>,
+    /// Its `version` field's value (the last key Go's JSON decoder matches to it,
+    /// ASCII case-insensitively), if it has one.
+    pub version: Option<Range<usize>>,
 }
 
 /// The JSON form and its [`Ranges`].
@@ -218,6 +238,12 @@ pub struct JsonWriter {
     chart_value: Option<(String, usize)>,
     /// Stack depth of the `entries` mapping while it is open.
     entries_depth: Option<usize>,
+    /// The items of the chart being written (see [`ItemRanges`]), where the
+    /// current one starts, and where its `version` value starts and was written.
+    items: Vec<ItemRanges>,
+    item_start: Option<usize>,
+    version_start: Option<usize>,
+    item_version: Option<Range<usize>>,
     out: Vec<u8>,
     /// Why the JSON form was given up (the walk goes on for the other sinks).
     failed: Option<Unsupported>,
@@ -236,6 +262,10 @@ impl JsonWriter {
             root_value: None,
             chart_value: None,
             entries_depth: None,
+            items: Vec::new(),
+            item_start: None,
+            version_start: None,
+            item_version: None,
             failed: None,
             stack: Vec::new(),
             done: false,
@@ -272,7 +302,12 @@ impl JsonWriter {
                     self.out.push(b',');
                 }
                 *first = false;
-                Ok(Some(*item))
+                let item = *item;
+                if self.in_chart_list() {
+                    self.item_start = Some(self.out.len());
+                    self.item_version = None;
+                }
+                Ok(Some(item))
             }
             Some(Frame::Map {
                 want_key: true,
@@ -362,6 +397,23 @@ impl Sink for JsonWriter {
 }
 
 impl JsonWriter {
+    /// Is the innermost open collection a chart's list of versions (an item of it
+    /// is next)?
+    fn in_chart_list(&self) -> bool {
+        self.stack.len() == 3
+            && self.entries_depth == Some(2)
+            && self.chart_value.is_some()
+            && matches!(self.stack.last(), Some(Frame::Seq { .. }))
+    }
+
+    /// Is the innermost open collection a mapping item of a chart's list?
+    fn in_chart_item(&self) -> bool {
+        self.stack.len() == 4
+            && self.entries_depth == Some(2)
+            && self.chart_value.is_some()
+            && matches!(self.stack.get(2), Some(Frame::Seq { .. }))
+    }
+
     /// A value ended at the current depth: note it if a view needs it.
     fn value_done(&mut self) {
         let depth = self.stack.len();
@@ -374,7 +426,22 @@ impl JsonWriter {
             }
         } else if self.entries_depth == Some(depth) {
             if let Some((name, start)) = self.chart_value.take() {
-                self.ranges.charts.push((name, start..end));
+                self.ranges.charts.push(ChartRanges {
+                    name,
+                    value: start..end,
+                    items: std::mem::take(&mut self.items),
+                });
+            }
+        } else if self.in_chart_list() {
+            if let Some(start) = self.item_start.take() {
+                self.items.push(ItemRanges {
+                    value: start..end,
+                    version: self.item_version.take(),
+                });
+            }
+        } else if self.in_chart_item() {
+            if let Some(start) = self.version_start.take() {
+                self.item_version = Some(start..end);
             }
         }
     }
@@ -383,6 +450,9 @@ impl JsonWriter {
     fn key_done(&mut self, key: &str) {
         let depth = self.stack.len();
         let start = self.out.len();
+        if self.in_chart_item() && key.eq_ignore_ascii_case("version") {
+            self.version_start = Some(start);
+        }
         if depth == 1 {
             let field = match key {
                 "apiVersion" => RootField::ApiVersion,
@@ -609,7 +679,7 @@ generated: 2024-01-01
             .ranges
             .charts
             .iter()
-            .map(|(n, r)| (n.clone(), t(r)))
+            .map(|c| (c.name.clone(), t(&c.value)))
             .collect();
         assert_eq!(
             charts,
@@ -619,5 +689,54 @@ generated: 2024-01-01
                 ("c".into(), "null".into()),
             ]
         );
+        let items = |i: usize| -> Vec<(String, Option<String>)> {
+            f.ranges.charts[i]
+                .items
+                .iter()
+                .map(|it| (t(&it.value), it.version.as_ref().map(t)))
+                .collect()
+        };
+        assert_eq!(items(0), [("{\"version\":1}".into(), Some("1".into()))]);
+        assert_eq!(
+            items(1),
+            [("{\"version\":2,\"x\":{\"z\":[1]}}".into(), Some("2".into()))]
+        );
+        assert!(items(2).is_empty());
+    }
+
+    #[test]
+    fn items_and_their_versions_are_located() {
+        let y = "entries:
+  a:
+  - {version: 1.0.0, Version: '2.0.0'}
+  - [x]
+  - {name: a, nested: {version: 9}}
+  - 'v3'
+  b: {version: 1}
+";
+        let mut w = JsonWriter::new(y.len());
+        walk(y, &mut [&mut w]).unwrap();
+        let f = w.finish().unwrap();
+        let t = |r: &Range<usize>| std::str::from_utf8(&f.text[r.clone()]).unwrap().to_string();
+        let a = &f.ranges.charts[0];
+        let got: Vec<(String, Option<String>)> = a
+            .items
+            .iter()
+            .map(|it| (t(&it.value), it.version.as_ref().map(t)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    r#"{"version":"1.0.0","Version":"2.0.0"}"#.into(),
+                    Some(r#""2.0.0""#.into())
+                ),
+                (r#"["x"]"#.into(), None),
+                (r#"{"name":"a","nested":{"version":9}}"#.into(), None),
+                (r#""v3""#.into(), None),
+            ]
+        );
+        // A chart whose value is not a list has no items.
+        assert!(f.ranges.charts[1].items.is_empty());
     }
 }

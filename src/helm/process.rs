@@ -16,6 +16,7 @@
 //! A panic while processing (a bug on some input) is caught: that job's answer is
 //! dropped (the worker sees the channel closed) and the thread goes on.
 
+use std::ops::Range;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -87,13 +88,39 @@ pub const GZIP_LEVEL: u32 = 6;
 
 /// `body` gzip-compressed.
 pub fn gzip(body: &[u8]) -> Bytes {
-    use std::io::Write;
-    let out = Vec::with_capacity(body.len() / 8 + 64);
-    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(body);
-    Bytes::from(enc.finish().unwrap_or_default())
+    gzip_pieces(body, std::slice::from_ref(&(0..body.len()))).0
 }
+
+/// Each of `pieces` of `body` gzip-compressed on its own (one gzip member each,
+/// concatenated): the compressed bytes and where each piece's member is in them.
+/// Deterministic: the same input always gives the same bytes.
+pub fn gzip_pieces(body: &[u8], pieces: &[Range<usize>]) -> (Bytes, Vec<Range<usize>>) {
+    use std::io::Write;
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(total / 8 + 64 * pieces.len());
+    let mut at = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let start = out.len();
+        let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
+        // Writing to a Vec cannot fail.
+        let _ = enc.write_all(body.get(piece.clone()).unwrap_or_default());
+        out = enc.finish().unwrap_or_default();
+        at.push(start..out.len());
+    }
+    (Bytes::from(out), at)
+}
+
+/// A body to compress, whole or piece by piece (see [`gzip_pieces`]): in memory,
+/// or read (and verified) by the processor from the store.
+pub struct CompressJob {
+    pub body: Input,
+    /// `None`: the whole body as one member.
+    pub pieces: Option<Vec<Range<usize>>>,
+}
+
+/// A compressed body and where its pieces' members are in it; `None` when the
+/// body could not be read.
+pub type Compressed = Option<(Bytes, Vec<Range<usize>>)>;
 
 /// Runs the whole pipeline on the calling thread: rewrite, then one parse that
 /// extracts the digests and writes the JSON form.
@@ -158,10 +185,10 @@ enum Request {
         job: Job,
         reply: oneshot::Sender<ProcessedIndex>,
     },
-    /// gzip each body (see [`gzip`]).
+    /// gzip each body (see [`gzip_pieces`]).
     Compress {
-        bodies: Vec<Bytes>,
-        reply: oneshot::Sender<Vec<Bytes>>,
+        jobs: Vec<CompressJob>,
+        reply: oneshot::Sender<Vec<Compressed>>,
     },
     /// Something to free here rather than on a worker.
     Drop(#[allow(dead_code)] Box<dyn Send>),
@@ -205,14 +232,14 @@ impl IndexProcessor {
         }
     }
 
-    /// Queues `bodies` for gzip compression (the answer: each body compressed, in
-    /// order).
+    /// Queues bodies for gzip compression (the answer: each job's compressed bytes
+    /// and where its pieces are in them, in order).
     pub fn submit_compress(
         &self,
-        bodies: Vec<Bytes>,
-    ) -> Result<oneshot::Receiver<Vec<Bytes>>, SubmitError> {
+        jobs: Vec<CompressJob>,
+    ) -> Result<oneshot::Receiver<Vec<Compressed>>, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        match self.tx.try_send(Request::Compress { bodies, reply }) {
+        match self.tx.try_send(Request::Compress { jobs, reply }) {
             Ok(()) => Ok(answer),
             Err(TrySendError::Full(_)) => Err(SubmitError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
@@ -226,14 +253,34 @@ impl IndexProcessor {
     }
 }
 
+/// One compression job, on the processor.
+fn compress(job: CompressJob) -> Compressed {
+    let body = match job.body {
+        Input::Bytes(b) => b,
+        Input::Load(load) => load()?,
+    };
+    Some(match &job.pieces {
+        Some(pieces) => gzip_pieces(&body, pieces),
+        None => gzip_pieces(&body, std::slice::from_ref(&(0..body.len()))),
+    })
+}
+
 fn run(rx: Receiver<Request>, rewrite: Rules) {
     crate::sched::background_priority();
     while let Ok(request) = rx.recv() {
         let (input, job, reply) = match request {
             Request::Process { input, job, reply } => (input, job, reply),
-            Request::Compress { bodies, reply } => {
+            Request::Compress { jobs, reply } => {
                 if !reply.is_closed() {
-                    let _ = reply.send(bodies.iter().map(|b| gzip(b)).collect());
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        jobs.into_iter().map(compress).collect::<Vec<_>>()
+                    }));
+                    match done {
+                        Ok(done) => {
+                            let _ = reply.send(done);
+                        }
+                        Err(_) => tracing::error!("index compression panicked"),
+                    }
                 }
                 continue;
             }
@@ -346,15 +393,42 @@ mod tests {
         let gone = Input::Load(Box::new(|| None));
         assert!(proc.submit(gone, job).unwrap().blocking_recv().is_err());
         proc.dispose(vec![0u8; 1 << 20]);
+        let whole = CompressJob {
+            body: Input::Load(Box::new(|| Some(Bytes::from(index())))),
+            pieces: None,
+        };
+        let split = CompressJob {
+            body: Input::Bytes(Bytes::from(index())),
+            pieces: Some(vec![0..10, 10..10, 10..index().len()]),
+        };
+        let unreadable = CompressJob {
+            body: Input::Load(Box::new(|| None)),
+            pieces: None,
+        };
         let gz = proc
-            .submit_compress(vec![Bytes::from(index())])
+            .submit_compress(vec![whole, split, unreadable])
             .unwrap()
             .blocking_recv()
             .unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[0][..]), &mut text)
-            .unwrap();
-        assert_eq!(text, index());
+        assert!(gz[2].is_none(), "a body that cannot be read");
+        let gz: Vec<_> = gz.into_iter().flatten().collect();
+        let gunzip = |b: &[u8]| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(b), &mut text).unwrap();
+            text
+        };
+        assert_eq!(gunzip(&gz[0].0), index());
+        assert_eq!(gz[0].1, std::slice::from_ref(&(0..gz[0].0.len())));
+        let (body, at) = &gz[1];
+        assert_eq!(at.len(), 3);
+        assert_eq!(gunzip(&body[at[0].clone()]), index()[..10]);
+        assert_eq!(gunzip(&body[at[1].clone()]), "");
+        assert_eq!(gunzip(&body[at[2].clone()]), index()[10..]);
+        assert_eq!(at[2].end, body.len());
+        assert_eq!(
+            gzip_pieces(&index().into_bytes(), std::slice::from_ref(&(0..10))).0,
+            gzip(&index().as_bytes()[..10])
+        );
     }
 
     #[test]
@@ -450,8 +524,16 @@ mod fuzzed {
                     "{:?}", String::from_utf8_lossy(json));
             }
             if let Some(v) = &p.views {
-                for range in v.table.values() {
-                    prop_assert!(serde_json::from_slice::<serde_json::Value>(&v.body[range.clone()]).is_ok());
+                for view in v.table.values() {
+                    prop_assert!(serde_json::from_slice::<serde_json::Value>(&v.body[view.range.clone()]).is_ok());
+                    // And every `?versions=N` of it.
+                    for n in 1..=view.versions() + 1 {
+                        let [a, b] = view.newest(n);
+                        let mut bytes = v.body[a].to_vec();
+                        bytes.extend_from_slice(&v.body[b]);
+                        prop_assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+                            "{:?}", String::from_utf8_lossy(&bytes));
+                    }
                 }
             }
         }

@@ -91,6 +91,9 @@ struct Stored<'a> {
     body_offset: usize,
     body_len: u64,
     meta: &'a ObjectMeta,
+    /// A body in two pieces of the segment (a view's newest versions): the first
+    /// `.0` bytes at `body_offset`, the rest at `.1`.
+    split: Option<(u64, usize)>,
 }
 
 impl<'a> From<&'a Hit> for Stored<'a> {
@@ -101,6 +104,7 @@ impl<'a> From<&'a Hit> for Stored<'a> {
             body_offset: h.body_offset,
             body_len: h.body_len as u64,
             meta: &h.meta,
+            split: None,
         }
     }
 }
@@ -113,6 +117,7 @@ impl<'a> From<&'a BodyView> for Stored<'a> {
             body_offset: v.body_offset,
             body_len: v.body_len,
             meta: &v.meta,
+            split: None,
         }
     }
 }
@@ -120,8 +125,9 @@ impl<'a> From<&'a BodyView> for Stored<'a> {
 /// A stored body served in place of the YAML index (see `Exchange::index_form`).
 struct IndexForm {
     hit: Hit,
-    /// The part of `hit`'s body that is served.
-    range: std::ops::Range<usize>,
+    /// The parts of `hit`'s body that are served, one after the other (the
+    /// second is empty but for a view's newest versions, see `view::ChartView`).
+    pieces: [std::ops::Range<usize>; 2],
     /// Its own metadata (a view's), else `hit`'s.
     meta: Option<ObjectMeta>,
     /// The body is gzip-compressed (`Content-Encoding: gzip`).
@@ -146,9 +152,15 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         Some(ViewPath::Object { key }) => (key, None),
         Some(ViewPath::Invalid) => ("", None),
     };
+    // `?versions=N` of a view (queries are ignored everywhere else).
+    let versions = match view {
+        Some(_) => view::parse_versions(req.target.split_once('?').map(|(_, q)| q)),
+        None => Ok(None),
+    };
     let mut x = Exchange::new(w, conn, req, object);
     x.shown = path;
     x.view = view;
+    x.view_versions = versions.as_ref().ok().copied().flatten();
     if let Some((repo, _)) = routed {
         x.repo = Some(repo);
         let mut cache_key = std::mem::take(&mut x.conn.key_buf);
@@ -160,6 +172,11 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
             let format = repo.cfg.index_format;
             x.json_index = helm::form::wants_json(format, req.user_agent.as_deref());
             x.vary = Some(helm::form::vary(format));
+            // gzip forms are built once a client asks for one (see `HelmRepo::gzip_wanted`).
+            let wanted = &repo.helm.gzip_wanted;
+            if req.accepts_gzip && x.view_versions.is_none() && !wanted.load(Relaxed) {
+                wanted.store(true, Relaxed);
+            }
         }
     }
     let result = match (&key, req.method, routed) {
@@ -179,6 +196,10 @@ pub async fn handle(w: &Worker, conn: &mut Conn, req: &RequestHead) -> bool {
         }
         (Err(e), _, _) if e.status() == 404 => {
             x.respond_simple(404, &format!("not found: {e}")).await
+        }
+        (Ok(_), _, _) if versions.is_err() => {
+            let msg = versions.err().unwrap_or_default();
+            x.respond_simple(400, msg).await
         }
         (Err(e), _, _) => {
             w.metrics.bad_requests.fetch_add(1, Relaxed);
@@ -246,6 +267,8 @@ struct Exchange<'a> {
     shown: &'a str,
     /// A chart's view of the index (`key` is then the index).
     view: Option<&'a str>,
+    /// Of that view, only the newest N versions (`?versions=N`).
+    view_versions: Option<usize>,
     /// The index, to a client that gets its JSON form (where stored).
     json_index: bool,
     /// `Vary` of this object's responses (the index's form depends on a header).
@@ -273,6 +296,7 @@ impl<'a> Exchange<'a> {
             chunked: false,
             shown: key,
             view: None,
+            view_versions: None,
             json_index: false,
             vary: None,
             content_encoding: None,
@@ -516,12 +540,15 @@ impl<'a> Exchange<'a> {
             Ok(None) => self.serve_stored_form(s).await,
             Ok(Some(form)) => {
                 let meta = form.meta.as_ref().unwrap_or(&form.hit.meta);
+                let [first, second] = &form.pieces;
                 let derived = Stored {
                     segment: &form.hit.segment,
                     pin: None,
-                    body_offset: form.hit.body_offset + form.range.start,
-                    body_len: form.range.len() as u64,
+                    body_offset: form.hit.body_offset + first.start,
+                    body_len: (first.len() + second.len()) as u64,
                     meta,
+                    split: (!second.is_empty())
+                        .then(|| (first.len() as u64, form.hit.body_offset + second.start)),
                 };
                 self.content_encoding = form.gzip.then_some("gzip");
                 let served = self.serve_stored_form(&derived).await;
@@ -576,7 +603,7 @@ impl<'a> Exchange<'a> {
                 let gz_etag = helm::gzip_etag(form_etag);
                 if let Some(hit) = gz_keys.iter().find_map(|k| beside(k, &gz_etag)) {
                     return Ok(Some(IndexForm {
-                        range: 0..hit.body_len,
+                        pieces: [0..hit.body_len, 0..0],
                         hit,
                         meta: None,
                         gzip: true,
@@ -584,7 +611,7 @@ impl<'a> Exchange<'a> {
                 }
             }
             return Ok(json.map(|hit| IndexForm {
-                range: 0..hit.body_len,
+                pieces: [0..hit.body_len, 0..0],
                 hit,
                 meta: None,
                 gzip: false,
@@ -604,18 +631,21 @@ impl<'a> Exchange<'a> {
             .find(|t| t.as_ref().is_some_and(|t| t.yaml_etag == yaml_etag))
             .flatten()
             .ok_or(NOT_READY)?;
-        let range = table
+        let chart_view = table
             .table
             .get(chart)
             .ok_or((404, "not found: no such chart in the index"))?;
+        // The newest N: pieces of the same record (N clamped for the ETag, so every
+        // N that serves the same bytes has the same ETag).
+        let (pieces, newest) = match self.view_versions {
+            None => ([chart_view.range.clone(), 0..0], None),
+            Some(n) => (chart_view.newest(n), Some(n.min(chart_view.versions()))),
+        };
         let views_etag = helm::views_etag(yaml_etag);
-        let hit = beside(&keys.views[table.slot], &views_etag).ok_or(NOT_READY)?;
-        if range.end > hit.body_len {
-            return Err(NOT_READY);
-        }
-        let meta = ObjectMeta {
+        let view_etag = view::view_etag(&views_etag, chart, self.json_index, newest);
+        let meta = |etag: String| ObjectMeta {
             status: 200,
-            etag: Some(view::view_etag(&views_etag, chart, self.json_index)),
+            etag: Some(etag),
             last_modified: yaml.last_modified.clone(),
             content_type: Some(
                 if self.json_index {
@@ -627,10 +657,30 @@ impl<'a> Exchange<'a> {
             ),
             stored_at: yaml.stored_at,
         };
+        // The whole view to a client that accepts gzip: its member of the views'
+        // gzip form, once stored (`?versions=N` is served identity-only).
+        if self.req.accepts_gzip && newest.is_none() {
+            let members = table.gzip_of(chart_view);
+            let gz_etag = helm::gzip_etag(&views_etag);
+            let key = &keys.views_gzip[table.slot];
+            let found = members.and_then(|m| beside(key, &gz_etag).map(|hit| (m, hit)));
+            if let Some((member, hit)) = found.filter(|(m, h)| m.end <= h.body_len) {
+                return Ok(Some(IndexForm {
+                    hit,
+                    pieces: [member, 0..0],
+                    meta: Some(meta(helm::gzip_etag(&view_etag))),
+                    gzip: true,
+                }));
+            }
+        }
+        let hit = beside(&keys.views[table.slot], &views_etag).ok_or(NOT_READY)?;
+        if pieces.iter().any(|p| p.end > hit.body_len) {
+            return Err(NOT_READY);
+        }
         Ok(Some(IndexForm {
             hit,
-            range: range.clone(),
-            meta: Some(meta),
+            pieces,
+            meta: Some(meta(view_etag)),
             gzip: false,
         }))
     }
@@ -683,6 +733,11 @@ impl<'a> Exchange<'a> {
             },
         };
         let head = self.object_head(meta, status, Some(n), range.as_deref());
+        if let Some((first_len, second_at)) = s.split {
+            return self
+                .send_two_pieces(s, pin, head, (start, n), (first_len, second_at))
+                .await;
+        }
         let at = s.body_offset + start as usize;
         let sendfile = self.w.cfg.server.sendfile_threshold.is_some_and(|t| n >= t);
         let timeout = self.w.cfg.server.send_timeout;
@@ -722,6 +777,49 @@ impl<'a> Exchange<'a> {
                 self.w
                     .cache
                     .body_send_failed(&self.cache_key, s.segment, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `head` and bytes `start..start + n` of a body stored in two pieces
+    /// (`first_len` bytes at `s.body_offset`, the rest at `second_at`): what of each
+    /// piece the range covers, one after the other, from the pinned mapping.
+    async fn send_two_pieces(
+        &mut self,
+        s: &Stored<'_>,
+        pin: SegmentPin,
+        head: Vec<u8>,
+        (start, n): (u64, u64),
+        (first_len, second_at): (u64, usize),
+    ) -> std::io::Result<bool> {
+        let end = start + n;
+        let timeout = self.w.cfg.server.send_timeout;
+        let first = start.min(first_len)..end.min(first_len);
+        let second = start.max(first_len) - first_len..end.max(first_len) - first_len;
+        let first = MmapSlice::new(
+            pin.clone(),
+            s.body_offset + first.start as usize,
+            (first.end - first.start) as usize,
+        );
+        let second = MmapSlice::new(
+            pin,
+            second_at + second.start as usize,
+            (second.end - second.start) as usize,
+        );
+        let stream = &mut self.conn.stream;
+        let (mut res, head) = send_head_and_body(stream, head, first, timeout).await;
+        self.conn.head_buf = head;
+        if res.is_ok() && !second.is_empty() {
+            res = send_all(&mut self.conn.stream, second, timeout).await;
+        }
+        match res {
+            Ok(()) => {
+                self.bytes += n;
+                Ok(true)
+            }
+            Err(e) => {
+                self.w.cache.body_send_failed(self.key, s.segment, &e);
                 Err(e)
             }
         }
