@@ -3,12 +3,14 @@
 #
 #   loadtest/compare.sh [-n CHARTS] [-r ROUNDS] [-d SECONDS] [-w WARMUP] [-c CONNECTIONS]
 #                       [-t THREADS] [--rate R] [--read-buffer SIZE] [--servers LIST]
-#                       [--workloads LIST] [--wrk] [--profile P] [--keep] [--baseline BIN]
+#                       [--workloads LIST] [--wrk] [--wrk-threads N] [--profile P] [--keep]
+#                       [--baseline BIN]
 #
 # 1. generates N random-content chart .tgz (1.8-400 KB, mean ~105 KB) + index.yaml in a temp dir,
 # 2. starts two S3 servers (examples/s3_server.rs) on that dir: one requiring SigV4 (for
 #    chartcache), one anonymous (for nginx and Varnish, which cannot sign),
-# 3. starts chartcache (as configured by default; with index.yaml fresh for 1 s; and with
+# 3. starts chartcache (as configured by default; the same on the epoll driver, as under a
+#    container runtime's default seccomp profile; with index.yaml fresh for 1 s; and with
 #    `--sendfile-threshold off`, every body copied by writev), nginx proxy_cache, Varnish, nginx
 #    static and `chartcache-loadtest floor` (a bare in-memory responder: the practical ceiling)
 #    on 127.0.0.1 (`--servers` may add chartcache-sendfile: chartcache with
@@ -21,14 +23,15 @@
 # 6. prints the table and writes JSON + SVG + machine info to loadtest/results/<timestamp>/,
 # 7. with --wrk, runs the charts workload again with wrk (same rounds, same alternation, server
 #    CPU from /proc, wrk's own CPU) and prints that table last, with ratios to chartcache and to
-#    the floor. On one box the client's CPU per response counts as much as the server's.
+#    the floor (`--wrk-threads N`: wrk -tN; default 1). On one box the client's CPU per
+#    response counts as much as the server's.
 # Everything it starts is stopped on exit. Needs root only to apt-get install missing tools.
 set -euo pipefail
 
 CHARTS=200 ROUNDS=3 DURATION=6 WARMUP=2 CONNECTIONS=64 THREADS=1
-SERVERS="chartcache,chartcache-fresh1s,chartcache-copy,nginx-cache,varnish,nginx-static,floor"
+SERVERS="chartcache,chartcache-epoll,chartcache-fresh1s,chartcache-copy,nginx-cache,varnish,nginx-static,floor"
 WORKLOADS="charts,ci-mix"
-WITH_WRK=0 KEEP=0 PROFILE=release RATE= READ_BUFFER= BASELINE_BIN=
+WITH_WRK=0 WRK_THREADS=1 KEEP=0 PROFILE=release RATE= READ_BUFFER= BASELINE_BIN=
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --servers) SERVERS=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
     --wrk) WITH_WRK=1; shift ;;
+    --wrk-threads) WRK_THREADS=$2; shift 2 ;;
     --profile) PROFILE=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --baseline) BASELINE_BIN=$(realpath "$2"); shift 2 ;;
@@ -87,7 +91,7 @@ log "building chartcache-loadtest and the S3 server ($PROFILE)"
 cargo build -q "${cargo_flags[@]}" -p chartcache-loadtest -p chartcache \
   --bin chartcache-loadtest --example s3_server
 CHARTCACHE_BUILT=0
-if has chartcache || has chartcache-fresh1s || has chartcache-sendfile || has chartcache-copy; then
+if has chartcache || has chartcache-epoll || has chartcache-fresh1s || has chartcache-sendfile || has chartcache-copy; then
   if cargo build -q "${cargo_flags[@]}" -p chartcache --bin chartcache 2>"$REPO/target/compare-build.log"; then CHARTCACHE_BUILT=1
   else
     tail -n 20 "$REPO/target/compare-build.log" >&2
@@ -98,7 +102,7 @@ LOADTEST="$BIN/chartcache-loadtest"
 
 # ---- scratch space and cleanup ---------------------------------------------------------------
 scratch_dir chartcache-compare
-read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN FLOOR_PORT CCS_PORT CCS_ADMIN CCC_PORT CCC_ADMIN CCB_PORT CCB_ADMIN <<<"$(free_ports 16)"
+read -r S3S_PORT S3A_PORT CC_PORT CC_ADMIN NGC_PORT VAR_PORT NGS_PORT CCF_PORT CCF_ADMIN FLOOR_PORT CCS_PORT CCS_ADMIN CCC_PORT CCC_ADMIN CCB_PORT CCB_ADMIN CCE_PORT CCE_ADMIN <<<"$(free_ports 18)"
 
 # ---- chart repository ------------------------------------------------------------------------
 log "generating $CHARTS charts"
@@ -181,6 +185,12 @@ fi
 # Another chartcache binary (--baseline), started exactly like the chartcache row.
 if has chartcache-baseline && [ -n "$BASELINE_BIN" ]; then
   CC_BIN=$BASELINE_BIN start_chartcache chartcache-baseline "$CCB_PORT" "$CCB_ADMIN"
+fi
+
+# The same chartcache on the epoll driver, otherwise as configured by default: what runs
+# under a container runtime's default seccomp profile (io_uring blocked).
+if has chartcache-epoll && [ "$CHARTCACHE_BUILT" = 1 ]; then
+  start_chartcache chartcache-epoll "$CCE_PORT" "$CCE_ADMIN" --driver epoll
 fi
 
 # The same chartcache on the epoll driver with every cached body sent by sendfile(2)
@@ -380,7 +390,7 @@ EOF
       python3 -c 'import resource, subprocess, sys
 subprocess.run(sys.argv[2:], stdout=open(sys.argv[1], "w"), stderr=subprocess.STDOUT)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(r.ru_utime + r.ru_stime)' "$f" timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
+print(r.ru_utime + r.ru_stime)' "$f" timeout $((DURATION + 30)) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
         --latency -s "$TMP/rotate.lua" "${URL[$s]}" >"$TMP/wrk-cpu.txt" || true
       t1=$(tree_ticks "${PID[$s]}")
       TICKS=$((t1 - t0)) WRK_CPU=$(cat "$TMP/wrk-cpu.txt" 2>/dev/null || echo 0) HZ=$(getconf CLK_TCK) S=$s R=$round python3 - "$f" >>"$OUT/wrk-runs.tsv" <<'PY' || echo "note: wrk run $s/round $round failed" >&2
@@ -413,12 +423,12 @@ echo "results: $OUT"
 
 # ---- wrk summary (printed last) --------------------------------------------------------------
 if [ "$WITH_WRK" = 1 ] && [ -s "$OUT/wrk-runs.tsv" ]; then
-  python3 - "$OUT/wrk-runs.tsv" <<'PY' | tee "$OUT/wrk-summary.txt"
-import sys, statistics as st
+  WRK_THREADS=$WRK_THREADS python3 - "$OUT/wrk-runs.tsv" <<'PY' | tee "$OUT/wrk-summary.txt"
+import os, sys, statistics as st
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
 servers = list(dict.fromkeys(r[0] for r in rows))
 mean = {s: st.mean(float(r[2]) for r in rows if r[0] == s) for s in servers}
-print("\nwrk cross-check: charts (wrk -t1, same connections and rounds; CPU from /proc: server, wrk, sum)")
+print(f"\nwrk cross-check: charts (wrk -t{os.environ.get('WRK_THREADS', '1')}, same connections and rounds; CPU from /proc: server, wrk, sum)")
 print(f"{'server':<20} {'req/s':>8} {'(rounds)':>24} {'p99':>9} {'CPU µs/req':>11} {'wrk µs':>7} {'sum':>6} {'vs chartcache':>14} {'vs floor':>9}")
 for s in servers:
     rs = [float(r[2]) for r in rows if r[0] == s]
