@@ -25,13 +25,18 @@ pub async fn yield_now() {
 }
 
 /// Lowers the calling thread's CPU priority to nice 10 (Linux nices threads one by one),
-/// so bulk work beside the workers does not preempt them. Best effort: a failure leaves
-/// the priority as it was.
+/// so bulk work beside the workers does not preempt them; a thread already nicer (the
+/// whole process started under `nice -n 19`, say) keeps its priority — this never
+/// raises one, which root could. Best effort: a failure leaves the priority as it was.
 pub fn background_priority() {
     // SAFETY: plain syscalls on the calling thread's own id; no memory is passed.
     unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        let tid = libc::gettid() as libc::id_t;
+        // getpriority returns -1 both for nice -1 and for an error: either way not nicer
+        // than 10, so lowering is right.
+        if libc::getpriority(libc::PRIO_PROCESS, tid) < 10 {
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        }
     }
 }
 
