@@ -67,6 +67,11 @@ pub enum Error {
     Invalid(Vec<String>),
 }
 
+/// `cache_size` when serving the bundled example and none is configured: its five
+/// objects need kilobytes, and segments are preallocated (one per worker, 1/8 of the
+/// worker's share), so the demo takes a few MiB on disk instead of the default's 128 MiB.
+const DEMO_CACHE_SIZE: &str = "64MiB";
+
 /// Where the bundled example repository lives, in the order tried when no
 /// `--upstream` is given.
 const EXAMPLE_REPOS: &[&str] = &["examples/repo", "/usr/share/chartcache/examples/repo"];
@@ -232,7 +237,8 @@ section! {
         #[arg(long, env = "CHARTCACHE_CACHE_DIR", value_name = "DIR")]
         cache_dir: Option<PathBuf>,
 
-        /// Maximum cache size on disk, e.g. 2GiB, 512MiB [default: 2GiB].
+        /// Maximum cache size on disk, e.g. 2GiB, 512MiB [default: 2GiB; 64MiB when serving the
+        /// bundled example].
         #[arg(long, env = "CHARTCACHE_CACHE_SIZE", value_name = "SIZE")]
         cache_size: Option<String> = Some("2GiB".into()),
 
@@ -932,8 +938,12 @@ fn build(cli: Cli, file: FileConfig) -> Result<Config, Error> {
         layered(cli.repos, file.repos).validate(global, upstream_given),
         &mut problems,
     );
+    let mut cache = cli.cache.or(file.cache);
+    if demo && cache.cache_size.is_none() {
+        cache.cache_size = Some(DEMO_CACHE_SIZE.into());
+    }
     let cache = ok(
-        layered(cli.cache, file.cache).validate(|| default_cache_dir(demo)),
+        cache.or_defaults().validate(|| default_cache_dir(demo)),
         &mut problems,
     );
     let runtime = ok(layered(cli.runtime, file.runtime).validate(), &mut problems);
@@ -1473,14 +1483,15 @@ fn bundled_examples() -> Option<String> {
 
 /// The cache directory when none is configured. Decides without creating anything
 /// (`--check-config` must leave no trace; the cache layer creates the directory at open):
-/// - the bundled example (`demo`): `./.chartcache`, so a first try stays in the checkout
-///   (gitignored) even when run as root;
+/// - the bundled example (`demo`) run from a writable directory (a checkout):
+///   `./.chartcache`, so a first try stays there (gitignored) even when run as root;
 /// - else `/var/cache/chartcache` when it is a writable directory, or could be created
-///   in a writable `/var/cache`;
+///   in a writable `/var/cache` (the container image: its working directory is
+///   read-only, `/var/cache/chartcache` its volume);
 /// - else `./.chartcache`.
 fn default_cache_dir(demo: bool) -> PathBuf {
     let local = PathBuf::from(".chartcache");
-    if demo {
+    if demo && writable(Path::new(".")) {
         return local;
     }
     let system = Path::new("/var/cache/chartcache");
@@ -2218,6 +2229,17 @@ headers = { "Cache-Control" = "max-age=3600" }
     #[test]
     fn the_bundled_example_caches_in_the_checkout() {
         assert_eq!(default_cache_dir(true), PathBuf::from(".chartcache"));
+        // Serving the bundled example (no upstream anywhere): a small cache by default.
+        let demo = build(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(demo.cache.size, 64 << 20);
+        assert_eq!(demo.cache.dir, PathBuf::from(".chartcache"));
+        let mut c = Cli::default();
+        c.cache.cache_size = Some("1GiB".into());
+        assert_eq!(build(c, FileConfig::default()).unwrap().cache.size, 1 << 30);
+        assert_eq!(
+            build(cli(), FileConfig::default()).unwrap().cache.size,
+            2 << 30
+        );
         // With an upstream it is /var/cache/chartcache or ./.chartcache, never created here.
         let existed = Path::new("/var/cache/chartcache").exists();
         let dir = default_cache_dir(false);
