@@ -16,7 +16,9 @@ fn main() -> ExitCode {
     let log_format = cfg.log_format;
     init_logging(log_format);
     if check_only {
-        println!("configuration OK\n{cfg:#?}");
+        // Valid TOML as a whole (the verdict is a comment): it can be saved and used
+        // as --config.
+        print!("# configuration OK\n{}", cfg.to_toml());
         return ExitCode::SUCCESS;
     }
     match run(cfg) {

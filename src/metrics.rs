@@ -22,7 +22,11 @@ pub const COALESCED_WAITERS: &str = "chartcache_coalesced_waiters";
 pub const CORRUPT_DROPPED: &str = "chartcache_cache_corrupt_records_dropped";
 pub const FILLS_ABORTED: &str = "chartcache_cache_fills_aborted";
 pub const FILL_SKIPPED: &str = "chartcache_cache_fill_skipped";
+/// Disk space the cache holds: segment files at their full preallocated size (see
+/// [`CACHE_OBJECT_BYTES`] for what the cached objects weigh).
 pub const CACHE_BYTES: &str = "chartcache_cache_bytes";
+pub const CACHE_OBJECT_BYTES: &str = "chartcache_cache_object_bytes";
+pub const REQUEST_DURATION: &str = "chartcache_request_duration_seconds";
 pub const CACHE_OBJECTS: &str = "chartcache_cache_objects";
 pub const CACHE_EVICTIONS: &str = "chartcache_cache_evictions";
 pub const CONNECTIONS_OPEN: &str = "chartcache_connections_open";
@@ -107,6 +111,40 @@ pub const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Histogram bucket bounds for client request duration, in seconds: hits take tens of
+/// microseconds, misses an upstream round trip, large bodies to slow clients seconds.
+pub const REQUEST_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// [`REQUEST_BUCKETS`] and `+Inf`.
+const REQUEST_SLOTS: usize = REQUEST_BUCKETS.len() + 1;
+
+/// One request-duration histogram's per-worker state: counts per bucket (not
+/// cumulative: the encoder sums them; the last one is `+Inf`), the sum in
+/// microseconds, and the count.
+#[derive(Debug, Default)]
+struct RequestHistogram {
+    buckets: [AtomicU64; REQUEST_SLOTS],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RequestHistogram {
+    /// Counts `d` in the first bucket whose bound is at least it (past the last, `+Inf`).
+    fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = REQUEST_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(REQUEST_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
 /// One repository's counters on one worker (written only by that worker).
 #[derive(Debug, Default)]
 pub struct RepoCounters {
@@ -169,6 +207,8 @@ pub struct WorkerMetrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
     latency_count: AtomicU64,
+    /// Client request duration per cache result ([`CacheResult::index`]).
+    request_duration: [RequestHistogram; 6],
     pub coalesced_waiters: AtomicU64,
     pub corrupt_dropped: AtomicU64,
     pub fills_aborted: AtomicU64,
@@ -186,6 +226,8 @@ pub struct WorkerMetrics {
     pub index_processing: AtomicU64,
     /// Gauges published by the shard owner.
     pub cache_bytes: AtomicU64,
+    /// Body bytes of the objects in the shard's index.
+    pub cache_object_bytes: AtomicU64,
     pub cache_objects: AtomicU64,
     pub cache_evictions: AtomicU64,
     pub cache_truncated_segments: AtomicU64,
@@ -202,6 +244,12 @@ impl WorkerMetrics {
     pub fn request(&self, result: CacheResult, status: u16, bytes: u64) {
         self.requests[result.index()][status_slot(status)].fetch_add(1, Relaxed);
         self.response_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// One client request's duration (head parsed to response sent), by cache result.
+    #[inline]
+    pub fn request_duration(&self, result: CacheResult, d: std::time::Duration) {
+        self.request_duration[result.index()].observe(d);
     }
 
     /// [`Self::request`], also counted for repository `repo` (`None`: the path named
@@ -414,6 +462,35 @@ impl Collector for Metrics {
             let mut m = m;
             m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
+        {
+            let mut m = enc.encode_descriptor(
+                REQUEST_DURATION,
+                "Client request duration, from the parsed request head to the last response byte handed to the kernel, by cache result",
+                None,
+                MetricType::Histogram,
+            )?;
+            for result in CacheResult::ALL {
+                let i = result.index();
+                let count = self.sum(|w| w.request_duration[i].count.load(Relaxed));
+                if count == 0 {
+                    continue;
+                }
+                // Per-bucket counts: the encoder makes them cumulative.
+                let buckets: Vec<(f64, u64)> = REQUEST_BUCKETS
+                    .iter()
+                    .chain([f64::INFINITY].iter())
+                    .enumerate()
+                    .map(|(b_i, b)| {
+                        let v = self.sum(|w| w.request_duration[i].buckets[b_i].load(Relaxed));
+                        (*b, v)
+                    })
+                    .collect();
+                let sum = self.sum(|w| w.request_duration[i].sum_micros.load(Relaxed)) as f64 / 1e6;
+                let labels = vec![("cache", result.as_str().to_ascii_lowercase())];
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
         let counters: [Described; 19] = [
             (
                 INDEX_PROCESSED,
@@ -514,7 +591,7 @@ impl Collector for Metrics {
             enc.encode_descriptor(name, help, None, MetricType::Counter)?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
-        let gauges: [Described; 6] = [
+        let gauges: [Described; 7] = [
             (
                 INDEX_PROCESSING,
                 "index.yaml versions being processed, or their gzip forms built, on the index thread right now (hits keep being served meanwhile)",
@@ -522,8 +599,13 @@ impl Collector for Metrics {
             ),
             (
                 CACHE_BYTES,
-                "Bytes on disk used by the cache (segment files at full size, checkpoints, evicted segments still being sent)",
+                "Bytes on disk the cache holds: segment files at their full preallocated size (so a few small objects already hold one segment per worker), checkpoints, evicted segments still being sent; what the cached objects weigh is chartcache_cache_object_bytes",
                 |w| &w.cache_bytes,
+            ),
+            (
+                CACHE_OBJECT_BYTES,
+                "Body bytes of the objects in the cache (live objects, without record headers or free segment space)",
+                |w| &w.cache_object_bytes,
             ),
             (
                 CACHE_DISK_FULL,
@@ -693,6 +775,54 @@ mod tests {
             text.contains("chartcache_upstream_latency_seconds_count 5"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_request_duration_histogram_is_cumulative_per_cache_result() {
+        let m = Metrics::new(2);
+        let us = std::time::Duration::from_micros;
+        for (w, result, d) in [
+            (0, CacheResult::Hit, us(50)),
+            (1, CacheResult::Hit, us(50)),
+            (0, CacheResult::Hit, us(800)),
+            (1, CacheResult::Miss, us(20_000)),
+            (0, CacheResult::Miss, us(60_000_000)),
+        ] {
+            m.worker(w).request_duration(result, d);
+        }
+        let text = m.render();
+        let bucket = |cache: &str, le: &str| -> u64 {
+            let line = format!(
+                "chartcache_request_duration_seconds_bucket{{le=\"{le}\",cache=\"{cache}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+                .unwrap_or_else(|| panic!("no bucket {cache} {le}: {text}"))
+        };
+        assert_eq!(bucket("hit", "0.0001"), 2);
+        assert_eq!(bucket("hit", "0.0005"), 2);
+        assert_eq!(bucket("hit", "0.001"), 3);
+        assert_eq!(bucket("hit", "+Inf"), 3);
+        assert_eq!(bucket("miss", "0.01"), 0);
+        assert_eq!(bucket("miss", "0.025"), 1);
+        assert_eq!(bucket("miss", "30.0"), 1);
+        assert_eq!(bucket("miss", "+Inf"), 2);
+        for (cache, count) in [("hit", 3), ("miss", 2)] {
+            let line =
+                format!("chartcache_request_duration_seconds_count{{cache=\"{cache}\"}} {count}");
+            assert!(text.contains(&line), "{line} not in {text}");
+        }
+        // Results never seen have no series.
+        assert!(!text.contains("cache=\"stale\""), "{text}");
+        // Each series' buckets never decrease.
+        for cache in ["hit", "miss"] {
+            let mut last = 0;
+            for le in REQUEST_BUCKETS.iter().map(|b| format!("{b:?}")) {
+                let v = bucket(cache, &le);
+                assert!(v >= last, "{cache} le={le}: {v} < {last}");
+                last = v;
+            }
+        }
     }
 
     #[test]

@@ -785,6 +785,9 @@ async fn housekeeping(w: WorkerRef) {
             .cache_objects
             .store(stats.objects, Ordering::Relaxed);
         w.metrics
+            .cache_object_bytes
+            .store(stats.object_bytes, Ordering::Relaxed);
+        w.metrics
             .cache_evictions
             .store(stats.evictions, Ordering::Relaxed);
         let m = &w.metrics;

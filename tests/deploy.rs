@@ -1034,8 +1034,8 @@ fn envoy_equivalent_toml_passes_check_config() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.starts_with("configuration OK"),
-        "--check-config should print `configuration OK`: {stdout}"
+        stdout.starts_with("# configuration OK"),
+        "--check-config should print `# configuration OK`: {stdout}"
     );
 }
 

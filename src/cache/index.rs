@@ -14,7 +14,7 @@
 //!   through the segment mapping (see [`super::segment`]: a shrunk file must not SIGBUS).
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use super::error::Error;
@@ -217,6 +217,10 @@ pub type DefaultHasher = foldhash::fast::RandomState;
 /// key → entry, shared lock-free.
 pub struct Index<S = DefaultHasher> {
     map: papaya::HashMap<Arc<str>, Arc<Entry>, S>,
+    /// Sum of the indexed entries' `body_len`, kept by every mutation below (for the
+    /// live-object-bytes metric). Signed: a remove on another thread may be counted
+    /// before the insert it undoes; [`Index::body_bytes`] reads it clamped.
+    body_bytes: AtomicI64,
 }
 
 impl Default for Index<DefaultHasher> {
@@ -232,6 +236,22 @@ impl<S: BuildHasher> Index<S> {
                 .hasher(hasher)
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
+            body_bytes: AtomicI64::new(0),
+        }
+    }
+
+    /// Body bytes of the indexed objects (what clients would get, not the disk space).
+    pub fn body_bytes(&self) -> u64 {
+        u64::try_from(self.body_bytes.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Counts `added` in and `removed` out of [`Index::body_bytes`].
+    fn account(&self, added: Option<&Entry>, removed: Option<&Entry>) {
+        let len =
+            |e: Option<&Entry>| e.map_or(0, |e| i64::try_from(e.body_len).unwrap_or(i64::MAX));
+        let delta = len(added) - len(removed);
+        if delta != 0 {
+            self.body_bytes.fetch_add(delta, Ordering::Relaxed);
         }
     }
 
@@ -249,10 +269,13 @@ impl<S: BuildHasher> Index<S> {
 
     /// Insert or replace (owner only). Returns the replaced entry.
     pub fn insert(&self, entry: Arc<Entry>) -> Option<Arc<Entry>> {
-        self.map
+        let old = self
+            .map
             .pin()
-            .insert(Arc::clone(&entry.key), entry)
-            .cloned()
+            .insert(Arc::clone(&entry.key), Arc::clone(&entry))
+            .cloned();
+        self.account(Some(&entry), old.as_deref());
+        old
     }
 
     /// Replay rule: insert unless the present entry is newer (or is this very record,
@@ -269,7 +292,18 @@ impl<S: BuildHasher> Index<S> {
             },
             &guard,
         );
+        self.account_compute(&r);
         !matches!(r, papaya::Compute::Aborted(()))
+    }
+
+    /// Accounts one `compute` that inserted or replaced.
+    fn account_compute<T>(&self, r: &papaya::Compute<'_, Arc<str>, Arc<Entry>, T>) {
+        match r {
+            papaya::Compute::Inserted(_, new) => self.account(Some(new), None),
+            papaya::Compute::Updated { old, new } => self.account(Some(new.1), Some(old.1)),
+            papaya::Compute::Removed(_, old) => self.account(None, Some(old)),
+            papaya::Compute::Aborted(_) => {}
+        }
     }
 
     /// Replace `old` with `new` only if `old` is still the entry for its key.
@@ -283,37 +317,40 @@ impl<S: BuildHasher> Index<S> {
             },
             &guard,
         );
+        self.account_compute(&r);
         !matches!(r, papaya::Compute::Aborted(()))
     }
 
     /// Remove `entry` only if it is still the entry for its key (any thread).
     pub fn remove_if_same(&self, entry: &Arc<Entry>) -> bool {
-        matches!(
-            self.map
-                .pin()
-                .remove_if(&*entry.key, |_, e| Arc::ptr_eq(e, entry)),
-            Ok(Some(_))
-        )
+        self.remove_matching(&entry.key, |e| Arc::ptr_eq(e, entry))
     }
 
     pub fn remove(&self, key: &str) -> Option<Arc<Entry>> {
-        self.map.pin().remove(key).cloned()
+        let old = self.map.pin().remove(key).cloned();
+        self.account(None, old.as_deref());
+        old
     }
 
     /// Remove `key` if its entry is older than `seq` (tombstone replay).
     pub fn remove_older(&self, key: &str, seq: u64) -> bool {
-        matches!(
-            self.map.pin().remove_if(key, |_, e| e.seq < seq),
-            Ok(Some(_))
-        )
+        self.remove_matching(key, |e| e.seq < seq)
     }
 
     /// Remove `key` if its entry lives in segment `id` (any thread).
     pub fn remove_in_segment(&self, key: &str, id: SegmentId) -> bool {
-        matches!(
-            self.map.pin().remove_if(key, |_, e| e.segment_id() == id),
-            Ok(Some(_))
-        )
+        self.remove_matching(key, |e| e.segment_id() == id)
+    }
+
+    /// Remove `key` if `pred` holds for its entry; whether it was removed.
+    fn remove_matching(&self, key: &str, mut pred: impl FnMut(&Arc<Entry>) -> bool) -> bool {
+        match self.map.pin().remove_if(key, |_, e| pred(e)) {
+            Ok(Some((_, old))) => {
+                self.account(None, Some(old));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Remove every entry matching `pred`; returns how many.
@@ -400,6 +437,35 @@ mod tests {
         assert!(idx.get("/k/3").is_none());
         assert_eq!(idx.get("/k/4").unwrap().offset, 400);
         assert!(idx.get("/k/").is_none());
+    }
+
+    /// `body_bytes` follows every way in and out of the map (each test entry has 10).
+    #[test]
+    fn body_bytes_follow_every_mutation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = seg(dir.path());
+        let idx = Index::default();
+        idx.insert(entry(&s, "/a", 0, 1));
+        idx.insert(entry(&s, "/a", 100, 2)); // replaced: still one object
+        assert_eq!(idx.body_bytes(), 10);
+        assert!(idx.insert_if_newer(entry(&s, "/b", 200, 3)));
+        assert!(!idx.insert_if_newer(entry(&s, "/b", 300, 1)));
+        assert!(idx.insert_if_newer(entry(&s, "/c", 400, 4)));
+        assert_eq!(idx.body_bytes(), 30);
+        let c = idx.get("/c").unwrap();
+        assert!(idx.replace_if_same(&c, entry(&s, "/c", 500, 5)));
+        assert_eq!(idx.body_bytes(), 30);
+        assert!(idx.remove_older("/b", 9));
+        assert!(idx.remove_in_segment("/c", SegmentId(1)));
+        assert_eq!(idx.body_bytes(), 10);
+        assert!(idx.remove("/a").is_some());
+        assert!(idx.remove("/a").is_none());
+        assert_eq!(idx.body_bytes(), 0);
+        for i in 0..4 {
+            idx.insert(entry(&s, &format!("/k/{i}"), i * 100, i));
+        }
+        assert_eq!(idx.remove_where(|e| e.offset < 200), 2);
+        assert_eq!(idx.body_bytes(), 20);
     }
 
     #[test]

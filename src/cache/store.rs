@@ -111,6 +111,9 @@ pub struct StoreStats {
     pub bytes_on_disk: u64,
     /// Entries in the index.
     pub objects: u64,
+    /// Body bytes of the entries in the index (what the cached objects weigh, as opposed
+    /// to `bytes_on_disk`, which counts segments at their preallocated size).
+    pub object_bytes: u64,
     /// Objects dropped by eviction (not counting those given a second chance).
     pub evictions: u64,
     /// Entries dropped because they failed verification.
@@ -289,6 +292,7 @@ impl ShardReader {
         StoreStats {
             bytes_on_disk: c.bytes_on_disk.load(Ordering::Relaxed),
             objects: self.index.len() as u64,
+            object_bytes: self.index.body_bytes(),
             evictions: c.evictions.load(Ordering::Relaxed),
             corrupt_dropped: c.corrupt_dropped.load(Ordering::Relaxed),
             segments: c.segments.load(Ordering::Relaxed),

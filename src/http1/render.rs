@@ -292,8 +292,9 @@ pub fn render(head: &ResponseHead<'_>, out: &mut Vec<u8>) {
 }
 
 /// Appends a complete small `text/plain` response: head plus `message` and a
-/// newline as the body. A 405 carries `Allow: GET, HEAD`.
-pub fn simple(status: u16, message: &str, keep_alive: bool, out: &mut Vec<u8>) {
+/// newline as the body. A 405 carries `Allow: GET, HEAD`. Returns the body's length
+/// (what the access log counts as sent once `out` is).
+pub fn simple(status: u16, message: &str, keep_alive: bool, out: &mut Vec<u8>) -> u64 {
     let head = ResponseHead {
         content_length: Some(message.len() as u64 + 1),
         content_type: Some("text/plain; charset=utf-8"),
@@ -304,6 +305,7 @@ pub fn simple(status: u16, message: &str, keep_alive: bool, out: &mut Vec<u8>) {
     render(&head, out);
     out.extend_from_slice(message.as_bytes());
     out.push(b'\n');
+    message.len() as u64 + 1
 }
 
 #[cfg(test)]

@@ -239,18 +239,16 @@ async fn linger(w: &WorkerRef, conn: &mut Conn) {
 /// Answers a malformed or timed-out request and logs it; the caller closes.
 async fn reject(w: &WorkerRef, conn: &mut Conn, status: u16, why: &str) {
     let mut out = Vec::with_capacity(256);
-    let mut msg = String::with_capacity(why.len() + 1);
-    msg.push_str(why);
-    msg.push('\n');
-    simple(status, &msg, false, &mut out);
-    let _ = send_all(&mut conn.stream, out, w.cfg.server.send_timeout).await;
-    w.metrics.request(CacheResult::None, status, 0);
+    let body = simple(status, why, false, &mut out);
+    let sent = send_all(&mut conn.stream, out, w.cfg.server.send_timeout).await;
+    let bytes = if sent.is_ok() { body } else { 0 };
+    w.metrics.request(CacheResult::None, status, bytes);
     w.access_log.log(&Entry {
         repo: None,
         method: "-",
         path: "-",
         status,
-        bytes: 0,
+        bytes,
         duration: Duration::ZERO,
         cache: CacheResult::None,
         upstream_status: None,

@@ -320,6 +320,7 @@ impl<'a> Exchange<'a> {
         let repo = self.repo.map(|r| r.id);
         w.metrics
             .request_in(repo, self.cache, self.status, self.bytes);
+        w.metrics.request_duration(self.cache, started.elapsed());
         w.access_log.log(&Entry {
             repo: self.repo.map(|r| r.name.as_str()),
             method: &self.req.method_name,
@@ -360,7 +361,7 @@ impl<'a> Exchange<'a> {
             &mut head,
         );
         head.extend_from_slice(msg);
-        self.send_head(head).await
+        self.send_counted(head, msg.len() as u64).await
     }
 
     /// The repository's prefix for logs (`-`: none).
@@ -1036,11 +1037,21 @@ impl<'a> Exchange<'a> {
         }
         let mut head = std::mem::take(&mut self.conn.head_buf);
         head.clear();
-        let mut line = String::with_capacity(msg.len() + 1);
-        line.push_str(msg);
-        line.push('\n');
-        simple(status, &line, self.keep_alive, &mut head);
-        self.send_head(head).await
+        let mut body = simple(status, msg, self.keep_alive, &mut head);
+        if self.req.method == Method::Head {
+            // The head says what a GET would get; a HEAD response has no body.
+            head.truncate(head.len().saturating_sub(body as usize));
+            body = 0;
+        }
+        self.send_counted(head, body).await
+    }
+
+    /// Sends a complete response whose last `body` bytes are its body, counted as sent
+    /// (for the access log and metrics) once all of it was.
+    async fn send_counted(&mut self, response: Vec<u8>, body: u64) -> std::io::Result<()> {
+        self.send_head(response).await?;
+        self.bytes += body;
+        Ok(())
     }
 }
 
