@@ -171,8 +171,6 @@ pub struct RepoCounters {
     pub last_failure: AtomicU64,
     /// Upstream exchanges by [`UpstreamKind`] and outcome ([`UPSTREAM_OUTCOMES`]).
     by_kind: [[AtomicU64; 5]; 3],
-    /// Client requests answered from the cache with no upstream request (`HIT`).
-    pub without_upstream: AtomicU64,
 }
 
 impl RepoCounters {
@@ -208,6 +206,12 @@ impl RepoCounters {
             .iter()
             .map(|a| a.load(Relaxed))
             .sum()
+    }
+
+    /// Client requests answered from the cache with no upstream request (`HIT`s):
+    /// derived at scrape from the request counters, so the hit path pays nothing more.
+    pub fn without_upstream(&self) -> u64 {
+        self.requests_with(CacheResult::Hit)
     }
 
     /// Upstream exchanges of every outcome.
@@ -292,9 +296,6 @@ impl WorkerMetrics {
         if let Some(r) = repo.and_then(|i| self.repos.get(i)) {
             r.requests[result.index()][status_slot(status)].fetch_add(1, Relaxed);
             r.response_bytes.fetch_add(bytes, Relaxed);
-            if result == CacheResult::Hit {
-                r.without_upstream.fetch_add(1, Relaxed);
-            }
         }
     }
 
@@ -407,8 +408,7 @@ impl Metrics {
     /// Estimated USD saved by repository `repo`: its requests answered without an
     /// upstream request, at the GET price.
     pub fn repo_cost_saved(&self, repo: usize) -> f64 {
-        self.repo_sum(repo, |c| c.without_upstream.load(Relaxed)) as f64 * self.get_price_per_1000
-            / 1000.0
+        self.repo_sum(repo, |c| c.without_upstream()) as f64 * self.get_price_per_1000 / 1000.0
     }
 
     /// The `repo` labels, in configuration order.
@@ -796,12 +796,20 @@ impl Metrics {
                     .encode_counter::<NoLabelSet, _, f64>(&v, None)?;
             }
         }
-        let counters: [RepoDescribed; 4] = [
-            (
+        {
+            let mut m = enc.encode_descriptor(
                 REPO_WITHOUT_UPSTREAM,
                 "Client requests per repository answered from the cache without an upstream request (HIT)",
-                |c| &c.without_upstream,
-            ),
+                None,
+                MetricType::Counter,
+            )?;
+            for (r, name) in self.repos.iter().enumerate() {
+                let v = self.repo_sum(r, |c| c.without_upstream());
+                m.encode_family(&vec![("repo", name.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let counters: [RepoDescribed; 3] = [
             (
                 REPO_RESPONSE_BYTES,
                 "Response body bytes sent to clients per repository",

@@ -105,7 +105,7 @@ pub fn repo_status(inputs: &Inputs<'_>, id: usize) -> Option<RepoStatus> {
         hit_ratio: (decided > 0).then(|| served as f64 / decided as f64),
         upstream_requests: m.repo_sum(id, |c| c.upstream_all()),
         by_kind,
-        without_upstream: m.repo_sum(id, |c| c.without_upstream.load(Relaxed)),
+        without_upstream: m.repo_sum(id, |c| c.without_upstream()),
         cost_saved: m.repo_cost_saved(id),
         stale_responses: m.repo_sum(id, |c| c.requests_with(CacheResult::Stale)),
         index_etag: index.as_ref().and_then(|i| i.etag.clone()),
