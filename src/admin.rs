@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and purge.
+//! The admin listener: the status page (`/`), `/healthz`, `/readyz`, `/metrics`, and purge.
 //!
 //! Low-traffic and off the hot path, so it runs on plain threads (one per
 //! admin connection, at most [`MAX_ADMIN_CONNECTIONS`]), one request per
@@ -17,9 +17,10 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /` | the status page, HTML ([`crate::status`]) |
 //! | `GET /healthz` | 200 while serving, 503 while shutting down |
 //! | `GET /readyz` | 200 once every worker has recovered its shard and serves, while at least one repository can reach its upstream (the text says when a full cache device degrades it; with several repositories, one line per repository) |
-//! | `GET /metrics` | Prometheus text format |
+//! | `GET /metrics` | Prometheus text format (with the credential families of [`CredentialMetrics`]) |
 //! | `DELETE /cache/<path>` | 200 if the object was cached (now gone), 404 if not |
 //! | `DELETE /cache?prefix=<p>` | 200 with the number of objects removed |
 //!
@@ -65,6 +66,77 @@ pub struct AdminState {
     pub repos: Arc<Repos>,
     /// Per repository (in order), its S3 credentials when its upstream needs them.
     pub credentials: Vec<Option<Arc<crate::origin::credentials::CredentialsCell>>>,
+    /// When the server started (the status page's uptime).
+    pub started: Instant,
+    /// The configured cache size in bytes.
+    pub cache_size: u64,
+}
+
+/// `chartcache_credentials_expiry_seconds{repo}` (seconds until the signing
+/// credentials expire; only for S3 repositories whose credentials expire) and
+/// `chartcache_credentials_refresh_failures_total{repo}` (every S3 repository).
+#[derive(Debug)]
+pub struct CredentialMetrics {
+    /// `repo` label and credentials of each S3 repository.
+    pub repos: Vec<(String, Arc<crate::origin::credentials::CredentialsCell>)>,
+}
+
+impl prometheus_client::collector::Collector for CredentialMetrics {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::NoLabelSet;
+        use prometheus_client::metrics::MetricType;
+        if self.repos.is_empty() {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now();
+        let expiring: Vec<(&str, f64)> = self
+            .repos
+            .iter()
+            .filter_map(|(name, cell)| Some((name.as_str(), cell.expires_in_at(now)?)))
+            .collect();
+        if !expiring.is_empty() {
+            let mut m = enc.encode_descriptor(
+                crate::metrics::CREDENTIALS_EXPIRY,
+                "Seconds until the S3 signing credentials expire (negative: expired); absent for credentials that do not expire (static keys) and non-S3 upstreams",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, secs) in expiring {
+                m.encode_family(&vec![("repo", name)])?
+                    .encode_gauge(&secs)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            crate::metrics::CREDENTIALS_REFRESH_FAILURES,
+            "Failed refreshes of the S3 signing credentials (the current ones are kept until they expire)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, cell) in &self.repos {
+            m.encode_family(&vec![("repo", name.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&cell.refresh_failures(), None)?;
+        }
+        Ok(())
+    }
+}
+
+impl AdminState {
+    /// The credential families of this instance's S3 repositories.
+    fn credential_metrics(&self) -> CredentialMetrics {
+        CredentialMetrics {
+            repos: self
+                .repos
+                .iter()
+                .filter_map(|r| {
+                    let cell = self.credentials.get(r.id)?.as_ref()?;
+                    Some((r.name.clone(), cell.clone()))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The admin connections being served, oldest first.
@@ -187,6 +259,13 @@ impl Reply {
             body: body.into(),
         }
     }
+    fn html(body: String) -> Reply {
+        Reply {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body,
+        }
+    }
     fn json(status: u16, body: String) -> Reply {
         Reply {
             status,
@@ -284,8 +363,11 @@ fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> 
         ("GET" | "HEAD", "/metrics") => Reply {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: state.metrics.render(),
+            body: state
+                .metrics
+                .render_with(Some(Box::new(state.credential_metrics()))),
         },
+        ("GET" | "HEAD", "/") => Reply::html(status_page(state)),
         ("DELETE", p) if p == "/cache" || p.starts_with("/cache/") => {
             if let Some(token) = &state.token {
                 let ok = auth
@@ -297,12 +379,33 @@ fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> 
             }
             purge(state, p, query)
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => Reply::text(405, "use GET\n"),
+        (_, "/" | "/healthz" | "/readyz" | "/metrics") => Reply::text(405, "use GET\n"),
         _ => Reply::text(
             404,
-            "admin endpoints: GET /healthz, /readyz, /metrics; DELETE /cache/<path>, DELETE /cache?prefix=<p>\n",
+            "admin endpoints: GET / (status page), /healthz, /readyz, /metrics; DELETE /cache/<path>, DELETE /cache?prefix=<p>\n",
         ),
     }
+}
+
+fn status_page(state: &AdminState) -> String {
+    crate::status::render(&crate::status::Inputs {
+        metrics: &state.metrics,
+        repos: &state.repos,
+        cache: &state.cache,
+        uptime: state.started.elapsed(),
+        workers: state.workers,
+        ready: state.ready.load(Ordering::SeqCst),
+        cache_size: state.cache_size,
+        credentials_ok: (0..state.repos.len())
+            .map(|i| {
+                state
+                    .credentials
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .map(|c| c.is_fresh())
+            })
+            .collect(),
+    })
 }
 
 /// Ready once every worker serves, unless every repository lacks usable credentials;

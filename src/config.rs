@@ -195,6 +195,11 @@ section! {
             hide_env_values = true
         )]
         admin_token: Option<String>,
+
+        /// Price of 1,000 S3 GET requests in USD, for the estimated cost saved on /metrics and
+        /// the status page [default: 0.0004, AWS S3 Standard].
+        #[arg(long, env = "CHARTCACHE_S3_GET_PRICE", value_name = "USD")]
+        s3_get_price: Option<f64> = Some(crate::metrics::DEFAULT_GET_PRICE_PER_1000),
     }
 }
 
@@ -547,6 +552,8 @@ pub struct CacheConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// USD per 1,000 S3 GETs (the estimated cost saved).
+    pub s3_get_price: f64,
 }
 
 /// Never prints the token (`--check-config` output may end up in logs).
@@ -555,6 +562,7 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("s3_get_price", &self.s3_get_price)
             .finish()
     }
 }
@@ -1095,10 +1103,20 @@ impl AdminArgs {
                 ));
             }
         }
+        let s3_get_price = p.parse("s3_get_price", self.s3_get_price, |v| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "{v} is not a price: use USD per 1,000 GETs, e.g. 0.0004"
+                ))
+            }
+        });
         p.finish(|| {
             Some(AdminConfig {
                 listen: listen?,
                 token,
+                s3_get_price: s3_get_price?,
             })
         })
     }
@@ -1961,10 +1979,11 @@ mod tests {
         let admin = AdminArgs {
             admin: Some("0.0.0.0:8081".into()),
             admin_token: Some(String::new()),
+            s3_get_price: Some(-1.0),
         };
         assert_eq!(
             fields(admin.or_defaults().validate().unwrap_err()),
-            ["admin"]
+            ["admin", "s3_get_price"]
         );
 
         let runtime = RuntimeArgs {

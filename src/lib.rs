@@ -24,6 +24,7 @@
 //!   helm-s3 URL rewriting, chart digests, the JSON form, per-chart views (and
 //!   their newest versions in Helm's order), gzip.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, purge (plain threads).
+//! - [`status`]: the admin listener's HTML status page (`GET /`).
 //! - [`metrics`]: metric names and per-worker counters, summed at scrape.
 //! - [`access_log`]: one structured line per request on stdout.
 //! - [`sched`]: cooperative yields on the workers, low priority for helper threads.
@@ -43,3 +44,4 @@ pub mod repo;
 pub mod runtime;
 pub mod sched;
 pub mod server;
+pub mod status;

@@ -3,6 +3,16 @@
 //! Each worker owns one [`WorkerMetrics`] (plain relaxed atomics on its own
 //! cache lines, so the hot path never contends); the admin thread reads all of
 //! them and renders Prometheus text through `prometheus-client`'s encoder.
+//!
+//! Cost and health (issue 14 §4): per repository, upstream requests by kind
+//! ([`UpstreamKind`]: GET, conditional GET, HEAD, by outcome), client requests
+//! answered from the cache without an upstream request of their own (`HIT`s), and
+//! the S3 GET cost those saved at the configured price per 1,000 GETs
+//! ([`Metrics::with_get_price`]); `chartcache_build_info` and
+//! `chartcache_driver_info` ([`crate::driver::current`]). Requests that joined
+//! another client's fetch (coalesced) are not counted as saved: the estimate is
+//! a lower bound. Credential expiry and refresh failures are rendered by the
+//! admin listener, which holds the credentials ([`Metrics::render_with`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -50,6 +60,45 @@ pub const REPO_RESPONSE_BYTES: &str = "chartcache_repo_response_bytes";
 pub const REPO_UPSTREAM_REQUESTS: &str = "chartcache_repo_upstream_requests";
 pub const REPO_UPSTREAM_ERRORS: &str = "chartcache_repo_upstream_errors";
 pub const REPO_UPSTREAM_BYTES: &str = "chartcache_repo_upstream_bytes";
+pub const REPO_UPSTREAM_BY_KIND: &str = "chartcache_repo_upstream_requests_by_kind";
+pub const REPO_WITHOUT_UPSTREAM: &str = "chartcache_repo_requests_without_upstream";
+pub const REPO_COST_SAVED: &str = "chartcache_repo_estimated_cost_saved_dollars";
+pub const BUILD_INFO: &str = "chartcache_build_info";
+pub const DRIVER_INFO: &str = "chartcache_driver_info";
+pub const CREDENTIALS_EXPIRY: &str = "chartcache_credentials_expiry_seconds";
+pub const CREDENTIALS_REFRESH_FAILURES: &str = "chartcache_credentials_refresh_failures";
+
+/// AWS S3 Standard's price of 1,000 GET requests in USD (us-east-1), the default
+/// of `--s3-get-price`.
+pub const DEFAULT_GET_PRICE_PER_1000: f64 = 0.0004;
+
+/// What kind of upstream request a repository sent (label `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// A plain GET.
+    Get,
+    /// A GET with `If-None-Match` / `If-Modified-Since` (a revalidation): its
+    /// outcome says whether it cost a body (200) or not (304).
+    ConditionalGet,
+    Head,
+}
+
+impl UpstreamKind {
+    pub const ALL: [UpstreamKind; 3] = [
+        UpstreamKind::Get,
+        UpstreamKind::ConditionalGet,
+        UpstreamKind::Head,
+    ];
+
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Get => "get",
+            UpstreamKind::ConditionalGet => "conditional_get",
+            UpstreamKind::Head => "head",
+        }
+    }
+}
 
 /// How a response was produced (the `X-Cache` value, and a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +207,8 @@ pub struct RepoCounters {
     /// transport failure or 5xx, for `/readyz`.
     pub last_answer: AtomicU64,
     pub last_failure: AtomicU64,
+    /// Upstream exchanges by [`UpstreamKind`] and outcome ([`UPSTREAM_OUTCOMES`]).
+    by_kind: [[AtomicU64; 5]; 3],
 }
 
 impl RepoCounters {
@@ -177,8 +228,41 @@ impl RepoCounters {
         }
     }
 
+    /// [`Self::upstream`], also counted by the request's kind.
+    pub fn upstream_kind(&self, kind: UpstreamKind, status: Option<u16>) {
+        self.by_kind[kind as usize][upstream_slot(status)].fetch_add(1, Relaxed);
+        self.upstream(status);
+    }
+
     pub fn requests_for(&self, result: CacheResult, status: u16) -> u64 {
         self.requests[result.index()][status_slot(status)].load(Relaxed)
+    }
+
+    /// Client requests with cache result `result` (any status).
+    pub fn requests_with(&self, result: CacheResult) -> u64 {
+        self.requests[result.index()]
+            .iter()
+            .map(|a| a.load(Relaxed))
+            .sum()
+    }
+
+    /// Client requests answered from the cache with no upstream request (`HIT`s):
+    /// derived at scrape from the request counters, so the hit path pays nothing more.
+    pub fn without_upstream(&self) -> u64 {
+        self.requests_with(CacheResult::Hit)
+    }
+
+    /// Upstream exchanges of every outcome.
+    pub fn upstream_all(&self) -> u64 {
+        self.upstream.iter().map(|a| a.load(Relaxed)).sum()
+    }
+
+    /// Upstream exchanges of `kind` with outcome `outcome` (an index into
+    /// [`UPSTREAM_OUTCOMES`]).
+    pub fn upstream_by_kind(&self, kind: UpstreamKind, outcome: usize) -> u64 {
+        self.by_kind[kind as usize]
+            .get(outcome)
+            .map_or(0, |a| a.load(Relaxed))
     }
 }
 
@@ -335,6 +419,8 @@ pub struct Metrics {
     workers: Arc<Vec<Arc<WorkerMetrics>>>,
     /// The `repo` label of each configured repository (its prefix, `/` for the root).
     repos: Arc<Vec<String>>,
+    /// USD per 1,000 upstream GETs, for the estimated cost saved.
+    get_price_per_1000: f64,
 }
 
 impl Metrics {
@@ -352,7 +438,25 @@ impl Metrics {
         Metrics {
             workers: Arc::new((0..workers).map(|_| Arc::new(worker())).collect()),
             repos: Arc::new(repos),
+            get_price_per_1000: DEFAULT_GET_PRICE_PER_1000,
         }
+    }
+
+    /// The price of 1,000 upstream GETs (USD) the estimated cost saved uses.
+    pub fn with_get_price(mut self, per_1000: f64) -> Metrics {
+        self.get_price_per_1000 = per_1000;
+        self
+    }
+
+    /// USD per 1,000 upstream GETs.
+    pub fn get_price_per_1000(&self) -> f64 {
+        self.get_price_per_1000
+    }
+
+    /// Estimated USD saved by repository `repo`: its requests answered without an
+    /// upstream request, at the GET price.
+    pub fn repo_cost_saved(&self, repo: usize) -> f64 {
+        self.repo_sum(repo, |c| c.without_upstream()) as f64 * self.get_price_per_1000 / 1000.0
     }
 
     /// The `repo` labels, in configuration order.
@@ -383,6 +487,11 @@ impl Metrics {
         self.workers[i].clone()
     }
 
+    /// `f` of every worker's counters, summed.
+    pub fn total(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.sum(f)
+    }
+
     fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
         self.workers.iter().map(|w| f(w)).sum()
     }
@@ -394,8 +503,17 @@ impl Metrics {
 
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
+        self.render_with(None)
+    }
+
+    /// [`Self::render`] with the families of `extra` too (what the admin listener
+    /// holds: credentials).
+    pub fn render_with(&self, extra: Option<Box<dyn Collector>>) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self.clone()));
+        if let Some(extra) = extra {
+            registry.register_collector(extra);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -629,8 +747,53 @@ impl Collector for Metrics {
             enc.encode_descriptor(name, help, None, MetricType::Gauge)?
                 .encode_gauge(&v)?;
         }
+        encode_info(&mut enc)?;
         self.encode_repos(&mut enc)
     }
+}
+
+/// The labels of `chartcache_build_info`.
+pub fn build_labels() -> Vec<(&'static str, String)> {
+    vec![
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+            .to_string(),
+        ),
+        ("target_arch", std::env::consts::ARCH.to_string()),
+    ]
+}
+
+/// `chartcache_build_info` and, once the driver is chosen, `chartcache_driver_info`.
+fn encode_info(enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    enc.encode_descriptor(
+        BUILD_INFO,
+        "Always 1; the labels say which build runs",
+        None,
+        MetricType::Gauge,
+    )?
+    .encode_family(&build_labels())?
+    .encode_gauge(&1i64)?;
+    if let Some(choice) = crate::driver::current() {
+        let labels = vec![
+            ("driver", choice.driver.name().to_string()),
+            ("reason", choice.fallback.clone().unwrap_or_default()),
+        ];
+        enc.encode_descriptor(
+            DRIVER_INFO,
+            "Always 1; driver is the I/O driver the workers run (io_uring or epoll), reason why auto fell back to epoll (empty: no fallback)",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_family(&labels)?
+        .encode_gauge(&1i64)?;
+    }
+    Ok(())
 }
 
 impl Metrics {
@@ -678,6 +841,54 @@ impl Metrics {
                     m.encode_family(&vec![("repo", name.as_str()), ("outcome", *outcome)])?
                         .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
                 }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                REPO_UPSTREAM_BY_KIND,
+                "Upstream requests per repository by kind (get, conditional_get: a revalidation, whose outcome 304 cost no body; head) and outcome",
+                None,
+                MetricType::Counter,
+            )?;
+            for (r, name) in self.repos.iter().enumerate() {
+                for kind in UpstreamKind::ALL {
+                    for (i, outcome) in UPSTREAM_OUTCOMES.iter().enumerate() {
+                        let v = self.repo_sum(r, |c| c.upstream_by_kind(kind, i));
+                        let labels = vec![
+                            ("repo", name.as_str()),
+                            ("kind", kind.as_str()),
+                            ("outcome", *outcome),
+                        ];
+                        m.encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                REPO_COST_SAVED,
+                "Estimated S3 request cost saved per repository, in USD: requests answered without an upstream request times the configured price per 1,000 GETs (--s3-get-price); coalesced requests are not counted, so it is a lower bound",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in 0..self.repos.len() {
+                let v = self.repo_cost_saved(r);
+                m.encode_family(&vec![("repo", self.repos[r].as_str())])?
+                    .encode_counter::<NoLabelSet, _, f64>(&v, None)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                REPO_WITHOUT_UPSTREAM,
+                "Client requests per repository answered from the cache without an upstream request (HIT)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (r, name) in self.repos.iter().enumerate() {
+                let v = self.repo_sum(r, |c| c.without_upstream());
+                m.encode_family(&vec![("repo", name.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
             }
         }
         let counters: [RepoDescribed; 3] = [
@@ -823,6 +1034,48 @@ mod tests {
                 last = v;
             }
         }
+    }
+
+    #[test]
+    fn per_repository_kinds_requests_without_upstream_and_cost_saved() {
+        let m = Metrics::with_repos(2, vec!["/a".into(), "/b".into()]).with_get_price(0.5);
+        let (w0, w1) = (m.worker(0), m.worker(1));
+        for _ in 0..3 {
+            w0.request_in(Some(0), CacheResult::Hit, 200, 1);
+        }
+        w1.request_in(Some(0), CacheResult::Hit, 304, 0);
+        w1.request_in(Some(0), CacheResult::Miss, 200, 1);
+        w1.request_in(Some(1), CacheResult::Revalidated, 200, 1);
+        w0.repos[0].upstream_kind(UpstreamKind::Get, Some(200));
+        w1.repos[0].upstream_kind(UpstreamKind::ConditionalGet, Some(304));
+        w1.repos[0].upstream_kind(UpstreamKind::ConditionalGet, Some(200));
+        w0.repos[1].upstream_kind(UpstreamKind::Head, None);
+        let text = m.render();
+        for line in [
+            "chartcache_repo_requests_without_upstream_total{repo=\"/a\"} 4",
+            "chartcache_repo_requests_without_upstream_total{repo=\"/b\"} 0",
+            "chartcache_repo_upstream_requests_by_kind_total{repo=\"/a\",kind=\"get\",outcome=\"200\"} 1",
+            "chartcache_repo_upstream_requests_by_kind_total{repo=\"/a\",kind=\"conditional_get\",outcome=\"304\"} 1",
+            "chartcache_repo_upstream_requests_by_kind_total{repo=\"/a\",kind=\"conditional_get\",outcome=\"200\"} 1",
+            "chartcache_repo_upstream_requests_by_kind_total{repo=\"/b\",kind=\"head\",outcome=\"error\"} 1",
+            "chartcache_repo_upstream_requests_total{repo=\"/a\",outcome=\"304\"} 1",
+            "chartcache_repo_upstream_errors_total{repo=\"/b\"} 1",
+            // 4 requests at $0.5 per 1,000.
+            "chartcache_repo_estimated_cost_saved_dollars_total{repo=\"/a\"} 0.002",
+            "chartcache_repo_estimated_cost_saved_dollars_total{repo=\"/b\"} 0.0",
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
+        assert!((m.repo_cost_saved(0) - 0.002).abs() < 1e-12);
+        let build = format!(
+            "chartcache_build_info{{version=\"{}\",",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        assert_eq!(
+            Metrics::new(1).get_price_per_1000(),
+            DEFAULT_GET_PRICE_PER_1000
+        );
     }
 
     #[test]

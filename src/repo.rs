@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{shown_prefix, RepoConfig};
 use crate::helm::{HelmRepo, IndexKeys};
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{UpstreamKind, WorkerMetrics};
 use crate::origin::{
     self, BodyStream, LocalBoxFuture, Origin, OriginRequest, OriginResponse, Upstream,
 };
@@ -223,7 +223,8 @@ pub fn namespace(identity: &str, prefix: &str) -> String {
 }
 
 /// A repository's origin on one worker, counting its upstream exchanges, failures
-/// and body bytes for that repository (`chartcache_repo_upstream_*`, `/readyz`).
+/// and body bytes for that repository (`chartcache_repo_upstream_*`, by kind: GET,
+/// conditional GET, HEAD; `/readyz`).
 pub struct CountedOrigin {
     pub inner: Rc<dyn Origin>,
     pub metrics: Arc<WorkerMetrics>,
@@ -236,13 +237,20 @@ impl Origin for CountedOrigin {
         req: OriginRequest,
     ) -> LocalBoxFuture<'_, Result<OriginResponse, origin::Error>> {
         Box::pin(async move {
+            let kind = if req.method == origin::Method::Head {
+                UpstreamKind::Head
+            } else if req.if_none_match.is_some() || req.if_modified_since.is_some() {
+                UpstreamKind::ConditionalGet
+            } else {
+                UpstreamKind::Get
+            };
             let res = self.inner.fetch(req).await;
             let Some(counters) = self.metrics.repos.get(self.repo) else {
                 return res;
             };
             match res {
                 Ok(r) => {
-                    counters.upstream(Some(r.meta.status));
+                    counters.upstream_kind(kind, Some(r.meta.status));
                     Ok(OriginResponse {
                         meta: r.meta,
                         body: Box::new(CountedBody {
@@ -253,7 +261,7 @@ impl Origin for CountedOrigin {
                     })
                 }
                 Err(e) => {
-                    counters.upstream(e.upstream_status());
+                    counters.upstream_kind(kind, e.upstream_status());
                     Err(e)
                 }
             }

@@ -202,6 +202,7 @@ pub fn credentials_for(cfg: &Config) -> Result<Credentials, Error> {
 
 /// Starts every worker and the admin listener; returns once all serve.
 pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, Error> {
+    let started = std::time::Instant::now();
     let creds: Credentials = creds.into();
     let fd_limit = raise_nofile_limit();
     cfg.server.max_connections = max_connections_within(&cfg, fd_limit);
@@ -257,7 +258,8 @@ pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, E
         })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin.listen);
 
-    let metrics = Metrics::with_repos(n, repos.iter().map(|r| r.name.clone()).collect());
+    let metrics = Metrics::with_repos(n, repos.iter().map(|r| r.name.clone()).collect())
+        .with_get_price(cfg.admin.s3_get_price);
     let log_writer =
         access_log::Writer::start(std::io::stdout()).map_err(|source| Error::Worker {
             worker: 0,
@@ -322,6 +324,8 @@ pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, E
             token: cfg.admin.token.clone(),
             repos: repos.clone(),
             credentials: repo_creds,
+            started,
+            cache_size: cfg.cache.size,
         },
     );
     tracing::info!(

@@ -1,8 +1,10 @@
 //! The Grafana dashboard and the Prometheus alert rules of the Helm chart
 //! (`deploy/helm/chartcache/files/chartcache-dashboard.json`, and
 //! `deploy/helm/chartcache/templates/prometheusrule.yaml` as rendered into
-//! `deploy/chartcache-alerts.yaml`) against a running chartcache: every
-//! metric they name is in its `/metrics` after a few requests, and every `cache` / `outcome`
+//! `deploy/chartcache-alerts.yaml`) against running chartcaches: every
+//! metric they name is in the `/metrics` of one of them after a few requests (one
+//! serving files, one serving S3 with expiring credentials, which the credential
+//! expiry gauge needs), and every `cache` / `outcome`
 //! label value they select on is one chartcache emits. A renamed metric or label value breaks
 //! this test instead of silently emptying a panel or disarming an alert; and every expression
 //! parses as PromQL.
@@ -12,8 +14,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
 use chartcache::metrics::{CacheResult, UPSTREAM_OUTCOMES};
-use common::proxy::Proxy;
+use chartcache::origin::credentials::CredentialsCell;
+use common::proxy::{examples_repo, test_cli, Proxy, AK, SK};
 
 const DASHBOARD: &str = "deploy/helm/chartcache/files/chartcache-dashboard.json";
 const RULES: &str = "deploy/chartcache-alerts.yaml";
@@ -148,8 +154,8 @@ fn every_metric_in_the_dashboard_and_the_rules_is_exposed() {
     assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "MISS");
     assert_eq!(p.get("/hello-0.2.0.tgz").x_cache(), "HIT");
     assert_eq!(p.get("/no-such-chart-1.0.0.tgz").status, 404);
-    let metrics = p.metrics();
-    let have = exposed(&metrics);
+    let mut have = exposed(&p.metrics());
+    have.extend(exposed(&s3_instance_metrics()));
 
     let missing: Vec<String> = dashboard
         .iter()
@@ -161,6 +167,70 @@ fn every_metric_in_the_dashboard_and_the_rules_is_exposed() {
     assert!(
         missing.is_empty(),
         "named but not in /metrics: {missing:#?}\n/metrics has: {have:#?}"
+    );
+}
+
+/// `/metrics` of a chartcache serving S3 (s3s-fs) with credentials that expire in an hour,
+/// after a miss and a hit: what only an S3 repository exposes (credential expiry and refresh
+/// failures).
+fn s3_instance_metrics() -> String {
+    let s3 = common::spawn_s3(AK, SK);
+    for name in ["index.yaml", "hello-0.2.0.tgz"] {
+        let bytes = std::fs::read(examples_repo().join(name)).unwrap();
+        s3.put_object("charts", name, &bytes);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cli = test_cli("s3://charts", &tmp.path().join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    let cfg = chartcache::config::load(cli).unwrap();
+    let expiry = SystemTime::now() + Duration::from_secs(3600);
+    let creds = Some(Arc::new(CredentialsCell::new(
+        aws_credential_types::Credentials::new(AK, SK, None, Some(expiry), "chartcache-tests"),
+    )));
+    let server = chartcache::runtime::start(cfg, creds).unwrap();
+    let get = |path: &str| common::proxy::get(server.addr, path, &[]);
+    assert_eq!(get("/hello-0.2.0.tgz").x_cache(), "MISS");
+    assert_eq!(get("/hello-0.2.0.tgz").x_cache(), "HIT");
+    let metrics = common::proxy::get(server.admin_addr, "/metrics", &[]).text();
+    server.shutdown();
+    let expires_in: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("chartcache_credentials_expiry_seconds{repo=\"/\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no credential expiry gauge: {metrics}"));
+    assert!(
+        (3000.0..=3600.0).contains(&expires_in),
+        "expires in {expires_in}"
+    );
+    metrics
+}
+
+#[test]
+fn static_keys_and_other_upstreams_have_no_expiry_gauge() {
+    let p = Proxy::examples();
+    let metrics = p.metrics();
+    assert!(
+        !metrics.contains("chartcache_credentials_"),
+        "a file:// repository has no credentials: {metrics}"
+    );
+    let s3 = common::spawn_s3(AK, SK);
+    s3.create_bucket("charts");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cli = test_cli("s3://charts", &tmp.path().join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    // Proxy::start_in signs with static keys (no expiry).
+    let p = Proxy::start_in(cli, Some(tmp));
+    let metrics = p.metrics();
+    assert!(
+        !metrics.contains("chartcache_credentials_expiry_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chartcache_credentials_refresh_failures_total{repo=\"/\"} 0"),
+        "{metrics}"
     );
 }
 

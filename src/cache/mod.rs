@@ -289,6 +289,12 @@ impl Cache {
         None
     }
 
+    /// The stored metadata of `key` (ETag, when stored), unverified and without
+    /// marking it used: what the admin status page shows of a repository's index.
+    pub fn stored_meta(&self, key: &str) -> Option<Arc<ObjectMeta>> {
+        self.reader_for(key).peek_meta(key)
+    }
+
     /// Sending a stored body of `key` from `segment` failed with `error` (the caller
     /// closes the connection: part of the response may be out). When the error came
     /// from the file — it shrank under us (`EFAULT` from the mapping, end of file for

@@ -231,6 +231,11 @@ impl ShardReader {
         })
     }
 
+    /// The metadata of `key`'s entry, not marking it used (for the status page).
+    pub fn peek_meta(&self, key: &str) -> Option<Arc<ObjectMeta>> {
+        self.index.get(key).map(|e| Arc::clone(&e.meta))
+    }
+
     /// Remove `key`'s entry if it is still the record `hit` points at (after a failed
     /// [`Hit::verify`]). Any thread. True if removed.
     pub fn drop_corrupt(&self, key: &str, hit: &Hit) -> bool {

@@ -42,6 +42,8 @@ const ENV_PROVIDER: &str = "Environment";
 #[derive(Debug, Default)]
 pub struct CredentialsCell {
     inner: ArcSwapOption<Credentials>,
+    /// Failed refreshes since start (`chartcache_credentials_refresh_failures_total`).
+    refresh_failures: std::sync::atomic::AtomicU64,
 }
 
 impl CredentialsCell {
@@ -54,7 +56,30 @@ impl CredentialsCell {
     pub fn new(creds: Credentials) -> Self {
         Self {
             inner: ArcSwapOption::from_pointee(creds),
+            ..Self::default()
         }
+    }
+
+    /// Failed refreshes since start.
+    pub fn refresh_failures(&self) -> u64 {
+        self.refresh_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one failed refresh.
+    pub fn refresh_failed(&self) {
+        self.refresh_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Seconds from `now` until the held credentials expire (negative: expired);
+    /// `None` when none are held or they do not expire (static keys).
+    pub fn expires_in_at(&self, now: SystemTime) -> Option<f64> {
+        let expiry = self.inner.load().as_deref()?.expiry()?;
+        Some(match expiry.duration_since(now) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        })
     }
 
     /// The current credentials (lock-free).
@@ -406,6 +431,7 @@ fn run_refresher(
                 }
                 Err(detail) => {
                     failures = failures.saturating_add(1);
+                    cell.refresh_failed();
                     delay = retry_delay(failures, &schedule);
                     if cell.is_fresh() {
                         tracing::warn!(error = %detail, failures, retry_in_s = delay.as_secs(),
@@ -602,6 +628,29 @@ mod tests {
     }
 
     #[test]
+    fn expiry_is_reported_in_seconds_and_absent_for_static_keys() {
+        let now = SystemTime::now();
+        let cell = CredentialsCell::new(Credentials::new("A", "S", None, None, "t"));
+        assert_eq!(cell.expires_in_at(now), None);
+        assert_eq!(CredentialsCell::empty().expires_in_at(now), None);
+        cell.set(Credentials::new(
+            "A",
+            "S",
+            None,
+            Some(now + Duration::from_secs(90)),
+            "t",
+        ));
+        assert_eq!(cell.expires_in_at(now), Some(90.0));
+        assert_eq!(
+            cell.expires_in_at(now + Duration::from_secs(100)),
+            Some(-10.0)
+        );
+        assert_eq!(cell.refresh_failures(), 0);
+        cell.refresh_failed();
+        assert_eq!(cell.refresh_failures(), 1);
+    }
+
+    #[test]
     fn freshness_follows_expiry() {
         let now = SystemTime::now();
         let cell = CredentialsCell::empty();
@@ -767,6 +816,7 @@ mod tests {
         let cell = start_with_provider(provider, quick()).unwrap();
         assert!(eventually(|| calls.load(Ordering::SeqCst) >= 3));
         assert_eq!(cell.get().unwrap().access_key_id(), "A1");
+        assert!(eventually(|| cell.refresh_failures() >= 1));
         assert!(eventually(|| !cell.is_fresh()));
         assert_eq!(cell.get().unwrap().access_key_id(), "A1");
     }
