@@ -137,9 +137,18 @@ impl Filler<'_> {
         };
         let meta = resp.meta;
         let mut body = resp.body;
+        // An upstream cache (a fleet tier) stored its copy `age` seconds ago:
+        // freshness here counts from then (no double TTL across tiers).
+        let stored_at = unix_now().saturating_sub(meta.age.unwrap_or(0));
+        if meta.upstream_stale {
+            inflight.mark_upstream_stale();
+        }
         match meta.status {
             304 => {
-                let refreshed = self.store.borrow_mut().refresh(&key, unix_now());
+                // A tier that served its copy stale confirmed nothing: the stored
+                // copy is served (as STALE) without being refreshed.
+                let refreshed =
+                    meta.upstream_stale || self.store.borrow_mut().refresh(&key, stored_at);
                 let hit = refreshed
                     .then(|| self.store.borrow().reader().lookup(&key))
                     .flatten();
@@ -169,7 +178,7 @@ impl Filler<'_> {
                     etag: meta.etag.clone(),
                     last_modified: meta.last_modified.clone(),
                     content_type: meta.content_type.clone(),
-                    stored_at: unix_now(),
+                    stored_at,
                 };
                 if key == self.keys.index {
                     return self
@@ -1178,6 +1187,7 @@ fn from_memory(object: ObjectMeta, body: Bytes) -> FillState {
         last_modified: object.last_modified,
         content_type: object.content_type,
         content_length: Some(body.len() as u64),
+        ..Default::default()
     };
     FillState::Response { meta, body }
 }

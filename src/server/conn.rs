@@ -28,7 +28,8 @@ use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use crate::access_log::Entry;
-use crate::http1::render::simple;
+use crate::http1::cache_status;
+use crate::http1::render::simple_with;
 use crate::http1::request::{parse_request, BodyFraming, Parsed};
 use crate::metrics::CacheResult;
 use crate::server::handler::{handle, Conn};
@@ -67,6 +68,7 @@ pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
         peer: Some(peer),
         head_buf: Vec::with_capacity(512),
         key_buf: String::new(),
+        status_buf: String::with_capacity(96),
         broken: false,
     };
     if serve_requests(&w, &mut conn).await == End::Linger && !conn.broken {
@@ -242,7 +244,10 @@ async fn reject(w: &WorkerRef, conn: &mut Conn, status: u16, why: &str) {
     let mut msg = String::with_capacity(why.len() + 1);
     msg.push_str(why);
     msg.push('\n');
-    simple(status, &msg, false, &mut out);
+    let local = cache_status::local_value();
+    let extra = [("Cache-Status", local.as_str())];
+    let x_cache = Some(CacheResult::None.as_str());
+    simple_with(status, &msg, false, x_cache, &extra, &mut out);
     let _ = send_all(&mut conn.stream, out, w.cfg.server.send_timeout).await;
     w.metrics.request(CacheResult::None, status, 0);
     w.access_log.log(&Entry {
