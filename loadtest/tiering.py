@@ -10,7 +10,8 @@ on a fresh S3 server (examples/s3_server.rs, SigV4) holding examples/repo:
 - storm: CLIENTS threads send REQUESTS GET /index.yaml in all, round-robin over
   the nodes, each on its own connection (`index.yaml` is revalidated on every
   request: only coalescing keeps S3 requests below client requests);
-- read S3's GET count (`/__stats`) before and after the storm.
+- read S3's GET count (`/__stats`) before and after the storm (and the requests the
+  tier answered: the nodes' revalidations, `tier_requests`).
 Prints one JSON line per run and a table: S3 GETs per 1,000 client requests
 (median of --runs).
 
@@ -82,7 +83,14 @@ def chartcache(binary, upstream, work, name, extra_env):
         env.pop(k, None)
     p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(f"http://127.0.0.1:{admin}/readyz", p)
-    return p, port
+    return p, port, admin
+
+
+def requests_total(admin):
+    """Requests a chartcache answered (`chartcache_requests_total`, every label)."""
+    _, body = get(f"http://127.0.0.1:{admin}/metrics")
+    return sum(int(float(l.rsplit(" ", 1)[1])) for l in body.decode().splitlines()
+               if l.startswith("chartcache_requests_total{"))
 
 
 def storm(ports, requests, clients):
@@ -126,14 +134,14 @@ def run(a, nodes, layout):
         creds = {"AWS_ACCESS_KEY_ID": AK, "AWS_SECRET_ACCESS_KEY": SK,
                  "AWS_REGION": "us-east-1", "CHARTCACHE_S3_ENDPOINT": f"http://127.0.0.1:{s3_port}"}
         if layout == "tier":
-            tier, tier_port = chartcache(a.bin, "s3://charts", work, "tier", creds)
+            tier, tier_port, tier_admin = chartcache(a.bin, "s3://charts", work, "tier", creds)
             procs.append(tier)
             upstream, env = f"http://127.0.0.1:{tier_port}", {}
         else:
-            upstream, env = "s3://charts", creds
+            upstream, env, tier_admin = "s3://charts", creds, None
         ports = []
         for i in range(nodes):
-            p, port = chartcache(a.bin, upstream, work, f"node{i}", env)
+            p, port, _ = chartcache(a.bin, upstream, work, f"node{i}", env)
             procs.append(p)
             ports.append(port)
         for port in ports:
@@ -141,12 +149,14 @@ def run(a, nodes, layout):
             if status != 200:
                 sys.exit(f"warm-up GET /index.yaml on :{port} answered {status}")
         before = s3_gets(stats)
+        tier_before = requests_total(tier_admin) if tier_admin else 0
         secs, errors = storm(ports, a.requests, a.clients)
         after = s3_gets(stats)
+        tier_requests = requests_total(tier_admin) - tier_before if tier_admin else None
         per_1000 = (after - before) * 1000 / a.requests
         line = {"nodes": nodes, "layout": layout, "requests": a.requests, "clients": a.clients,
                 "s3_gets": after - before, "s3_gets_per_1000": round(per_1000, 1),
-                "errors": errors, "seconds": round(secs, 2)}
+                "tier_requests": tier_requests, "errors": errors, "seconds": round(secs, 2)}
         print(json.dumps(line), flush=True)
         return per_1000
     finally:

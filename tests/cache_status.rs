@@ -42,7 +42,10 @@ fn cached_answers_say_how_they_were_served() {
     assert_eq!((r.status, r.x_cache()), (200, "MISS"));
     let r = p.get("/index.yaml");
     assert_eq!((r.status, r.x_cache()), (200, "REVALIDATED"));
-    assert_eq!(cs(&r), "chartcache; fwd=stale; fwd-status=304; ttl=0; stored");
+    assert_eq!(
+        cs(&r),
+        "chartcache; fwd=stale; fwd-status=304; ttl=0; stored"
+    );
     assert!(r.header("age").is_some());
 
     // BYPASS: no Age (nothing stored).
@@ -70,7 +73,10 @@ fn local_answers_carry_x_cache_and_cache_status() {
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
     assert!(text.contains("\r\nX-Cache: NONE\r\n"), "{text}");
-    assert!(text.contains("\r\nCache-Status: chartcache; detail=local\r\n"), "{text}");
+    assert!(
+        text.contains("\r\nCache-Status: chartcache; detail=local\r\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -80,4 +86,58 @@ fn an_upstream_failure_says_it_was_retried() {
     let r = get(p.addr, "/x-1.0.0.tgz", &[]);
     assert_eq!((r.status, r.x_cache()), (502, "MISS"));
     assert_eq!(cs(&r), "chartcache; fwd=miss; detail=retried");
+}
+
+/// A proxy whose upstream is the scripted HTTP server at `endpoint`.
+fn behind(endpoint: &str) -> (tempfile::TempDir, Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proxy::start(test_cli(endpoint, &dir.path().join("c")));
+    (dir, p)
+}
+
+#[test]
+fn an_upstream_caches_age_and_staleness_are_honoured() {
+    // An upstream cache stored this 100 s ago and serves it stale.
+    let upstream = common::spawn_raw_http(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"s\"\r\nAge: 100\r\nCache-Status: chartcache; fwd=stale; ttl=-40; detail=stale\r\n\r\nhello".to_vec()]);
+    let (_dir, p) = behind(&upstream.endpoint);
+    let r = p.get("/a-1.0.0.tgz");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    assert_eq!(r.x_cache(), "STALE", "staleness travels");
+    assert!(cs(&r).contains("detail=stale"), "{}", cs(&r));
+    let age: u64 = r.header("age").unwrap().parse().unwrap();
+    assert!(
+        (100..=102).contains(&age),
+        "the upstream's Age counts: {age}"
+    );
+    // Stored with that age: a hit now has a day less those 100 s left.
+    let r = p.get("/a-1.0.0.tgz");
+    assert_eq!(r.x_cache(), "HIT");
+    let ttl: u64 = cs(&r)
+        .strip_prefix("chartcache; hit; ttl=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((86_298..=86_300).contains(&ttl), "{ttl}");
+}
+
+#[test]
+fn an_upstream_that_already_retried_is_not_retried() {
+    let answer = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nCache-Status: chartcache; fwd=miss; detail=retried\r\n\r\n";
+    let upstream = common::spawn_raw_http(vec![answer.to_vec()]);
+    let (_dir, p) = behind(&upstream.endpoint);
+    let r = p.get("/b-1.0.0.tgz");
+    assert_eq!((r.status, r.x_cache()), (502, "MISS"));
+    assert_eq!(upstream.requests().len(), 1, "asked once, not retried");
+
+    // The same 502 without the mark is retried (2 retries by default).
+    let plain = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n";
+    let upstream = common::spawn_raw_http(vec![plain.to_vec()]);
+    let (_dir, p) = behind(&upstream.endpoint);
+    let r = p.get("/b-1.0.0.tgz");
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        upstream.requests().len(),
+        3,
+        "first attempt and two retries"
+    );
 }

@@ -129,7 +129,11 @@ fn fleet_of_three_nodes_behind_one_tier() {
     let mut s3 = spawn_s3(AK, SK);
     let repo = common::proxy::examples_repo();
     let index = std::fs::read_to_string(repo.join("index.yaml")).unwrap();
-    let charts = ["hello-0.1.0.tgz", "hello-0.2.0.tgz", "podinfo-lite-1.0.0.tgz"];
+    let charts = [
+        "hello-0.1.0.tgz",
+        "hello-0.2.0.tgz",
+        "podinfo-lite-1.0.0.tgz",
+    ];
     s3.put_object(BUCKET, "index.yaml", index.as_bytes());
     for c in charts {
         s3.put_object(BUCKET, c, &std::fs::read(repo.join(c)).unwrap());
@@ -201,7 +205,10 @@ fn fleet_of_three_nodes_behind_one_tier() {
     let r = get(addrs[1], "/aged-1.0.0.tgz", &[]);
     assert_eq!((r.status, r.x_cache()), (200, "MISS"));
     let node_age = age(&r).expect("Age on a stored miss");
-    assert!(node_age >= 2, "the node counts from the tier's stored time: Age {node_age}");
+    assert!(
+        node_age >= 2,
+        "the node counts from the tier's stored time: Age {node_age}"
+    );
     let cs = cache_status(&r).to_owned();
     let ttl: i64 = cs
         .split("; ")
@@ -219,7 +226,10 @@ fn fleet_of_three_nodes_behind_one_tier() {
         .parse()
         .unwrap();
     assert!(age(&r).unwrap() >= 2);
-    assert!(ttl <= 86_400 - 2, "freshness left counts the tier's age: {cs}");
+    assert!(
+        ttl <= 86_400 - 2,
+        "freshness left counts the tier's age: {cs}"
+    );
 
     // 3. Republish: visible through both tiers on the next request.
     let index_gets = s3.get_count(&format!("/{BUCKET}/index.yaml"));
@@ -242,21 +252,42 @@ fn fleet_of_three_nodes_behind_one_tier() {
     assert_eq!((r.status, r.x_cache()), (304, "REVALIDATED"));
     assert!(age(&r).is_some(), "a 304 from the cache carries Age");
     let index_gets_now = s3.get_count(&format!("/{BUCKET}/index.yaml"));
-    assert!(index_gets_now > index_gets, "each node request revalidated at S3");
+    assert!(
+        index_gets_now > index_gets,
+        "each node request revalidated at S3"
+    );
 
     // 4. S3 down: staleness travels; retries do not multiply.
     s3.stop();
     let r = get(addrs[2], "/index.yaml", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), republished);
-    assert_eq!(r.x_cache(), "STALE", "the tier served it stale: {}", cache_status(&r));
-    assert!(cache_status(&r).contains("detail=stale"), "{}", cache_status(&r));
+    assert_eq!(
+        r.x_cache(),
+        "STALE",
+        "the tier served it stale: {}",
+        cache_status(&r)
+    );
+    assert!(
+        cache_status(&r).contains("detail=stale"),
+        "{}",
+        cache_status(&r)
+    );
     let tier_misses = metric_sum(tier.admin, "chartcache_requests_total", "status=\"502\"")
         + metric_sum(tier.admin, "chartcache_requests_total", "status=\"504\"");
     let r = get(addrs[2], "/late-1.0.0.tgz", &[]);
-    assert!(r.status == 502 || r.status == 504, "{} {}", r.status, r.text());
+    assert!(
+        r.status == 502 || r.status == 504,
+        "{} {}",
+        r.status,
+        r.text()
+    );
     assert_eq!(r.x_cache(), "MISS");
-    assert!(cache_status(&r).contains("detail=retried"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("detail=retried"),
+        "{}",
+        cache_status(&r)
+    );
     let tier_misses_now = metric_sum(tier.admin, "chartcache_requests_total", "status=\"502\"")
         + metric_sum(tier.admin, "chartcache_requests_total", "status=\"504\"");
     assert_eq!(

@@ -186,7 +186,10 @@ mod tests {
             stored: true,
             ..Entry::default()
         };
-        assert_eq!(rendered(miss), "chartcache; fwd=miss; fwd-status=200; stored");
+        assert_eq!(
+            rendered(miss),
+            "chartcache; fwd=miss; fwd-status=200; stored"
+        );
         let revalidated = Entry {
             fwd: Some(Fwd::Stale),
             fwd_status: Some(304),

@@ -58,9 +58,9 @@ use crate::cache::{
     Answer, BodyView, FillError, FillWait, Hit, Lookup, ObjectMeta, Segment, SegmentPin, Want,
 };
 use crate::helm::{self, view, view::ViewPath};
+use crate::http1::cache_status::{self, Fwd};
 use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
 use crate::http1::path::object_key;
-use crate::http1::cache_status::{self, Fwd};
 use crate::http1::render::{chunk_prefix, render, simple_with, ResponseHead, LAST_CHUNK};
 use crate::http1::request::{Method, RequestHead};
 use crate::metrics::CacheResult;
@@ -1154,10 +1154,20 @@ impl<'a> Exchange<'a> {
         line.push('\n');
         let mut values = std::mem::take(&mut self.conn.status_buf);
         let split = self.cache_status_values(&mut values);
-        let extra = [("Cache-Status", &values[..split]), ("Age", &values[split..])];
+        let extra = [
+            ("Cache-Status", &values[..split]),
+            ("Age", &values[split..]),
+        ];
         let n = if values.len() > split { 2 } else { 1 };
         let x_cache = Some(self.cache.as_str());
-        simple_with(status, &line, self.keep_alive, x_cache, &extra[..n], &mut head);
+        simple_with(
+            status,
+            &line,
+            self.keep_alive,
+            x_cache,
+            &extra[..n],
+            &mut head,
+        );
         self.conn.status_buf = values;
         self.send_head(head).await
     }
