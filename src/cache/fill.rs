@@ -3,6 +3,12 @@
 //! record, publishing progress to every waiter (see
 //! [`coalesce`](super::coalesce)).
 //!
+//! Behind another cache (a chartcache tier): a record's `stored_at` is moved back by
+//! upstream's `Age`, so freshness counts from the tier's stored time; an answer the
+//! tier served stale (`Cache-Status: …; detail=stale`) marks the fill
+//! ([`Inflight::mark_upstream_stale`]: its waiters answer `STALE`), and a 304 from it
+//! does not refresh the stored copy.
+//!
 //! Only complete bodies are committed: the body must end exactly at the
 //! declared `Content-Length`, otherwise the record is aborted (never indexed)
 //! and waiters that were streaming it see `Failed` and close their
