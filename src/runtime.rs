@@ -64,7 +64,7 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one log line per recurring condition per this interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// What a connection over the limit is told before it is closed.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 25\r\nRetry-After: 1\r\nConnection: close\r\n\r\nconnection limit reached\n";
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 25\r\nRetry-After: 1\r\nX-Cache: NONE\r\nCache-Status: chartcache; detail=local\r\nConnection: close\r\n\r\nconnection limit reached\n";
 
 /// Startup and runtime errors; each says what to fix. A variant with a source
 /// does not repeat it in its own text: the binary prints the whole chain.

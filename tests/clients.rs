@@ -435,6 +435,11 @@ fn a_low_open_file_limit_keeps_room_for_a_cold_miss() {
         )
     });
     assert_eq!(resp.status, 503);
+    assert_eq!(resp.x_cache(), "NONE");
+    assert_eq!(
+        resp.header("cache-status"),
+        Some("chartcache; detail=local")
+    );
 
     // A cold miss on an accepted connection.
     let first = &mut conns[0];

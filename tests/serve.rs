@@ -82,11 +82,18 @@ fn head_gets_headers_without_body() {
 #[test]
 fn missing_object_is_404_and_not_cached() {
     let p = Proxy::examples();
-    for _ in 0..2 {
-        let r = p.get("/nope-1.0.0.tgz");
-        assert_eq!(r.status, 404);
-        assert_ne!(r.x_cache(), "HIT");
-    }
+    // Asked upstream once; then the 404 is remembered (`--negative-ttl`), never
+    // stored as an object: a hit of the negative cache.
+    let r = p.get("/nope-1.0.0.tgz");
+    assert_eq!((r.status, r.x_cache()), (404, "MISS"));
+    assert_eq!(
+        r.header("cache-status"),
+        Some("chartcache; fwd=miss; fwd-status=404")
+    );
+    let r = p.get("/nope-1.0.0.tgz");
+    assert_eq!((r.status, r.x_cache()), (404, "HIT"));
+    assert_eq!(r.header("cache-status"), Some("chartcache; hit"));
+    assert_eq!(r.header("age"), None, "no stored copy, no Age");
 }
 
 #[test]

@@ -29,6 +29,7 @@
 //! [`super::fill_patience`]); silence for that long is a 504 `Failed`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,9 +109,17 @@ impl FillState {
 pub struct Inflight {
     pub key: String,
     tx: watch::Sender<FillState>,
+    /// Upstream (a chartcache tier) answered with a copy it served stale; set
+    /// before the answer is published ([`FillWait::upstream_stale`]).
+    upstream_stale: AtomicBool,
 }
 
 impl Inflight {
+    /// Upstream's answer is a copy it served stale: waiters label it `STALE`.
+    pub fn mark_upstream_stale(&self) {
+        self.upstream_stale.store(true, Ordering::Release);
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<FillState> {
         self.tx.subscribe()
     }
@@ -167,6 +176,7 @@ impl InflightTable {
         }
         let (tx, _rx) = watch::channel(FillState::Pending);
         let f = Arc::new(Inflight {
+            upstream_stale: AtomicBool::new(false),
             key: key.to_string(),
             tx,
         });
@@ -239,18 +249,31 @@ pub enum Answer {
 /// no news from the owner for that long is an upstream failure (504).
 pub struct FillWait {
     rx: watch::Receiver<FillState>,
+    inflight: Arc<Inflight>,
     /// The stored copy the fill revalidates or replaces (stale-if-error).
     existing: Option<Hit>,
     patience: Duration,
 }
 
 impl FillWait {
-    pub(super) fn new(inflight: &Inflight, existing: Option<Hit>, patience: Duration) -> Self {
+    pub(super) fn new(inflight: &Arc<Inflight>, existing: Option<Hit>, patience: Duration) -> Self {
         FillWait {
             rx: inflight.subscribe(),
+            inflight: inflight.clone(),
             existing,
             patience,
         }
+    }
+
+    /// Upstream (a chartcache tier) answered with a copy it served stale (read
+    /// after [`Self::answer`]): the answer is `STALE`, never fresh or revalidated.
+    pub fn upstream_stale(&self) -> bool {
+        self.inflight.upstream_stale.load(Ordering::Acquire)
+    }
+
+    /// The fill revalidates or replaces a stored copy (it was conditional).
+    pub fn had_copy(&self) -> bool {
+        self.existing.is_some()
     }
 
     /// Waits for the fill's answer. No news within the patience is a 504

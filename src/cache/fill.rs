@@ -3,6 +3,12 @@
 //! record, publishing progress to every waiter (see
 //! [`coalesce`](super::coalesce)).
 //!
+//! Behind another cache (a chartcache tier): a record's `stored_at` is moved back by
+//! upstream's `Age`, so freshness counts from the tier's stored time; an answer the
+//! tier served stale (`Cache-Status: …; detail=stale`) marks the fill
+//! ([`Inflight::mark_upstream_stale`]: its waiters answer `STALE`), and a 304 from it
+//! does not refresh the stored copy.
+//!
 //! Only complete bodies are committed: the body must end exactly at the
 //! declared `Content-Length`, otherwise the record is aborted (never indexed)
 //! and waiters that were streaming it see `Failed` and close their
@@ -137,9 +143,18 @@ impl Filler<'_> {
         };
         let meta = resp.meta;
         let mut body = resp.body;
+        // An upstream cache (a fleet tier) stored its copy `age` seconds ago:
+        // freshness here counts from then (no double TTL across tiers).
+        let stored_at = unix_now().saturating_sub(meta.age.unwrap_or(0));
+        if meta.upstream_stale {
+            inflight.mark_upstream_stale();
+        }
         match meta.status {
             304 => {
-                let refreshed = self.store.borrow_mut().refresh(&key, unix_now());
+                // A tier that served its copy stale confirmed nothing: the stored
+                // copy is served (as STALE) without being refreshed.
+                let refreshed =
+                    meta.upstream_stale || self.store.borrow_mut().refresh(&key, stored_at);
                 let hit = refreshed
                     .then(|| self.store.borrow().reader().lookup(&key))
                     .flatten();
@@ -169,7 +184,7 @@ impl Filler<'_> {
                     etag: meta.etag.clone(),
                     last_modified: meta.last_modified.clone(),
                     content_type: meta.content_type.clone(),
-                    stored_at: unix_now(),
+                    stored_at,
                 };
                 if key == self.keys.index {
                     return self
@@ -1178,6 +1193,7 @@ fn from_memory(object: ObjectMeta, body: Bytes) -> FillState {
         last_modified: object.last_modified,
         content_type: object.content_type,
         content_length: Some(body.len() as u64),
+        ..Default::default()
     };
     FillState::Response { meta, body }
 }

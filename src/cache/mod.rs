@@ -63,7 +63,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use coalesce::{Answer, BodyView, FillError, FillWait};
-pub use format::ObjectMeta;
+pub use format::{unix_now, ObjectMeta};
 pub use owner::{FillContext, RepoFill, ShardOwner, ShardParts};
 pub use shard::{DirLock, Error as OpenError};
 pub use store::{Hit, Segment, SegmentPin, StoreStats};

@@ -295,11 +295,26 @@ pub fn render(head: &ResponseHead<'_>, out: &mut Vec<u8>) {
 /// newline as the body. A 405 carries `Allow: GET, HEAD`. Returns the body's length
 /// (what the access log counts as sent once `out` is).
 pub fn simple(status: u16, message: &str, keep_alive: bool, out: &mut Vec<u8>) -> u64 {
+    simple_with(status, message, keep_alive, None, &[], out)
+}
+
+/// [`simple`] with an `X-Cache` value and `extra` headers (the proxy's answers
+/// carry `X-Cache` and `Cache-Status` on every response).
+pub fn simple_with(
+    status: u16,
+    message: &str,
+    keep_alive: bool,
+    x_cache: Option<&str>,
+    extra: &[(&str, &str)],
+    out: &mut Vec<u8>,
+) -> u64 {
     let head = ResponseHead {
         content_length: Some(message.len() as u64 + 1),
         content_type: Some("text/plain; charset=utf-8"),
         allow: (status == 405).then_some("GET, HEAD"),
+        x_cache,
         keep_alive,
+        extra,
         ..ResponseHead::new(status)
     };
     render(&head, out);

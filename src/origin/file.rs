@@ -82,6 +82,7 @@ impl FileOrigin {
             last_modified: Some(last_modified),
             content_type: content_type_for(&path).map(str::to_owned),
             content_length: Some(len),
+            ..ResponseMeta::default()
         };
         if not_modified {
             meta.status = 304;

@@ -11,13 +11,24 @@
 //! `Host`, `User-Agent` and the conditional headers are sent. The upstream may
 //! itself be S3 (a public bucket), so S3's response hints are kept and checked
 //! and its region hint is logged ([`super::s3::error_response::hints_only`]),
-//! as for the S3 origin; its error codes are not read.
+//! as for the S3 origin; its error codes are not read. The upstream may be a
+//! chartcache tier: its `Age` and `Cache-Status` are kept and honoured
+//! ([`response::CACHE_HEADERS`]).
 
 use super::client::{ClientSettings, Endpoint, HttpClient};
 use super::response;
 use super::s3::error_response::{hints_only, KEPT_HEADERS};
 use super::sigv4::encode_key_path;
 use super::{Error, LocalBoxFuture, Origin, OriginConfig, OriginRequest, OriginResponse, Upstream};
+
+/// S3's hints, and an upstream cache's `Age` and `Cache-Status` (a fleet tier).
+const HTTPS_KEPT: [&str; KEPT_HEADERS.len() + 2] = [
+    KEPT_HEADERS[0],
+    KEPT_HEADERS[1],
+    KEPT_HEADERS[2],
+    response::CACHE_HEADERS[0],
+    response::CACHE_HEADERS[1],
+];
 
 /// One worker's HTTP(S) origin.
 pub struct HttpsOrigin {
@@ -49,7 +60,7 @@ impl HttpsOrigin {
         };
         Ok(Self {
             client: HttpClient::new(endpoint, ClientSettings::from(cfg))?
-                .keeping_headers(KEPT_HEADERS),
+                .keeping_headers(&HTTPS_KEPT),
             base_path: base_path.trim_end_matches('/').to_owned(),
         })
     }

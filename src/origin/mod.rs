@@ -116,6 +116,12 @@ pub struct ResponseMeta {
     /// Body length when upstream declared one (`Content-Length`); `None` for
     /// chunked bodies.
     pub content_length: Option<u64>,
+    /// Upstream's `Age` (seconds): an upstream cache (a fleet tier) stored the
+    /// object that long ago, so freshness here counts from then (RFC 9111 §4.2.3).
+    pub age: Option<u64>,
+    /// An upstream chartcache served a stale copy (its `Cache-Status` says
+    /// `detail=stale`): the staleness travels, see [`crate::http1::cache_status`].
+    pub upstream_stale: bool,
 }
 
 /// A response from an origin: head plus a streaming body.

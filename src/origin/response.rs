@@ -20,11 +20,25 @@
 //! - every other status (3xx included: 502, with S3's code such as
 //!   `PermanentRedirect`) is [`Error::Status`]; its document is read up to
 //!   [`MAX_ERROR_BODY`] (a larger one is not read and closes the connection)
-//!   and handed to the hook, which alone decides the `code`.
+//!   and handed to the hook, which decides the `code` — unless an upstream
+//!   chartcache says it already retried ([`UPSTREAM_RETRIED`]);
+//! - an upstream cache's `Age` and `Cache-Status` (kept only by origins that ask
+//!   for [`CACHE_HEADERS`]) become [`ResponseMeta::age`] and
+//!   [`ResponseMeta::upstream_stale`].
 
 use super::client::{ClientResponse, HttpClient};
 use super::{EmptyBody, Error, Method, OriginResponse, ResponseMeta};
+use crate::http1::cache_status;
 use crate::http1::response::ResponseHead;
+
+/// Response headers an origin keeps (see [`HttpClient::keeping_headers`]) so an
+/// upstream cache (a fleet tier) is honoured: its `Age` and its `Cache-Status`.
+pub const CACHE_HEADERS: [&str; 2] = ["age", "cache-status"];
+
+/// The error code of an [`Error::Status`] whose answer came from an upstream
+/// chartcache that had already applied its own retries (its `Cache-Status` says
+/// `detail=retried`): never retried again ([`super::retry::is_retryable`]).
+pub const UPSTREAM_RETRIED: &str = "chartcache-upstream-retried";
 
 /// Error documents larger than this are not read (the connection is closed).
 pub const MAX_ERROR_BODY: usize = 16 * 1024;
@@ -59,12 +73,23 @@ pub async fn map_response(
     error_code: ErrorCode,
 ) -> Result<OriginResponse, Error> {
     let ClientResponse { head, mut body } = resp;
+    let upstream = head
+        .kept
+        .get(CACHE_HEADERS[1])
+        .map(cache_status::Upstream::parse)
+        .unwrap_or_default();
     let meta = ResponseMeta {
         status: head.status,
         etag: head.etag.clone(),
         last_modified: head.last_modified.clone(),
         content_type: head.content_type.clone(),
         content_length: head.content_length,
+        // RFC 9111 §5.1: a non-negative integer; anything else is ignored.
+        age: head
+            .kept
+            .get(CACHE_HEADERS[0])
+            .and_then(|v| v.parse::<u64>().ok()),
+        upstream_stale: upstream.stale,
     };
     match head.status {
         200 => Ok(OriginResponse {
@@ -91,7 +116,10 @@ pub async fn map_response(
         }
         status => {
             let doc = body.read_to_end_capped(MAX_ERROR_BODY).await.ok();
-            let code = error_code(&head, doc.as_deref());
+            let code = match upstream.retried {
+                true => Some(UPSTREAM_RETRIED.to_owned()),
+                false => error_code(&head, doc.as_deref()),
+            };
             Err(Error::Status { status, code })
         }
     }

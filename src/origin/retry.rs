@@ -109,10 +109,17 @@ impl RetryPolicy {
 /// Whether a failed fetch may be retried: connection failures, timeouts,
 /// connection resets before a response, 5xx (except 501), 429 and S3
 /// `SlowDown`. Never 4xx answers, protocol violations, credential or signing
-/// problems (retrying cannot fix those).
+/// problems (retrying cannot fix those), nor an error answer of an upstream
+/// chartcache that already retried ([`super::response::UPSTREAM_RETRIED`]: at
+/// most one tier retries).
 pub fn is_retryable(err: &Error) -> bool {
     match err {
         Error::Connect(_) | Error::Timeout => true,
+        Error::Status { code, .. }
+            if code.as_deref() == Some(super::response::UPSTREAM_RETRIED) =>
+        {
+            false
+        }
         Error::Status { status, code } => {
             code.as_deref() == Some("SlowDown")
                 || *status == 429
@@ -535,6 +542,10 @@ mod tests {
             std::io::ErrorKind::ConnectionReset.into()
         )));
         assert!(!is_retryable(&status(501, None)));
+        // A tier that already retried says so: not retried again here.
+        let retried = Some(crate::origin::response::UPSTREAM_RETRIED);
+        assert!(!is_retryable(&status(502, retried)));
+        assert!(!is_retryable(&status(504, retried)));
         assert!(!is_retryable(&status(403, Some("AccessDenied"))));
         assert!(!is_retryable(&status(404, None)));
         assert!(!is_retryable(&Error::Truncated { received: 3 }));

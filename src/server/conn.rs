@@ -28,7 +28,8 @@ use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use crate::access_log::Entry;
-use crate::http1::render::simple;
+use crate::http1::cache_status;
+use crate::http1::render::simple_with;
 use crate::http1::request::{parse_request, BodyFraming, Parsed};
 use crate::metrics::CacheResult;
 use crate::server::handler::{handle, Conn};
@@ -67,6 +68,7 @@ pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
         peer: Some(peer),
         head_buf: Vec::with_capacity(512),
         key_buf: String::new(),
+        status_buf: String::with_capacity(96),
         broken: false,
     };
     if serve_requests(&w, &mut conn).await == End::Linger && !conn.broken {
@@ -239,7 +241,10 @@ async fn linger(w: &WorkerRef, conn: &mut Conn) {
 /// Answers a malformed or timed-out request and logs it; the caller closes.
 async fn reject(w: &WorkerRef, conn: &mut Conn, status: u16, why: &str) {
     let mut out = Vec::with_capacity(256);
-    let body = simple(status, why, false, &mut out);
+    let local = cache_status::local_value();
+    let extra = [("Cache-Status", local.as_str())];
+    let x_cache = Some(CacheResult::None.as_str());
+    let body = simple_with(status, why, false, x_cache, &extra, &mut out);
     let sent = send_all(&mut conn.stream, out, w.cfg.server.send_timeout).await;
     let bytes = if sent.is_ok() { body } else { 0 };
     w.metrics.request(CacheResult::None, status, bytes);

@@ -48,7 +48,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
@@ -58,9 +58,10 @@ use crate::cache::{
     Answer, BodyView, FillError, FillWait, Hit, Lookup, ObjectMeta, Segment, SegmentPin, Want,
 };
 use crate::helm::{self, view, view::ViewPath};
+use crate::http1::cache_status::{self, Fwd};
 use crate::http1::conditional::{evaluate_range, not_modified, RangeOutcome};
 use crate::http1::path::object_key;
-use crate::http1::render::{chunk_prefix, render, simple, ResponseHead, LAST_CHUNK};
+use crate::http1::render::{chunk_prefix, render, simple_with, ResponseHead, LAST_CHUNK};
 use crate::http1::request::{Method, RequestHead};
 use crate::metrics::CacheResult;
 use crate::origin::{self, OriginRequest, ResponseMeta};
@@ -79,6 +80,8 @@ pub struct Conn {
     pub head_buf: Vec<u8>,
     /// Reused buffer for the request's cache key.
     pub key_buf: String,
+    /// Reused buffer for the `Cache-Status` and `Age` values.
+    pub status_buf: String,
     /// A send failed or timed out: close at once, without a lingering close.
     pub broken: bool,
 }
@@ -275,6 +278,18 @@ struct Exchange<'a> {
     vary: Option<&'static str>,
     /// `Content-Encoding` of the body being served (a stored gzip form).
     content_encoding: Option<&'static str>,
+    // What `Cache-Status` and `Age` say (see `cache_status_entry`).
+    /// The rule's freshness (Cache / Revalidate): `ttl`.
+    fresh_for: Option<Duration>,
+    /// When the copy served was stored or last validated (unix seconds; an
+    /// upstream tier's `Age` already counted in): `Age`.
+    stored_at: Option<u64>,
+    /// The fill revalidated or replaced a stored copy (`fwd=stale`).
+    had_copy: bool,
+    /// The answer was stored (`stored`).
+    stored: bool,
+    /// `detail` (one of `cache_status::DETAIL_*`, or another token).
+    detail: Option<&'static str>,
 }
 
 impl<'a> Exchange<'a> {
@@ -300,7 +315,73 @@ impl<'a> Exchange<'a> {
             json_index: false,
             vary: None,
             content_encoding: None,
+            fresh_for: None,
+            stored_at: None,
+            had_copy: false,
+            stored: false,
+            detail: None,
         }
+    }
+
+    /// This response's `Cache-Status` entry (RFC 9211), from what was answered;
+    /// the table is in [`crate::http1::cache_status`].
+    fn cache_status_entry(&self) -> cache_status::Entry<'static> {
+        let ttl = match (self.fresh_for, self.stored_at) {
+            (Some(fresh), Some(at)) => {
+                let age = crate::cache::unix_now().saturating_sub(at);
+                Some(fresh.as_secs().min(i64::MAX as u64) as i64 - age.min(i64::MAX as u64) as i64)
+            }
+            _ => None,
+        };
+        let mut e = cache_status::Entry {
+            detail: self.detail,
+            ..Default::default()
+        };
+        match self.cache {
+            CacheResult::Hit => {
+                e.hit = true;
+                e.ttl = ttl;
+            }
+            CacheResult::Miss => {
+                e.fwd = Some(if self.had_copy { Fwd::Stale } else { Fwd::Miss });
+                e.fwd_status = self.upstream_status;
+                e.stored = self.stored;
+            }
+            CacheResult::Revalidated => {
+                e.fwd = Some(Fwd::Stale);
+                e.fwd_status = Some(304);
+                e.ttl = ttl;
+                e.stored = true;
+            }
+            CacheResult::Stale => {
+                e.fwd = Some(Fwd::Stale);
+                e.fwd_status = self.upstream_status;
+                e.ttl = ttl.map(|t| t.min(0));
+                e.detail = Some(cache_status::DETAIL_STALE);
+            }
+            CacheResult::Bypass => {
+                e.fwd = Some(Fwd::Bypass);
+                e.fwd_status = self.upstream_status;
+            }
+            CacheResult::None => {
+                e.detail = Some(cache_status::DETAIL_LOCAL);
+            }
+        }
+        e
+    }
+
+    /// Renders `Cache-Status` (and `Age` when a stored copy is served, RFC 9111
+    /// §5.1) into `buf`: the `Cache-Status` value is `buf[..split]`, `Age`'s the rest.
+    fn cache_status_values(&self, buf: &mut String) -> usize {
+        buf.clear();
+        self.cache_status_entry().render(buf);
+        let split = buf.len();
+        if let Some(at) = self.stored_at.filter(|_| self.cache != CacheResult::Bypass) {
+            let age = crate::cache::unix_now().saturating_sub(at);
+            use std::fmt::Write as _;
+            let _ = write!(buf, "{age}");
+        }
+        split
     }
 
     /// One metrics update and one access-log line; whether the connection may
@@ -351,12 +432,12 @@ impl<'a> Exchange<'a> {
                 etag: None,
                 last_modified: None,
                 cache_control: None,
-                x_cache: None,
+                x_cache: Some(self.cache.as_str()),
                 content_range: None,
                 allow: Some("GET, HEAD"),
                 chunked: false,
                 keep_alive: self.keep_alive,
-                extra: &[],
+                extra: &[("Cache-Status", &cache_status::local_value())],
             },
             &mut head,
         );
@@ -371,6 +452,7 @@ impl<'a> Exchange<'a> {
 
     /// Cache and Revalidate: serve a fresh copy, else wait on the fill.
     async fn cached(&mut self, want: Want) -> std::io::Result<()> {
+        self.fresh_for = Some(want.fresh_for);
         let mut fill = match self
             .w
             .cache
@@ -400,15 +482,26 @@ impl<'a> Exchange<'a> {
             }
             Lookup::Filling(fill) => fill,
         };
-        match fill.answer().await {
+        let answer = fill.answer().await;
+        self.had_copy = fill.had_copy();
+        // What an upstream tier served stale is STALE here too, never fresh.
+        let upstream_stale = fill.upstream_stale();
+        match answer {
             Answer::Body(view) => {
                 self.cache = CacheResult::Miss;
+                self.stored = true;
+                if upstream_stale {
+                    self.cache = CacheResult::Stale;
+                }
                 self.upstream_status = Some(200);
                 self.stream_fill(view, fill).await
             }
             Answer::Revalidated(hit) => {
                 self.upstream_status = Some(304);
-                self.cache = CacheResult::Revalidated;
+                self.cache = match upstream_stale {
+                    true => CacheResult::Stale,
+                    false => CacheResult::Revalidated,
+                };
                 if self.serve_stored(&Stored::from(&hit)).await? {
                     return Ok(());
                 }
@@ -426,6 +519,7 @@ impl<'a> Exchange<'a> {
             }
             Answer::Unverified(view) => {
                 self.cache = CacheResult::Bypass;
+                self.detail = Some("digest-mismatch");
                 self.upstream_status = Some(200);
                 // Pinned by the view: always served.
                 self.serve_stored(&Stored::from(&view)).await.map(|_| ())
@@ -458,6 +552,10 @@ impl<'a> Exchange<'a> {
             }
         }
         self.cache = CacheResult::Miss;
+        self.stored_at = None;
+        // This instance's retry policy already ran: an instance in front of this
+        // one (a fleet node) does not retry this answer (retries never multiply).
+        self.detail = Some(cache_status::DETAIL_RETRIED);
         tracing::warn!(repo = self.repo_name(), key = self.key, status = error.status, error = %error.message, "upstream failed");
         self.respond_simple(error.status, &error.message).await
     }
@@ -465,6 +563,7 @@ impl<'a> Exchange<'a> {
     /// Streams a fill (in progress or done) to this client from the segment mmap
     /// (pinned by the view).
     async fn stream_fill(&mut self, view: BodyView, mut fill: FillWait) -> std::io::Result<()> {
+        self.stored_at = Some(view.meta.stored_at);
         // An index fill publishes once every form but the gzip ones is committed.
         if self.key == helm::INDEX_KEY
             && (self.view.is_some() || self.json_index || self.req.accepts_gzip)
@@ -534,6 +633,8 @@ impl<'a> Exchange<'a> {
     /// because its segment file shrank is reported to the cache, which drops what is
     /// gone; the connection is closed (the caller sees the error).
     async fn serve_stored(&mut self, s: &Stored<'_>) -> std::io::Result<bool> {
+        // A derived form's age is its index's (the index is what is validated).
+        self.stored_at = Some(s.meta.stored_at);
         if self.key != helm::INDEX_KEY {
             return self.serve_stored_form(s).await;
         }
@@ -847,6 +948,8 @@ impl<'a> Exchange<'a> {
     /// Streams upstream's answer straight through; nothing is stored.
     async fn bypass(&mut self, result: CacheResult) -> std::io::Result<()> {
         self.cache = result;
+        self.stored = false;
+        self.stored_at = None;
         let req = self.req;
         let oreq = OriginRequest {
             key: self.key.to_string(),
@@ -878,6 +981,7 @@ impl<'a> Exchange<'a> {
                     .metrics
                     .upstream(err.upstream_status, started.elapsed());
                 self.upstream_status = err.upstream_status;
+                self.detail = Some(cache_status::DETAIL_RETRIED);
                 tracing::warn!(repo = self.repo_name(), key = self.key, error = %e, "upstream request failed");
                 return self.respond_simple(err.status, &err.message).await;
             }
@@ -983,6 +1087,14 @@ impl<'a> Exchange<'a> {
         if let Some(coding) = self.content_encoding {
             extra.push(("Content-Encoding", coding));
         }
+        let mut values = std::mem::take(&mut self.conn.status_buf);
+        let split = self.cache_status_values(&mut values);
+        if !overridden("cache-status") {
+            extra.push(("Cache-Status", &values[..split]));
+        }
+        if values.len() > split && !overridden("age") {
+            extra.push(("Age", &values[split..]));
+        }
         let ct = content_type(self.key, meta.content_type.as_deref());
         let mut head = std::mem::take(&mut self.conn.head_buf);
         head.clear();
@@ -1006,6 +1118,7 @@ impl<'a> Exchange<'a> {
             },
             &mut head,
         );
+        self.conn.status_buf = values;
         self.status = status;
         head
     }
@@ -1037,7 +1150,16 @@ impl<'a> Exchange<'a> {
         }
         let mut head = std::mem::take(&mut self.conn.head_buf);
         head.clear();
-        let mut body = simple(status, msg, self.keep_alive, &mut head);
+        let mut values = std::mem::take(&mut self.conn.status_buf);
+        let split = self.cache_status_values(&mut values);
+        let extra = [
+            ("Cache-Status", &values[..split]),
+            ("Age", &values[split..]),
+        ];
+        let n = if values.len() > split { 2 } else { 1 };
+        let x_cache = Some(self.cache.as_str());
+        let mut body = simple_with(status, msg, self.keep_alive, x_cache, &extra[..n], &mut head);
+        self.conn.status_buf = values;
         if self.req.method == Method::Head {
             // The head says what a GET would get; a HEAD response has no body.
             head.truncate(head.len().saturating_sub(body as usize));
