@@ -487,25 +487,8 @@ pub struct MatchConfig {
 // The validated configuration.
 // ---------------------------------------------------------------------------------------------
 
-/// Which io driver the workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Driver {
-    /// io_uring when the kernel (and seccomp) allow it, else epoll.
-    Auto,
-    IoUring,
-    Epoll,
-}
-
-impl Driver {
-    /// The name `--driver` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Driver::Auto => "auto",
-            Driver::IoUring => "io_uring",
-            Driver::Epoll => "epoll",
-        }
-    }
-}
+/// Which io driver the workers use (defined beside the probe that resolves `auto`).
+pub use crate::driver::Driver;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

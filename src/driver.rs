@@ -11,7 +11,25 @@
 
 use std::sync::OnceLock;
 
-use crate::config::Driver;
+/// Which io driver the workers use (`--driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring when the kernel (and seccomp) allow it, else epoll.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    /// The name `--driver` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
 
 /// The driver the workers run, and why it is not io_uring when it is not.
 #[derive(Debug, Clone, PartialEq, Eq)]

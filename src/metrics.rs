@@ -145,6 +145,13 @@ const STATUSES: [u16; 15] = [
 ];
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
 
+/// The `status` label of a slot: the status, or `other`.
+fn status_label(slot: usize) -> String {
+    STATUSES
+        .get(slot)
+        .map_or("other".to_string(), |s| s.to_string())
+}
+
 fn status_slot(status: u16) -> usize {
     STATUSES
         .iter()
@@ -536,12 +543,9 @@ impl Collector for Metrics {
                     if v == 0 {
                         continue;
                     }
-                    let status = STATUSES
-                        .get(slot)
-                        .map_or("other".to_string(), |s| s.to_string());
                     let labels = vec![
                         ("cache", result.as_str().to_ascii_lowercase()),
-                        ("status", status),
+                        ("status", status_label(slot)),
                     ];
                     m.encode_family(&labels)?
                         .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
@@ -814,13 +818,10 @@ impl Metrics {
                         if v == 0 {
                             continue;
                         }
-                        let status = STATUSES
-                            .get(slot)
-                            .map_or("other".to_string(), |s| s.to_string());
                         let labels = vec![
                             ("repo", name.clone()),
                             ("cache", result.as_str().to_ascii_lowercase()),
-                            ("status", status),
+                            ("status", status_label(slot)),
                         ];
                         m.encode_family(&labels)?
                             .encode_counter::<NoLabelSet, _, u64>(&v, None)?;

@@ -18,38 +18,10 @@
 /// or make it invalid, so it is left alone. Returns `None` when nothing was rewritten
 /// (serve the bytes as they are).
 pub fn rewrite_s3_urls(index: &[u8], from: &str) -> Option<Vec<u8>> {
-    let needle = from.as_bytes();
-    if needle.is_empty() {
+    if !from.starts_with("s3://") || from.len() == "s3://".len() {
         return None;
     }
-    let mut out: Option<Vec<u8>> = None;
-    // `index[..copied]` is already in `out`; the search resumes at `from_pos`.
-    let (mut copied, mut from_pos) = (0, 0);
-    while let Some(found) = index[from_pos..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-    {
-        let at = from_pos + found;
-        let end = at + needle.len();
-        let starts_token = at == 0
-            || matches!(
-                index[at - 1],
-                b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'[' | b'{' | b','
-            );
-        let names_object = index.get(end).is_some_and(u8::is_ascii_alphanumeric)
-            && !ends_as_mapping_key(&index[end..]);
-        if starts_token && names_object {
-            let o = out.get_or_insert_with(|| Vec::with_capacity(index.len()));
-            o.extend_from_slice(&index[copied..at]);
-            copied = end;
-            from_pos = end;
-        } else {
-            from_pos = at + 1;
-        }
-    }
-    let mut out = out?;
-    out.extend_from_slice(&index[copied..]);
-    Some(out)
+    rewrite_all(index, &[(from.to_owned(), String::new())])
 }
 
 /// What an index's `s3://` URLs become: `(from, to)` pairs, the longest `from` first
@@ -89,7 +61,6 @@ impl Rules {
     pub fn apply(&self, index: &[u8]) -> Option<Vec<u8>> {
         match self.0.as_slice() {
             [] => None,
-            [(from, to)] if to.is_empty() => rewrite_s3_urls(index, from),
             rules => rewrite_all(index, rules),
         }
     }

@@ -33,6 +33,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod endpoint;
 pub mod error;
 pub mod file;
 pub mod https;

@@ -30,7 +30,7 @@ use hyper_util::client::proxy::matcher::Matcher;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::client::Endpoint;
+use super::endpoint::Endpoint;
 use super::Error;
 
 /// Largest `CONNECT` answer head read from a proxy.

@@ -1158,7 +1158,14 @@ impl<'a> Exchange<'a> {
         ];
         let n = if values.len() > split { 2 } else { 1 };
         let x_cache = Some(self.cache.as_str());
-        let mut body = simple_with(status, msg, self.keep_alive, x_cache, &extra[..n], &mut head);
+        let mut body = simple_with(
+            status,
+            msg,
+            self.keep_alive,
+            x_cache,
+            &extra[..n],
+            &mut head,
+        );
         self.conn.status_buf = values;
         if self.req.method == Method::Head {
             // The head says what a GET would get; a HEAD response has no body.
