@@ -6,7 +6,7 @@
 mod common;
 
 use common::egress::spawn_egress_proxy;
-use common::proxy::{get, run_binary, Binary, AK, SK};
+use common::proxy::{get, run_binary, s3_args, strs, Binary, AK, S3_ENV, SK};
 use common::spawn_s3;
 
 const CHART: &[u8] = b"a chart through the proxy";
@@ -18,26 +18,14 @@ fn s3_with_chart() -> common::S3Server {
 }
 
 fn start(s3: &common::S3Server, cache: &std::path::Path, envs: &[(&str, &str)]) -> Binary {
-    let mut all = vec![("AWS_ACCESS_KEY_ID", AK), ("AWS_SECRET_ACCESS_KEY", SK)];
+    let mut all = S3_ENV.to_vec();
     all.extend_from_slice(envs);
     Binary::start(
-        &[
-            "--upstream",
-            "s3://charts",
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--cache-size",
-            "64MiB",
-            "--workers",
-            "1",
-            "--no-access-log",
-        ],
+        &strs(&s3_args(
+            s3,
+            cache,
+            &["--cache-size", "64MiB", "--workers", "1", "--no-access-log"],
+        )),
         &all,
     )
 }
@@ -109,21 +97,10 @@ fn an_unsupported_proxy_scheme_is_a_startup_error_that_names_it_without_credenti
     let s3 = s3_with_chart();
     let tmp = tempfile::tempdir().unwrap();
     let (code, out) = run_binary(
+        &strs(&s3_args(&s3, tmp.path(), &[])),
         &[
-            "--upstream",
-            "s3://charts",
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--cache-dir",
-            tmp.path().to_str().unwrap(),
-        ],
-        &[
-            ("AWS_ACCESS_KEY_ID", AK),
-            ("AWS_SECRET_ACCESS_KEY", SK),
+            S3_ENV[0],
+            S3_ENV[1],
             ("HTTP_PROXY", "socks5://u:hunter2@127.0.0.1:1080"),
         ],
     );

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::proxy::{get, run_binary, Binary, AK, SK};
+use common::proxy::{get, run_binary, s3_args, strs, Binary, AK, S3_ENV, SK};
 use common::spawn_s3;
 
 const BUCKET: &str = "charts";
@@ -19,26 +19,19 @@ fn body_for(i: usize) -> Vec<u8> {
 }
 
 fn start(s3: &common::S3Server, cache_dir: &Path) -> Binary {
-    let dir = cache_dir.to_str().unwrap();
     Binary::start(
-        &[
-            "--upstream",
-            "s3://charts",
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--cache-dir",
-            dir,
-            "--cache-size",
-            "256MiB",
-            "--workers",
-            "2",
-            "--no-access-log",
-        ],
-        &[("AWS_ACCESS_KEY_ID", AK), ("AWS_SECRET_ACCESS_KEY", SK)],
+        &strs(&s3_args(
+            s3,
+            cache_dir,
+            &[
+                "--cache-size",
+                "256MiB",
+                "--workers",
+                "2",
+                "--no-access-log",
+            ],
+        )),
+        &S3_ENV,
     )
 }
 
@@ -190,21 +183,7 @@ fn second_process_on_the_same_cache_dir_is_refused() {
     let s3 = spawn_s3(AK, SK);
     let tmp = tempfile::tempdir().unwrap();
     let _first = start(&s3, tmp.path());
-    let (code, out) = run_binary(
-        &[
-            "--upstream",
-            "s3://charts",
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--cache-dir",
-            tmp.path().to_str().unwrap(),
-        ],
-        &[("AWS_ACCESS_KEY_ID", AK), ("AWS_SECRET_ACCESS_KEY", SK)],
-    );
+    let (code, out) = run_binary(&strs(&s3_args(&s3, tmp.path(), &[])), &S3_ENV);
     assert_ne!(code, 0);
     assert!(
         out.contains("in use by another chartcache process"),

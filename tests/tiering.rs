@@ -24,7 +24,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::proxy::{get, Binary, Response, AK, SK};
+use common::proxy::{get, s3_args, serve_args, strs, Binary, Response, AK, S3_ENV, SK};
 use common::spawn_s3;
 use sha2::{Digest, Sha256};
 
@@ -32,56 +32,34 @@ const BUCKET: &str = "charts";
 const NODES: usize = 3;
 
 fn start_tier(s3: &common::S3Server, dir: &std::path::Path) -> Binary {
-    Binary::start(
-        &[
-            "--upstream",
-            "s3://charts",
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--cache-dir",
-            dir.to_str().unwrap(),
-            "--cache-size",
-            "64MiB",
-            "--workers",
-            "2",
-            "--no-access-log",
-            "--connect-timeout",
-            "1s",
-            "--retry-deadline",
-            "3s",
-        ],
-        &[("AWS_ACCESS_KEY_ID", AK), ("AWS_SECRET_ACCESS_KEY", SK)],
-    )
+    let extra = [
+        "--cache-size",
+        "64MiB",
+        "--workers",
+        "2",
+        "--no-access-log",
+        "--connect-timeout",
+        "1s",
+        "--retry-deadline",
+        "3s",
+    ];
+    Binary::start(&strs(&s3_args(s3, dir, &extra)), &S3_ENV)
 }
 
 fn start_node(tier: SocketAddr, dir: &std::path::Path) -> Binary {
     let upstream = format!("http://{tier}");
-    Binary::start(
-        &[
-            "--upstream",
-            &upstream,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--cache-dir",
-            dir.to_str().unwrap(),
-            "--cache-size",
-            "64MiB",
-            "--workers",
-            "2",
-            "--no-access-log",
-            "--connect-timeout",
-            "1s",
-            "--retry-deadline",
-            "6s",
-        ],
-        &[],
-    )
+    let extra = [
+        "--cache-size",
+        "64MiB",
+        "--workers",
+        "2",
+        "--no-access-log",
+        "--connect-timeout",
+        "1s",
+        "--retry-deadline",
+        "6s",
+    ];
+    Binary::start(&strs(&serve_args(&upstream, dir, &extra)), &[])
 }
 
 /// The sum of every sample of `name` (any labels) whose labels contain `with`.

@@ -244,6 +244,41 @@ pub const EGRESS_PROXY_VARS: [&str; 8] = [
     "no_proxy",
 ];
 
+/// Arguments that serve `upstream` on 127.0.0.1 port 0 (the admin listener too) with
+/// the cache in `cache_dir`, then `extra`.
+pub fn serve_args(upstream: &str, cache_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--upstream",
+        upstream,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--cache-dir",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.push(cache_dir.to_str().unwrap().to_owned());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// [`serve_args`] for bucket `charts` of the test S3 server (path-style, its endpoint).
+pub fn s3_args(s3: &crate::common::S3Server, cache_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = serve_args("s3://charts", cache_dir, &["--s3-endpoint", &s3.endpoint]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// The test S3 server's key pair, as the environment a started binary signs with.
+pub const S3_ENV: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", AK), ("AWS_SECRET_ACCESS_KEY", SK)];
+
+/// `args` as the `&[&str]` [`Binary::start`] and [`run_binary`] take.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
