@@ -429,6 +429,15 @@ fn purged_derived_forms_are_rebuilt() {
     assert_eq!(p.metric("chartcache_index_versions_processed_total"), 4);
 }
 
+/// A proxy on `s3://charts/stable` with its cache under `dir` (kept across starts)
+/// and `workers` workers.
+fn restartable(s3: &common::S3Server, dir: &std::path::Path, workers: usize) -> Proxy {
+    let mut cli = test_cli("s3://charts/stable", &dir.join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    cli.runtime.workers = Some(workers);
+    Proxy::start_in(cli, None)
+}
+
 /// After a restart the forms of the stored index are found in their slot, and the
 /// next version's forms go to the other one: the served version's forms are never
 /// overwritten while its YAML is still the one served.
@@ -437,12 +446,7 @@ fn after_a_restart_new_forms_go_to_the_other_slot() {
     let s3 = spawn_s3(AK, SK);
     s3.put_object("charts", "stable/index.yaml", index().as_bytes());
     let tmp = tempfile::tempdir().unwrap();
-    let start = || {
-        let mut cli = test_cli("s3://charts/stable", &tmp.path().join("cache"));
-        cli.repo.s3_endpoint = Some(s3.endpoint.clone());
-        cli.runtime.workers = Some(2);
-        Proxy::start_in(cli, None)
-    };
+    let start = || restartable(&s3, tmp.path(), 2);
     let first = {
         let p = start();
         p.get_with("/index.yaml", &[HELM])
@@ -496,12 +500,7 @@ fn a_corrupt_derived_form_found_after_a_restart_is_replaced() {
     let s3 = spawn_s3(AK, SK);
     s3.put_object("charts", "stable/index.yaml", index().as_bytes());
     let tmp = tempfile::tempdir().unwrap();
-    let start = || {
-        let mut cli = test_cli("s3://charts/stable", &tmp.path().join("cache"));
-        cli.repo.s3_endpoint = Some(s3.endpoint.clone());
-        cli.runtime.workers = Some(1);
-        Proxy::start_in(cli, None)
-    };
+    let start = || restartable(&s3, tmp.path(), 1);
     let js = {
         let p = start();
         p.get_with("/index.yaml", &[HELM])

@@ -31,8 +31,10 @@ use sha2::{Digest, Sha256};
 const BUCKET: &str = "charts";
 const NODES: usize = 3;
 
-fn start_tier(s3: &common::S3Server, dir: &std::path::Path) -> Binary {
-    let extra = [
+/// What the tier and the nodes share: a small cache, a short connect timeout, and a
+/// retry deadline (the node's above the tier's, as README, Fleet tiering, says).
+fn fleet_args(retry_deadline: &str) -> [&str; 9] {
+    [
         "--cache-size",
         "64MiB",
         "--workers",
@@ -41,25 +43,17 @@ fn start_tier(s3: &common::S3Server, dir: &std::path::Path) -> Binary {
         "--connect-timeout",
         "1s",
         "--retry-deadline",
-        "3s",
-    ];
-    Binary::start(&strs(&s3_args(s3, dir, &extra)), &S3_ENV)
+        retry_deadline,
+    ]
+}
+
+fn start_tier(s3: &common::S3Server, dir: &std::path::Path) -> Binary {
+    Binary::start(&strs(&s3_args(s3, dir, &fleet_args("3s"))), &S3_ENV)
 }
 
 fn start_node(tier: SocketAddr, dir: &std::path::Path) -> Binary {
     let upstream = format!("http://{tier}");
-    let extra = [
-        "--cache-size",
-        "64MiB",
-        "--workers",
-        "2",
-        "--no-access-log",
-        "--connect-timeout",
-        "1s",
-        "--retry-deadline",
-        "6s",
-    ];
-    Binary::start(&strs(&serve_args(&upstream, dir, &extra)), &[])
+    Binary::start(&strs(&serve_args(&upstream, dir, &fleet_args("6s"))), &[])
 }
 
 /// The sum of every sample of `name` (any labels) whose labels contain `with`.
