@@ -418,31 +418,11 @@ impl<'a> Exchange<'a> {
     }
 
     async fn method_not_allowed(&mut self) -> std::io::Result<()> {
-        self.status = 405;
         // CONNECT expects a tunnel, never a protocol switch: close.
         self.keep_alive &= !self.http10 && !self.req.method_name.eq_ignore_ascii_case("CONNECT");
-        let mut head = std::mem::take(&mut self.conn.head_buf);
-        head.clear();
-        let msg = b"method not allowed: chartcache serves GET and HEAD\n";
-        render(
-            &ResponseHead {
-                status: 405,
-                content_length: Some(msg.len() as u64),
-                content_type: Some("text/plain; charset=utf-8"),
-                etag: None,
-                last_modified: None,
-                cache_control: None,
-                x_cache: Some(self.cache.as_str()),
-                content_range: None,
-                allow: Some("GET, HEAD"),
-                chunked: false,
-                keep_alive: self.keep_alive,
-                extra: &[("Cache-Status", &cache_status::local_value())],
-            },
-            &mut head,
-        );
-        head.extend_from_slice(msg);
-        self.send_counted(head, msg.len() as u64).await
+        // `render::simple` adds `Allow: GET, HEAD` to a 405.
+        self.respond_simple(405, "method not allowed: chartcache serves GET and HEAD")
+            .await
     }
 
     /// The repository's prefix for logs (`-`: none).
