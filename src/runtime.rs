@@ -105,6 +105,8 @@ pub enum Error {
 pub struct Server {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The driver its workers run (`auto` resolved).
+    pub driver: Driver,
     pub metrics: Metrics,
     pub cache: Arc<Cache>,
     shutdown: watch::Sender<bool>,
@@ -347,6 +349,7 @@ pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, E
     Ok(Server {
         addr,
         admin_addr,
+        driver,
         metrics,
         cache,
         shutdown: shutdown_tx,
@@ -754,7 +757,8 @@ async fn accept_loop(
                     }
                     continue;
                 }
-                monoio::spawn(conn::serve(w.clone(), stream, peer));
+                let slot = conn::Slot::take(w);
+                monoio::spawn(conn::serve(w.clone(), stream, peer, slot));
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning (the

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::proxy::{get, test_cli, Proxy, Response};
 use libtest_mimic::Failed;
 
-fn main() {
+pub fn main() {
     common::harness::run_needing(
         "a tmpfs mount",
         || {

@@ -24,7 +24,7 @@ use libtest_mimic::Failed;
 /// `helm_check.py`'s exit status for "the Helm client is not available".
 const EXIT_NOT_INSTALLED: i32 = 3;
 
-fn main() {
+pub fn main() {
     common::harness::run_needing(
         "the Helm client (helm-sdkpy)",
         helm_client_missing,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chartcache::origin::{Error, Method};
 use common::{read_all, run};
 
-fn main() {
+pub fn main() {
     common::harness::run_needing(
         "the openssl CLI",
         openssl_missing,

@@ -10,6 +10,21 @@ fn file(name: &str) -> Vec<u8> {
     std::fs::read(common::proxy::examples_repo().join(name)).unwrap()
 }
 
+/// Cargo.toml builds the server test files twice, `NAME` and `NAME_epoll`: this
+/// proves which driver each build's servers run on.
+#[test]
+fn runs_on_the_driver_its_test_binary_names() {
+    use chartcache::config::Driver;
+    let p = Proxy::examples();
+    let driver = p.server.as_ref().unwrap().driver;
+    match common::proxy::test_driver() {
+        Some(named) => assert_eq!(driver.name(), named),
+        // The default, auto: io_uring where this kernel and its seccomp filter allow it.
+        None => assert_eq!(driver, chartcache::driver::choose(Driver::Auto).driver),
+    }
+    assert_eq!(p.get("/hello-0.2.0.tgz").status, 200);
+}
+
 #[test]
 fn chart_is_filled_once_then_hit_by_every_worker() {
     let p = Proxy::examples();

@@ -30,7 +30,7 @@ const HEIGHT: u32 = 900;
 /// One browser run may take this long (a cold start on a loaded 2-core box takes seconds).
 const BROWSER_DEADLINE: Duration = Duration::from_secs(90);
 
-fn main() {
+pub fn main() {
     common::harness::run_needing(
         "headless Chromium",
         chromium_missing,

@@ -54,15 +54,37 @@ enum End {
     Linger,
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
+/// One client connection counted against `server.max_connections` (and in
+/// `chartcache_connections_open`) from the moment it is accepted until it ends,
+/// however it ends. Counted by the accept loop, not by the connection's task when
+/// it first runs: under epoll an accept finds a waiting connection without
+/// yielding, so a burst was accepted whole before any task ran, past the cap.
+pub struct Slot(WorkerRef);
+
+impl Slot {
+    pub fn take(w: &WorkerRef) -> Slot {
+        w.connections.set(w.connections.get() + 1);
+        w.metrics.connections_open.fetch_add(1, Relaxed);
+        Slot(w.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+        self.0.metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Serves one accepted connection until it closes; `slot` is its place under the
+/// connection cap, given back when this ends.
+pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+    let _slot = slot;
     let _ = stream.set_nodelay(true);
     if let Err(e) = w.socket_mode.on_accept(&stream) {
         tracing::warn!(worker = w.id, error = %e, "cannot make a client socket non-blocking; closing it");
         return;
     }
-    w.connections.set(w.connections.get() + 1);
-    w.metrics.connections_open.fetch_add(1, Relaxed);
     let mut conn = Conn {
         stream,
         peer: Some(peer),
@@ -74,8 +96,6 @@ pub async fn serve(w: WorkerRef, stream: TcpStream, peer: SocketAddr) {
     if serve_requests(&w, &mut conn).await == End::Linger && !conn.broken {
         linger(&w, &mut conn).await;
     }
-    w.connections.set(w.connections.get() - 1);
-    w.metrics.connections_open.fetch_sub(1, Relaxed);
 }
 
 async fn serve_requests(w: &WorkerRef, conn: &mut Conn) -> End {

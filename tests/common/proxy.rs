@@ -22,9 +22,19 @@ pub fn examples_repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo")
 }
 
-/// A CLI for tests: loopback, port 0, quiet, 2 workers.
+/// The io driver every server in this test binary runs on: `epoll` when the
+/// binary's name ends in `_epoll` (Cargo.toml builds each server test file twice,
+/// `NAME` and `NAME_epoll`, so the whole integration suite runs on both drivers),
+/// else `None` (the default, `auto`: io_uring, or epoll where it is blocked). A test
+/// that names a driver itself keeps it.
+pub fn test_driver() -> Option<&'static str> {
+    env!("CARGO_CRATE_NAME").ends_with("_epoll").then_some("epoll")
+}
+
+/// A CLI for tests: loopback, port 0, quiet, 2 workers, on [`test_driver`].
 pub fn test_cli(upstream: &str, cache_dir: &Path) -> Cli {
     let mut cli = Cli::default();
+    cli.runtime.driver = test_driver().map(String::from);
     cli.repo.upstream = Some(upstream.to_string());
     cli.server.listen = Some("127.0.0.1:0".into());
     cli.admin.admin = Some("127.0.0.1:0".into());
@@ -265,7 +275,7 @@ pub fn serve_args(upstream: &str, cache_dir: &Path, extra: &[&str]) -> Vec<Strin
 }
 
 /// [`serve_args`] for bucket `charts` of the test S3 server (path-style, its endpoint).
-pub fn s3_args(s3: &crate::common::S3Server, cache_dir: &Path, extra: &[&str]) -> Vec<String> {
+pub fn s3_args(s3: &super::S3Server, cache_dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = serve_args("s3://charts", cache_dir, &["--s3-endpoint", &s3.endpoint]);
     args.extend(extra.iter().map(|a| a.to_string()));
     args
@@ -318,6 +328,10 @@ impl Binary {
                 });
             }
         }
+        if let Some(driver) = test_driver() {
+            // Before the test's own environment, which may name another driver.
+            cmd.env("CHARTCACHE_DRIVER", driver);
+        }
         cmd.args(args)
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -366,6 +380,11 @@ impl Binary {
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
         let addr = v["listen"].as_str().unwrap().parse().unwrap();
         let admin = v["admin"].as_str().unwrap().parse().unwrap();
+        let named = args.iter().any(|a| a.starts_with("--driver"))
+            || envs.iter().any(|(k, _)| *k == "CHARTCACHE_DRIVER");
+        if let (Some(driver), false) = (test_driver(), named) {
+            assert_eq!(v["driver"].as_str(), Some(driver), "{line}");
+        }
         Binary {
             child,
             addr,
