@@ -6,7 +6,8 @@
 #                       [--helm-reps N] [--no-helm] [--no-nginx] [--bin BIN] [--profile P] [--keep]
 #
 # For each size (gen_bigrepo.py presets: 15k = 15,000 versions, 14.6 MB index.yaml; 50m =
-# 20,000 versions, 49 MB), on a fresh S3 server (examples/s3_server.rs, SigV4, as compare.sh)
+# 20,000 versions, 49 MB), on a fresh S3 server (examples/s3_server.rs, SigV4, as compare.sh;
+# every object's ETag recorded as an upload would, so it never hashes an object per request)
 # and a fresh chartcache (2 workers, defaults, empty cache):
 # 1. cold fill: the first `GET /index.yaml` (upstream GET + everything chartcache does to a
 #    new index), then three warm fetches (a revalidation answered 304 upstream + the send),
@@ -139,6 +140,9 @@ for size in "${SIZE_LIST[@]}"; do
     --json-dir json | tee "$OUT/generate-$size.txt" >&2
   mkdir -p "$d/s3/charts/yaml" && cp "$d/s3/charts/index.yaml" "$d/s3/charts/yaml/index.yaml"
   cp "$d/s3/bigrepo.json" "$OUT/bigrepo-$size.json"
+  # The ETags S3 would have stored at upload (republish.py: s3s-fs otherwise hashes the 49 MB
+  # index on every GET and HEAD, on the cores the server under test runs on).
+  python3 "$REPO/loadtest/republish.py" --record-etags "$d/s3"
 
   read -r S3_PORT CC_PORT CC_ADMIN <<<"$(free_ports 3)"
   "$BIN/examples/s3_server" --root "$d/s3" --listen "127.0.0.1:$S3_PORT" \

@@ -225,4 +225,16 @@ fn republish_changes_bytes_not_entries() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".republish"))
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    // The new ETag recorded where s3s-fs's PutObject keeps it (bucket "charts", key
+    // "index.yaml", unpadded URL-safe base64), so it does not hash the file per GET.
+    let info = dir
+        .0
+        .join("s3/.bucket-Y2hhcnRz.object-aW5kZXgueWFtbA.internal.json");
+    let info = String::from_utf8(read(&info)).expect("utf-8 info");
+    let md5 = std::process::Command::new("md5sum")
+        .arg(&index)
+        .output()
+        .expect("md5sum");
+    let md5 = String::from_utf8_lossy(&md5.stdout)[..32].to_string();
+    assert_eq!(info, format!("{{\"e_tag\": \"{md5}\"}}"));
 }
