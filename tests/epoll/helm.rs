@@ -1,6 +1,5 @@
-//! `tests/helm.rs` again, on the epoll driver (Cargo.toml: the integration suite runs on
-//! both drivers). A file of its own because a target with its own harness is declared
-//! explicitly, and two explicit targets on one file draw a Cargo warning.
+//! `tests/helm.rs` again, every server in it on the epoll driver (Cargo.toml: the
+//! integration suite runs on both drivers; `tests/common/proxy.rs`: `test_driver`).
 #[path = "../helm.rs"]
 mod suite;
 

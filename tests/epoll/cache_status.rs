@@ -1,0 +1,4 @@
+//! `tests/cache_status.rs` again, every server in it on the epoll driver (Cargo.toml: the
+//! integration suite runs on both drivers; `tests/common/proxy.rs`: `test_driver`).
+#[path = "../cache_status.rs"]
+mod suite;

@@ -1,0 +1,4 @@
+//! `tests/hardening.rs` again, every server in it on the epoll driver (Cargo.toml: the
+//! integration suite runs on both drivers; `tests/common/proxy.rs`: `test_driver`).
+#[path = "../hardening.rs"]
+mod suite;
