@@ -505,7 +505,10 @@ fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
                 .cache
                 .purge(PurgeTarget::Prefix(&scope.cache_key), timeout)
             {
-                Ok(n) => removed += n,
+                Ok(n) => {
+                    removed += n;
+                    state.repos.purged(scope.repo);
+                }
                 Err(e) => return purge_failed(&e, "a worker did not answer the purge\n"),
             }
         }
@@ -535,6 +538,7 @@ fn purge(state: &AdminState, path: &str, query: &str) -> Reply {
             format!("{{\"purged\":0,\"key\":{}}}\n", json_str(&key)),
         ),
         Ok(n) => {
+            state.repos.purged(scope.repo);
             tracing::info!(key = %key, "purged");
             Reply::json(
                 200,

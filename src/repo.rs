@@ -117,6 +117,15 @@ impl Repos {
         self.list.get(id)
     }
 
+    /// Something of repository `id` was purged: derived index forms an operator
+    /// purged are rebuilt on the next revalidation, not after an eviction backoff
+    /// (`helm::Rebuilds`).
+    pub fn purged(&self, id: usize) {
+        if let Some(repo) = self.get(id) {
+            *repo.helm.rebuilds.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
+        }
+    }
+
     /// The repository serving `path` (a validated object key such as
     /// `/stable/index.yaml`) and the object key inside it (`/index.yaml`; `/` for the
     /// repository's root). `None`: no configured prefix covers the path.

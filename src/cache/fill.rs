@@ -29,7 +29,9 @@
 //! and the stored forms are verified on the processor (never a full CRC of a big
 //! record on this worker); one stored by this process for the current version
 //! and gone since (evicted, purged, corrupt) is rebuilt from the stored index
-//! ([`helm::StoredForms`]).
+//! ([`helm::StoredForms`]) — again for the same version only after a growing wait
+//! ([`helm::Rebuilds`]: a cache too small for the forms must not reprocess the index
+//! on every revalidation).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -740,10 +742,19 @@ impl Filler<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if learned.is_some() && learned == etag {
-            // Learned already; again only if a derived form was evicted since.
-            if !etag.as_deref().is_some_and(|e| self.derived_form_gone(e)) {
-                return None;
-            }
+            // Learned already; again only if a derived form was evicted since, and
+            // not over and over (helm::Rebuilds).
+            let gone = etag.as_deref().filter(|e| self.derived_form_gone(e))?;
+            let next = self
+                .helm
+                .rebuilds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .allow(gone, Instant::now())?;
+            tracing::warn!(
+                next_rebuild_not_before = ?next,
+                "a derived form of the index (JSON, views or gzip) is gone from the cache: rebuilt from the stored index; if this repeats, the cache is too small for this index (raise cache_size)"
+            );
             self.helm
                 .learned
                 .lock()

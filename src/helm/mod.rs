@@ -185,6 +185,46 @@ pub struct HelmRepo {
     /// version's gzip forms are built (until then, no index version costs any
     /// compression; the first such client gets the identity form and starts it).
     pub gzip_wanted: std::sync::atomic::AtomicBool,
+    /// When the derived forms of the learned version may be rebuilt again.
+    pub rebuilds: std::sync::Mutex<Rebuilds>,
+}
+
+/// How often the derived forms of one index version are rebuilt after one of them
+/// was evicted (or purged, or dropped as corrupt): at once the first time, then no
+/// sooner than 10 s, 20 s, 40 s, … up to 10 min after the previous rebuild. A cache
+/// too small to keep them would otherwise have every revalidation of the index
+/// reprocess it and store tens of MB again, evicting charts to make room. A new
+/// index version starts over, and so does a purge in the repository (an operator's
+/// purge is answered at once). Meanwhile clients get the YAML (and views answer 503).
+#[derive(Debug, Default)]
+pub struct Rebuilds {
+    etag: Option<String>,
+    next: Option<std::time::Instant>,
+    wait: std::time::Duration,
+}
+
+impl Rebuilds {
+    pub const FIRST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// May the forms of version `etag` be rebuilt at `now`? If so, notes it and
+    /// returns how long the next rebuild of the same version must wait.
+    pub fn allow(&mut self, etag: &str, now: std::time::Instant) -> Option<std::time::Duration> {
+        if self.etag.as_deref() != Some(etag) {
+            *self = Rebuilds {
+                etag: Some(etag.to_string()),
+                next: None,
+                wait: Self::FIRST_WAIT,
+            };
+        }
+        if self.next.is_some_and(|next| now < next) {
+            return None;
+        }
+        let wait = self.wait;
+        self.next = Some(now + wait);
+        self.wait = (wait * 2).min(Self::MAX_WAIT);
+        Some(wait)
+    }
 }
 
 impl HelmRepo {
@@ -199,6 +239,7 @@ impl HelmRepo {
             slot: std::sync::atomic::AtomicUsize::new(0),
             stored: std::sync::Mutex::new(None),
             gzip_wanted: std::sync::atomic::AtomicBool::new(false),
+            rebuilds: Default::default(),
         })
     }
 
@@ -294,6 +335,27 @@ pub fn hex(d: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebuilds_back_off_per_version_and_start_over_for_a_new_one() {
+        use std::time::{Duration, Instant};
+        let mut r = Rebuilds::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(r.allow("\"v1\"", t0), Some(s(10)), "the first rebuild: at once");
+        assert_eq!(r.allow("\"v1\"", t0 + s(9)), None);
+        assert_eq!(r.allow("\"v1\"", t0 + s(10)), Some(s(20)));
+        assert_eq!(r.allow("\"v1\"", t0 + s(29)), None);
+        assert_eq!(r.allow("\"v1\"", t0 + s(30)), Some(s(40)));
+        let mut late = t0 + s(30);
+        for _ in 0..10 {
+            late += s(600);
+            assert!(r.allow("\"v1\"", late).is_some());
+        }
+        assert_eq!(r.allow("\"v1\"", late + s(600)), Some(Rebuilds::MAX_WAIT), "capped");
+        // A new version: at once again, and from the first wait.
+        assert_eq!(r.allow("\"v2\"", late + s(601)), Some(s(10)));
+    }
 
     #[test]
     fn digests_are_keyed_by_object_key_after_rewrite() {
