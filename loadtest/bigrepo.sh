@@ -235,8 +235,12 @@ PY
         $((refills1 - refills0)) "$(vm_kb "$CC_PID" VmRSS)" "$(vm_kb "$CC_PID" VmHWM)" >>"$phases_tsv"
     done
   done
-  # Back to the generated index (the republisher only changed `generated:`).
-  cp "$d/s3/charts/yaml/index.yaml" "$d/s3/charts/index.yaml"
+  # Back to the generated index (the republisher only changed `generated:`), atomically, and
+  # its ETag recorded again (else S3 keeps the last republish's ETag for these bytes, and
+  # chartcache's revalidation gets 304 and keeps serving the last republished bytes).
+  cp "$d/s3/charts/yaml/index.yaml" "$d/s3/.restore.tmp"
+  mv "$d/s3/.restore.tmp" "$d/s3/charts/index.yaml"
+  python3 "$REPO/loadtest/republish.py" --record-etags "$d/s3"
 
   # ---- 4. Helm ---------------------------------------------------------------------------------
   if [ "$WITH_HELM" = 1 ]; then

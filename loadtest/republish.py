@@ -42,7 +42,9 @@ def stop(_sig, _frame):
 def record_etag(root, path, data=None):
     """Records `path`'s ETag (the hex MD5 of its bytes, `data` when given) where s3s-fs keeps
     what PutObject learnt about an object: ROOT/.bucket-B.object-K.internal.json, B and K
-    unpadded URL-safe base64 of the bucket and the key. Written to a temp file and renamed."""
+    unpadded URL-safe base64 of the bucket and the key (`path` is ROOT/BUCKET/KEY; for the
+    republished INDEX, ROOT is its grandparent: INDEX sits at the top of its bucket). Written
+    to a temp file and renamed."""
     rel = os.path.relpath(path, root).split(os.sep)
     bucket, key = rel[0], "/".join(rel[1:])
     if data is None:

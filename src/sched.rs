@@ -18,7 +18,10 @@
 /// driver every few rounds never did until it finished — a 44 MB index stored in
 /// 1 MiB runs held every other connection of its worker for ~50 ms. The wake comes
 /// from a task spawned at the back of the queue instead, which queues this one at
-/// the back too, behind everything that was ready before it.
+/// the back too, behind everything that was ready before it. What runs meanwhile
+/// is what is ready and what the driver's non-blocking poll between rounds finds
+/// (socket and file completions); timers and wakes from other threads are taken in
+/// when the worker next parks, i.e. once nothing is ready — after the loop.
 pub async fn yield_now() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {

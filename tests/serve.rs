@@ -25,6 +25,42 @@ fn runs_on_the_driver_its_test_binary_names() {
     assert_eq!(p.get("/hello-0.2.0.tgz").status, 200);
 }
 
+/// Every integration test file has its epoll twin (`tests/epoll/NAME.rs`, built as
+/// `NAME_epoll`) except those that run no chartcache code on a monoio runtime.
+#[test]
+fn every_test_file_runs_on_both_drivers() {
+    const DRIVER_FREE: [&str; 5] = [
+        "credentials",         // the AWS credential chain, no runtime
+        "credentials_missing", // likewise
+        "credentials_profile", // likewise
+        "deploy",              // --help, the Dockerfile and manifests
+        "deploy_chart",        // the Helm chart, rendered
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let names = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".rs").map(String::from)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut expected: Vec<String> = names("tests")
+        .into_iter()
+        .filter(|n| !DRIVER_FREE.contains(&n.as_str()))
+        .collect();
+    expected.sort();
+    assert_eq!(names("tests/epoll"), expected, "tests/epoll/ twins");
+    for n in &expected {
+        let target = format!("name = \"{n}_epoll\"\npath = \"tests/epoll/{n}.rs\"");
+        assert!(cargo.contains(&target), "Cargo.toml has no [[test]] {n}_epoll");
+    }
+}
+
 #[test]
 fn chart_is_filled_once_then_hit_by_every_worker() {
     let p = Proxy::examples();

@@ -68,7 +68,7 @@ const MAX_UNSIZED_BODY: usize = 8 << 20;
 /// The largest `index.yaml` chartcache rewrites and stores.
 const MAX_INDEX: usize = 64 << 20;
 /// An index (and its JSON form) goes to the segment in writes of this size, with
-/// a yield after each: one run is ~0.1 ms of `pwrite` + CRC, so the worker's hits
+/// a yield after each (and is read from upstream with a yield per this many bytes): one run is ~0.1 ms of `pwrite` + CRC, so the worker's hits
 /// wait at most that between runs (bigrepo.sh, 49 MB index, refresh: 256 KiB runs
 /// had hits' p99.9 at 5.0 / 14.8 ms in two rounds, 1 MiB runs 5.9 / 22 ms).
 const INDEX_WRITE_RUN: usize = 256 << 10;
@@ -741,18 +741,22 @@ impl Filler<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if learned.is_some() && learned == etag {
-            // Learned already; again only if a derived form was evicted since, and
-            // not over and over (helm::Rebuilds).
-            let gone = etag.as_deref().filter(|e| self.derived_form_gone(e))?;
-            let next = self
-                .helm
-                .rebuilds
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .allow(gone, Instant::now())?;
+        // Learned already: again only if a derived form was evicted since.
+        let relearn = learned.is_some() && learned == etag;
+        if relearn && !etag.as_deref().is_some_and(|e| self.derived_form_gone(e)) {
+            return None;
+        }
+        // Not over and over (helm::Rebuilds): neither a rebuild whose forms the cache
+        // cannot keep, nor a stored index that fails to process after a restart.
+        let next = self
+            .helm
+            .rebuilds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(etag.as_deref().unwrap_or_default(), Instant::now())?;
+        if relearn {
             tracing::warn!(
-                next_rebuild_not_before = ?next,
+                next_rebuild_in = ?next,
                 "a derived form of the index (JSON, views or gzip) is gone from the cache: rebuilt from the stored index; if this repeats, the cache is too small for this index (raise cache_size)"
             );
             self.helm

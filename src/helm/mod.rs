@@ -191,7 +191,9 @@ pub struct HelmRepo {
 
 /// How often the derived forms of one index version are rebuilt after one of them
 /// was evicted (or purged, or dropped as corrupt): at once the first time, then no
-/// sooner than 10 s, 20 s, 40 s, … up to 10 min after the previous rebuild. A cache
+/// sooner than 10 s, 20 s, 40 s, … up to 10 min after the previous rebuild (back to
+/// 10 s after a quiet spell as long as the next wait). It also bounds a stored
+/// index that fails to process after a restart. A cache
 /// too small to keep them would otherwise have every revalidation of the index
 /// reprocess it and store tens of MB again, evicting charts to make room. A new
 /// index version starts over, and so does a purge in the repository (an operator's
@@ -217,8 +219,12 @@ impl Rebuilds {
                 wait: Self::FIRST_WAIT,
             };
         }
-        if self.next.is_some_and(|next| now < next) {
-            return None;
+        match self.next {
+            Some(next) if now < next => return None,
+            // Quiet for as long again as the next wait: back to the first one, so a
+            // rebuild now and then (days apart) never meets a long wait.
+            Some(next) if now >= next + self.wait => self.wait = Self::FIRST_WAIT,
+            _ => {}
         }
         let wait = self.wait;
         self.next = Some(now + wait);
@@ -347,13 +353,18 @@ mod tests {
         assert_eq!(r.allow("\"v1\"", t0 + s(10)), Some(s(20)));
         assert_eq!(r.allow("\"v1\"", t0 + s(29)), None);
         assert_eq!(r.allow("\"v1\"", t0 + s(30)), Some(s(40)));
-        let mut late = t0 + s(30);
-        for _ in 0..10 {
-            late += s(600);
-            assert!(r.allow("\"v1\"", late).is_some());
+        // Each rebuild as soon as allowed: the wait doubles up to its cap.
+        let (mut at, mut wait) = (t0 + s(30), s(40));
+        for expected in [80, 160, 320, 600, 600] {
+            at += wait;
+            wait = r.allow("\"v1\"", at).unwrap();
+            assert_eq!(wait, s(expected));
         }
-        assert_eq!(r.allow("\"v1\"", late + s(600)), Some(Rebuilds::MAX_WAIT), "capped");
-        // A new version: at once again, and from the first wait.
+        assert_eq!(wait, Rebuilds::MAX_WAIT);
+        assert_eq!(r.allow("\"v1\"", at + wait - s(1)), None);
+        // Quiet for as long again as the next wait: from the first wait again.
+        let late = at + wait + Rebuilds::MAX_WAIT;
+        assert_eq!(r.allow("\"v1\"", late), Some(s(10)), "decayed");
         assert_eq!(r.allow("\"v2\"", late + s(601)), Some(s(10)));
     }
 

@@ -316,15 +316,26 @@ pub fn refused_endpoint() -> String {
 /// Run a test body on a monoio runtime (io_uring, epoll fallback), bounded so a
 /// bug cannot hang the suite.
 pub fn run<F: std::future::Future<Output = ()>>(f: F) {
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    let bounded = async {
         monoio::time::timeout(Duration::from_secs(30), f)
             .await
             .expect("test timed out");
-    });
+    };
+    // The epoll builds (tests/common/proxy.rs: test_driver) run the code under test on
+    // epoll here too, as the workers do under a container's default seccomp profile.
+    if proxy::test_driver() == Some("epoll") {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(bounded);
+    } else {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(bounded);
+    }
 }
 
 /// An origin response body, read to its end.
