@@ -57,7 +57,10 @@ fn every_test_file_runs_on_both_drivers() {
     assert_eq!(names("tests/epoll"), expected, "tests/epoll/ twins");
     for n in &expected {
         let target = format!("name = \"{n}_epoll\"\npath = \"tests/epoll/{n}.rs\"");
-        assert!(cargo.contains(&target), "Cargo.toml has no [[test]] {n}_epoll");
+        assert!(
+            cargo.contains(&target),
+            "Cargo.toml has no [[test]] {n}_epoll"
+        );
     }
 }
 

@@ -68,9 +68,10 @@ const MAX_UNSIZED_BODY: usize = 8 << 20;
 /// The largest `index.yaml` chartcache rewrites and stores.
 const MAX_INDEX: usize = 64 << 20;
 /// An index (and its JSON form) goes to the segment in writes of this size, with
-/// a yield after each (and is read from upstream with a yield per this many bytes): one run is ~0.1 ms of `pwrite` + CRC, so the worker's hits
-/// wait at most that between runs (bigrepo.sh, 49 MB index, refresh: 256 KiB runs
-/// had hits' p99.9 at 5.0 / 14.8 ms in two rounds, 1 MiB runs 5.9 / 22 ms).
+/// a yield after each (and is read from upstream with a yield per this many bytes):
+/// one run is ~0.1 ms of `pwrite` + CRC, so the worker's hits wait at most that
+/// between runs (bigrepo.sh, 49 MB index, refresh: 256 KiB runs had hits' p99.9 at
+/// 5.0 / 14.8 ms in two rounds, 1 MiB runs 5.9 / 22 ms).
 const INDEX_WRITE_RUN: usize = 256 << 10;
 /// The index processor's answer is awaited this long at most (it needs well under
 /// a second for a 64 MiB index; longer means it is stuck).
@@ -632,7 +633,9 @@ impl Filler<'_> {
                 } else {
                     // The last references to tens of MB: unmapping them held this
                     // worker ~20 ms at 49 MB (the processor frees them instead).
-                    self.helm.processor.dispose((yaml, json, views.map(|v| v.body)));
+                    self.helm
+                        .processor
+                        .dispose((yaml, json, views.map(|v| v.body)));
                 }
             }
             Err(e) => {

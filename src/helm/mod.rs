@@ -348,7 +348,11 @@ mod tests {
         let mut r = Rebuilds::default();
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        assert_eq!(r.allow("\"v1\"", t0), Some(s(10)), "the first rebuild: at once");
+        assert_eq!(
+            r.allow("\"v1\"", t0),
+            Some(s(10)),
+            "the first rebuild: at once"
+        );
         assert_eq!(r.allow("\"v1\"", t0 + s(9)), None);
         assert_eq!(r.allow("\"v1\"", t0 + s(10)), Some(s(20)));
         assert_eq!(r.allow("\"v1\"", t0 + s(29)), None);

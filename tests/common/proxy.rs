@@ -28,7 +28,9 @@ pub fn examples_repo() -> PathBuf {
 /// else `None` (the default, `auto`: io_uring, or epoll where it is blocked). A test
 /// that names a driver itself keeps it.
 pub fn test_driver() -> Option<&'static str> {
-    env!("CARGO_CRATE_NAME").ends_with("_epoll").then_some("epoll")
+    env!("CARGO_CRATE_NAME")
+        .ends_with("_epoll")
+        .then_some("epoll")
 }
 
 /// A CLI for tests: loopback, port 0, quiet, 2 workers, on [`test_driver`].
