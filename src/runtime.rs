@@ -244,6 +244,16 @@ pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, E
              repository, or an older chartcache's cache format)"
         );
     }
+    // Each repository's stored index is checked in full (its body's CRC) on its index
+    // thread now, not by the worker that serves it first (~5 ms for 49 MB; a success
+    // is cached in the index entry the workers share, a failure left to them).
+    for repo in repos.iter() {
+        if let Some(hit) = cache.lookup_unverified(&repo.keys.index) {
+            repo.helm.processor.run(move || {
+                hit.verify();
+            });
+        }
+    }
     let listeners = bind_reuseport(cfg.server.listen, n, driver)?;
     let addr = listeners[0].local_addr().map_err(|source| Error::Bind {
         addr: cfg.server.listen,

@@ -269,6 +269,12 @@ impl Cache {
         Lookup::Filling(FillWait::new(&inflight, existing, self.patience))
     }
 
+    /// The stored record of `key`, not verified: for checking it off the workers
+    /// ([`Hit::verify`] caches a success in the index entry every worker shares).
+    pub fn lookup_unverified(&self, key: &str) -> Option<Hit> {
+        self.reader_for(key).lookup(key)
+    }
+
     /// A record stored beside `owner_key` on that key's owner shard (a form derived
     /// from it, such as the index's JSON form, whose key no request can name) whose
     /// ETag is `etag`: verified, or `None` (a corrupt one is dropped). The ETag is

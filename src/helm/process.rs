@@ -192,6 +192,8 @@ enum Request {
     },
     /// Something to free here rather than on a worker.
     Drop(#[allow(dead_code)] Box<dyn Send>),
+    /// Bulk work with no answer (see [`IndexProcessor::run`]).
+    Run(Box<dyn FnOnce() + Send>),
 }
 
 /// A body to process: in memory, or read by the processor itself (a stored
@@ -251,6 +253,13 @@ impl IndexProcessor {
     pub fn dispose<T: Send + 'static>(&self, value: T) {
         let _ = self.tx.try_send(Request::Drop(Box::new(value)));
     }
+
+    /// Runs `work` on the processor thread, after the jobs queued before it (a full
+    /// check of a stored index at startup: tens of MB of CRC are not a worker's job).
+    /// Not run if the queue is full: the work must be an optimisation only.
+    pub fn run(&self, work: impl FnOnce() + Send + 'static) {
+        let _ = self.tx.try_send(Request::Run(Box::new(work)));
+    }
 }
 
 /// One compression job, on the processor.
@@ -285,6 +294,12 @@ fn run(rx: Receiver<Request>, rewrite: Rules) {
                 continue;
             }
             Request::Drop(_) => continue, // dropped by now
+            Request::Run(work) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+                    tracing::error!("index processor work panicked");
+                }
+                continue;
+            }
         };
         if reply.is_closed() {
             continue; // the worker gave up waiting
@@ -368,6 +383,27 @@ mod tests {
             assert!(p.json.is_err(), "{body:?}");
             assert_eq!(&p.yaml[..], body);
         }
+    }
+
+    #[test]
+    fn run_does_the_work_on_the_processor_thread() {
+        let proc = IndexProcessor::start(Rules::default()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        proc.run(move || {
+            let _ = tx.send(std::thread::current().name().map(String::from));
+        });
+        // A panicking job is contained: the thread keeps serving.
+        proc.run(|| panic!("bulk work panicked"));
+        let (tx2, rx2) = std::sync::mpsc::channel();
+        proc.run(move || {
+            let _ = tx2.send(());
+        });
+        let wait = std::time::Duration::from_secs(10);
+        assert_eq!(
+            rx.recv_timeout(wait).unwrap().as_deref(),
+            Some("chartcache-index")
+        );
+        rx2.recv_timeout(wait).unwrap();
     }
 
     #[test]
