@@ -43,6 +43,7 @@ use crate::cache::{Cache, PurgeError, PurgeTarget};
 use crate::http1::path::object_key;
 use crate::metrics::{LogEvery, Metrics};
 use crate::repo::Repos;
+use crate::server::send_path::{SendPath, SendPathMetrics};
 
 /// Admin connections served at once (one thread each).
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
@@ -70,6 +71,8 @@ pub struct AdminState {
     pub started: Instant,
     /// The configured cache size in bytes.
     pub cache_size: u64,
+    /// How large cached bodies go out now (`chartcache_send_path`).
+    pub send_path: Arc<SendPath>,
 }
 
 /// `chartcache_credentials_expiry_seconds{repo}` (seconds until the signing
@@ -365,7 +368,10 @@ fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> 
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: state
                 .metrics
-                .render_with(Some(Box::new(state.credential_metrics()))),
+                .render_with(vec![
+                    Box::new(state.credential_metrics()),
+                    Box::new(SendPathMetrics(state.send_path.clone())),
+                ]),
         },
         ("GET" | "HEAD", "/") => Reply::html(status_page(state)),
         ("DELETE", p) if p == "/cache" || p.starts_with("/cache/") => {
