@@ -43,7 +43,6 @@ use crate::cache::{Cache, PurgeError, PurgeTarget};
 use crate::http1::path::object_key;
 use crate::metrics::{LogEvery, Metrics};
 use crate::repo::Repos;
-use crate::server::send_path::{SendPath, SendPathMetrics};
 
 /// Admin connections served at once (one thread each).
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
@@ -71,8 +70,6 @@ pub struct AdminState {
     pub started: Instant,
     /// The configured cache size in bytes.
     pub cache_size: u64,
-    /// How large cached bodies go out now (`chartcache_send_path`).
-    pub send_path: Arc<SendPath>,
 }
 
 /// `chartcache_credentials_expiry_seconds{repo}` (seconds until the signing
@@ -368,10 +365,7 @@ fn route(state: &AdminState, method: &str, target: &str, auth: Option<&str>) -> 
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: state
                 .metrics
-                .render_with(vec![
-                    Box::new(state.credential_metrics()),
-                    Box::new(SendPathMetrics(state.send_path.clone())),
-                ]),
+                .render_with(Some(Box::new(state.credential_metrics()))),
         },
         ("GET" | "HEAD", "/") => Reply::html(status_page(state)),
         ("DELETE", p) if p == "/cache" || p.starts_with("/cache/") => {

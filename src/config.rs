@@ -177,17 +177,6 @@ section! {
         /// that read in small pieces (README, Performance).
         #[arg(long, env = "CHARTCACHE_SENDFILE_THRESHOLD", value_name = "SIZE")]
         sendfile_threshold: Option<String> = Some(DEFAULT_SENDFILE_THRESHOLD.to_string()),
-
-        /// Always use sendfile(2) for bodies at or above --sendfile-threshold. By default,
-        /// while the server is busy, it measures now and then whether copying them serves
-        /// the clients more responses per second (clients on the same host bound by their
-        /// own CPU) and copies them while it does (chartcache_send_path).
-        #[arg(long, env = "CHARTCACHE_NO_ADAPTIVE_SENDFILE", value_parser = BoolishValueParser::new())]
-        #[serde(skip)]
-        no_adaptive_sendfile: bool,
-        /// The file's spelling of `--no-adaptive-sendfile`: `adaptive_sendfile = false`.
-        #[arg(skip)]
-        adaptive_sendfile: Option<bool> = Some(true),
     }
 }
 
@@ -524,9 +513,6 @@ pub struct ServerConfig {
     /// Stored bodies of at least this many bytes are sent with `sendfile(2)`,
     /// smaller ones with writev from the mmap; `None`: never.
     pub sendfile_threshold: Option<u64>,
-    /// Bodies at or above the threshold may be copied instead while a probe
-    /// finds that serves more (`server::send_path`).
-    pub adaptive_sendfile: bool,
 }
 
 /// Cache settings.
@@ -647,10 +633,6 @@ impl Config {
         t.insert(
             "sendfile_threshold".into(),
             s(sv.sendfile_threshold.map_or("off".into(), show_size)),
-        );
-        t.insert(
-            "adaptive_sendfile".into(),
-            Value::Boolean(sv.adaptive_sendfile),
         );
         t.insert("admin".into(), s(self.admin.listen));
         t.insert(
@@ -1085,7 +1067,6 @@ impl ServerArgs {
                 max_connections_set,
                 limits: Limits::default(),
                 sendfile_threshold: sendfile_threshold?,
-                adaptive_sendfile: switch(self.no_adaptive_sendfile, self.adaptive_sendfile),
             })
         })
     }
@@ -1911,12 +1892,7 @@ mod tests {
         }
 
         // The switches: `--no-x` / CHARTCACHE_NO_X=true beat the file's `x = true`.
-        for key in [
-            "access_log",
-            "rewrite_s3_urls",
-            "verify_digests",
-            "adaptive_sendfile",
-        ] {
+        for key in ["access_log", "rewrite_s3_urls", "verify_digests"] {
             let env = &format!("CHARTCACHE_NO_{}", key.to_uppercase());
             let off = load(&[], None, &format!("{key} = false"));
             let on = format!("{key} = true");
@@ -1970,8 +1946,6 @@ mod tests {
             send_timeout: Some("0s".into()),
             max_connections: Some(0),
             sendfile_threshold: Some("sometimes".into()),
-            no_adaptive_sendfile: false,
-            adaptive_sendfile: None,
         };
         assert_eq!(
             fields(server.or_defaults().validate().unwrap_err()),

@@ -51,9 +51,6 @@ pub const CACHE_DISK_FULL: &str = "chartcache_cache_disk_full";
 pub const CACHE_SPOOLED: &str = "chartcache_cache_spooled";
 pub const CACHE_SPOOL_BYTES: &str = "chartcache_cache_spool_bytes";
 pub const SEND_TIMEOUTS: &str = "chartcache_client_send_timeouts";
-/// Rendered by [`crate::server::send_path`], which owns the choice.
-pub const SEND_PATH: &str = "chartcache_send_path";
-pub const SEND_PATH_PROBES: &str = "chartcache_send_path_probes";
 pub const ACCEPT_ERRORS: &str = "chartcache_accept_errors";
 pub const INDEX_PROCESSED: &str = "chartcache_index_versions_processed";
 pub const INDEX_PROCESSING: &str = "chartcache_index_processing";
@@ -506,11 +503,6 @@ impl Metrics {
         self.workers.iter().map(|w| f(w)).sum()
     }
 
-    /// Client requests answered so far (every cache result and status).
-    pub fn responses(&self) -> u64 {
-        self.sum(|w| w.requests.iter().flatten().map(|a| a.load(Relaxed)).sum())
-    }
-
     /// Total upstream requests (all outcomes), e.g. for tests and the load test.
     pub fn upstream_total(&self) -> u64 {
         self.sum(|w| w.upstream.iter().map(|a| a.load(Relaxed)).sum())
@@ -518,15 +510,15 @@ impl Metrics {
 
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
-        self.render_with(Vec::new())
+        self.render_with(None)
     }
 
     /// [`Self::render`] with the families of `extra` too (what the admin listener
-    /// holds: credentials, the send path).
-    pub fn render_with(&self, extra: Vec<Box<dyn Collector>>) -> String {
+    /// holds: credentials).
+    pub fn render_with(&self, extra: Option<Box<dyn Collector>>) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self.clone()));
-        for extra in extra {
+        if let Some(extra) = extra {
             registry.register_collector(extra);
         }
         let mut out = String::new();

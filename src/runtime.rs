@@ -53,7 +53,6 @@ use crate::origin::credentials::CredentialsCell;
 use crate::origin::{self, Upstream};
 use crate::repo::{CountedOrigin, Repos};
 use crate::server::send::SocketMode;
-use crate::server::send_path::{self, SendPath};
 use crate::server::{conn, Worker, WorkerRef};
 
 /// How long in-flight responses may take to finish at shutdown.
@@ -110,8 +109,6 @@ pub struct Server {
     pub driver: Driver,
     pub metrics: Metrics,
     pub cache: Arc<Cache>,
-    /// How large cached bodies go out now (`server::send_path`).
-    pub send_path: Arc<SendPath>,
     shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
@@ -281,7 +278,6 @@ pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, E
             what: "cannot start the access-log thread",
             source,
         })?;
-    let send_path = SendPath::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -297,7 +293,6 @@ pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, E
             shard,
             cache: cache.clone(),
             metrics: metrics.clone(),
-            send_path: send_path.clone(),
             log_sink: cfg.access_log.then(|| log_writer.sink()),
             repos: repos.clone(),
             creds: repo_creds.clone(),
@@ -343,7 +338,6 @@ pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, E
             credentials: repo_creds,
             started,
             cache_size: cfg.cache.size,
-            send_path: send_path.clone(),
         },
     );
     tracing::info!(
@@ -368,7 +362,6 @@ pub fn start(mut cfg: Config, creds: impl Into<Credentials>) -> Result<Server, E
         driver,
         metrics,
         cache,
-        send_path,
         shutdown: shutdown_tx,
         draining,
         workers,
@@ -591,7 +584,6 @@ struct WorkerStart {
     shard: ShardParts,
     cache: Arc<Cache>,
     metrics: Metrics,
-    send_path: Arc<SendPath>,
     log_sink: Option<access_log::Sink>,
     repos: Arc<Repos>,
     /// Per repository, in order.
@@ -722,13 +714,8 @@ async fn worker_main(ctx: WorkerStart, socket_mode: SocketMode) {
         connections: std::cell::Cell::new(0),
         stop: Default::default(),
         socket_mode,
-        send_path: ctx.send_path.clone(),
     });
     monoio::spawn(housekeeping(w.clone()));
-    let server = &ctx.cfg.server;
-    if ctx.id == 0 && server.adaptive_sendfile && server.sendfile_threshold.is_some() {
-        monoio::spawn(send_path::run(ctx.send_path, ctx.metrics.clone()));
-    }
     ctx.ready.fetch_add(1, Ordering::SeqCst);
     let _ = ctx.startup.send(Ok(()));
     drop(ctx.startup);

@@ -1,9 +1,7 @@
 //! The `sendfile(2)` hit path (`--sendfile-threshold 0`: every stored body),
 //! under both drivers: exact bytes for 200 and 206, keep-alive after a
 //! sendfile response, and a body far larger than the socket buffers read by a
-//! slow client, so the server's sends are partial and hit `EAGAIN`. The
-//! adaptive choice (`server::send_path`) switching a connection's responses
-//! between `sendfile` and the copy, each exact.
+//! slow client, so the server's sends are partial and hit `EAGAIN`.
 
 mod common;
 
@@ -187,30 +185,4 @@ fn threshold_splits_paths_and_both_are_exact() {
         let r = exchange(&mut s, "/hello-0.2.0.tgz", Some("bytes=10-99"), false);
         assert_eq!(r.body, &want[10..100]);
     }
-}
-
-#[test]
-fn the_adaptive_choice_switches_paths_and_both_are_exact() {
-    use chartcache::server::send_path::Path as SendPath;
-    // 200 bytes: whole example charts take the large-body path, where the shared
-    // choice decides `sendfile` or the copy per response; ranges stay below it.
-    let repo = examples_repo();
-    let p = proxy(&repo, None, "200");
-    let want = std::fs::read(repo.join("hello-0.2.0.tgz")).unwrap();
-    let shared = p.server.as_ref().unwrap().send_path.clone();
-    assert_eq!(shared.current(), SendPath::Sendfile, "sendfile until a probe says otherwise");
-    let mut s = connect(p.addr);
-    for path in [SendPath::Copy, SendPath::Sendfile, SendPath::Copy] {
-        shared.set(path);
-        let gauge = format!("chartcache_send_path{{path=\"{}\"}} 1", path.name());
-        assert!(p.metrics().contains(&gauge), "{gauge}:\n{}", p.metrics());
-        for _ in 0..3 {
-            assert_eq!(exchange(&mut s, "/hello-0.2.0.tgz", None, false).body, want);
-            let r = exchange(&mut s, "/hello-0.2.0.tgz", Some("bytes=100-"), false);
-            assert_eq!(r.body, &want[100..]);
-        }
-    }
-    // A test client is never busy enough for a probe: the choice stays as set.
-    std::thread::sleep(2 * chartcache::server::send_path::EPOCH);
-    assert_eq!(shared.current(), SendPath::Copy);
 }

@@ -821,8 +821,7 @@ impl<'a> Exchange<'a> {
                 .await;
         }
         let at = s.body_offset + start as usize;
-        let sendfile =
-            self.w.cfg.server.sendfile_threshold.is_some_and(|t| n >= t) && self.w.send_path.sendfile();
+        let sendfile = self.w.cfg.server.sendfile_threshold.is_some_and(|t| n >= t);
         let timeout = self.w.cfg.server.send_timeout;
         let (res, head) = if sendfile {
             let stream = &mut self.conn.stream;

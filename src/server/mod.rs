@@ -6,8 +6,6 @@
 //! - [`handler`]: one request: policy → cache → origin → response.
 //! - [`send`]: response bytes on the wire; cached bodies straight from mmap;
 //!   every send bounded by `send_timeout` without progress.
-//! - [`send_path`]: whether large cached bodies go by `sendfile` or are copied,
-//!   chosen process-wide by measured throughput.
 //!
 //! A [`Worker`] is everything one worker thread's tasks share. It lives in an
 //! `Rc` on that thread; only the [`Cache`] facade and the metrics cross threads.
@@ -15,7 +13,6 @@
 pub mod conn;
 pub mod handler;
 pub mod send;
-pub mod send_path;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -53,8 +50,6 @@ pub struct Worker {
     /// How client sockets are made non-blocking for `sendfile` (set by the
     /// driver the worker runs on).
     pub socket_mode: send::SocketMode,
-    /// Whether large cached bodies go by `sendfile` or are copied now (process-wide).
-    pub send_path: Arc<send_path::SendPath>,
 }
 
 /// A one-shot, thread-local signal: `fire()` once, `fired().await` anywhere
