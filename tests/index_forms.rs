@@ -5,7 +5,9 @@
 //!   reads it (YAML 1.1 typing, anchors, block strings, fields Helm ignores);
 //! - `index_format = yaml` turns the JSON form off;
 //! - while a big (~20 MB) index is processed, a cache hit on the same (only)
-//!   worker is answered.
+//!   worker is answered;
+//! - derived forms purged, corrupt after a restart, or evicted are rebuilt from the
+//!   stored index — evicted again and again, with a backoff.
 
 mod common;
 
@@ -575,4 +577,113 @@ fn gzip_forms_are_built_once_a_client_asks() {
     settled(&p);
     // Both versions' forms, one in each slot.
     assert_eq!(purge_prefix(&p, "/index.yaml\u{1}yaml.gz"), 2);
+}
+
+/// A cache too small to keep the derived forms does not rebuild them on every
+/// revalidation (`helm::Rebuilds`). They are evicted while the YAML stays when the
+/// YAML is served fresh (`fresh_for`) and so looked up without a revalidation; the
+/// next revalidation finds them gone. Evicted once, they are rebuilt at once; evicted
+/// again, the next rebuild waits 10 s, and meanwhile Helm gets the YAML (whole, with
+/// its own ETag) and the views answer 503; after the wait they are back.
+#[test]
+fn evicted_derived_forms_are_rebuilt_with_a_backoff() {
+    const PROCESSED: &str = "chartcache_index_versions_processed_total";
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(3);
+    let s3 = spawn_s3(AK, SK);
+    s3.put_object("charts", "stable/index.yaml", index().as_bytes());
+    // 20 charts of 1 MB: one pass is ~2.4 laps of an 8 MiB cache, so a form looked
+    // up once since it was written (kept by the second chance for one lap) goes too.
+    let charts: Vec<String> = (0..20).map(|i| format!("/filler-{i}.tgz")).collect();
+    for (i, c) in charts.iter().enumerate() {
+        let body: Vec<u8> = (0..1_000_000u32).map(|b| (b ^ i as u32) as u8).collect();
+        s3.put_object("charts", &format!("stable{c}"), &body);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nmatch = { exact = \"/index.yaml\" }\naction = \"revalidate\"\nfresh_for = \"3s\"\n",
+    )
+    .unwrap();
+    let mut cli = test_cli("s3://charts/stable", &tmp.path().join("cache"));
+    cli.repo.s3_endpoint = Some(s3.endpoint.clone());
+    cli.runtime.workers = Some(1);
+    cli.cache.cache_size = Some("8MiB".into());
+    cli.config = Some(rules);
+    let p = Proxy::start_in(cli, Some(tmp));
+
+    let js = p.get_with("/index.yaml", &[HELM]);
+    assert_eq!(js.header("content-type"), Some("application/json"));
+    let yaml = p.get_with("/index.yaml", &[CURL]);
+    assert_eq!(yaml.x_cache(), "HIT", "fresh: no revalidation");
+    assert_eq!(p.get_with("/-/charts/app/index.yaml", &[HELM]).status, 200);
+    assert_eq!(p.metric(PROCESSED), 1);
+    // One pass over the charts with the fresh YAML looked up in between (so it is
+    // kept), then a revalidation once it is no longer fresh.
+    let lap_then_revalidate = |p: &Proxy| -> common::proxy::Response {
+        let started = std::time::Instant::now();
+        for c in &charts {
+            assert_eq!(p.get(c).status, 200, "{c}");
+            let r = p.get_with("/index.yaml", &[CURL]);
+            assert_eq!((r.status, &r.body), (200, &yaml.body));
+        }
+        assert!(
+            started.elapsed() < FRESH,
+            "the pass outlasted fresh_for: {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(
+            FRESH.saturating_sub(started.elapsed()) + std::time::Duration::from_millis(300),
+        );
+        let r = p.get_with("/index.yaml", &[HELM]);
+        assert_eq!((r.status, r.x_cache()), (200, "REVALIDATED"));
+        r
+    };
+    let rebuilt_at = std::time::Instant::now();
+    let r = lap_then_revalidate(&p);
+    assert!(
+        p.metric("chartcache_cache_evictions_total") > 0,
+        "the cache went round"
+    );
+    // Rebuilt at once, before that answer.
+    assert_eq!(p.metric(PROCESSED), 2, "rebuilt once");
+    assert_eq!(
+        (r.body.clone(), r.header("etag")),
+        (js.body.clone(), js.header("etag"))
+    );
+
+    // Evicted again within 10 s: not rebuilt; Helm gets the YAML meanwhile.
+    let r = lap_then_revalidate(&p);
+    assert!(
+        rebuilt_at.elapsed() < std::time::Duration::from_secs(9),
+        "too slow to see the wait"
+    );
+    assert_ne!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        (r.body.clone(), r.header("etag")),
+        (yaml.body.clone(), yaml.header("etag"))
+    );
+    assert_eq!(p.get_with("/-/charts/app/index.yaml", &[HELM]).status, 503);
+    assert_eq!(p.metric(PROCESSED), 2, "no rebuild inside the wait");
+
+    // After the wait, the next revalidation rebuilds them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = p.get_with("/index.yaml", &[HELM]);
+        if r.header("content-type") == Some("application/json") {
+            assert_eq!(
+                (r.body.clone(), r.header("etag")),
+                (js.body.clone(), js.header("etag"))
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rebuild after the wait"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(rebuilt_at.elapsed() >= std::time::Duration::from_secs(10));
+    assert_eq!(p.metric(PROCESSED), 3);
+    assert_eq!(p.get_with("/-/charts/app/index.yaml", &[HELM]).status, 200);
 }
