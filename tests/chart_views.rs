@@ -152,15 +152,13 @@ fn no_views_when_the_index_route_bypasses_the_cache() {
     s3.create_bucket("charts");
     s3.put_object("charts", "stable/index.yaml", index(&["1.0.0"]).as_bytes());
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules,
-        "[[rules]]\nmatch = { exact = \"/index.yaml\" }\naction = \"bypass\"\n",
-    )
-    .unwrap();
     let mut cli = test_cli("s3://charts/stable", &dir.path().join("cache"));
     cli.repo.s3_endpoint = Some(s3.endpoint.clone());
-    cli.config = Some(rules);
+    common::proxy::config_file(
+        &mut cli,
+        dir.path(),
+        "[[rules]]\nmatch = { exact = \"/index.yaml\" }\naction = \"bypass\"\n",
+    );
     let p = Proxy::start_in(cli, None);
     assert_eq!(p.get("/index.yaml").x_cache(), "BYPASS");
     let view = p.get_with("/-/charts/app/index.yaml", &[HELM]);

@@ -601,17 +601,15 @@ fn evicted_derived_forms_are_rebuilt_with_a_backoff() {
         s3.put_object("charts", &format!("stable{c}"), &body);
     }
     let tmp = tempfile::tempdir().unwrap();
-    let rules = tmp.path().join("rules.toml");
-    std::fs::write(
-        &rules,
-        "[[rules]]\nmatch = { exact = \"/index.yaml\" }\naction = \"revalidate\"\nfresh_for = \"6s\"\n",
-    )
-    .unwrap();
     let mut cli = test_cli("s3://charts/stable", &tmp.path().join("cache"));
     cli.repo.s3_endpoint = Some(s3.endpoint.clone());
     cli.runtime.workers = Some(1);
     cli.cache.cache_size = Some("8MiB".into());
-    cli.config = Some(rules);
+    common::proxy::config_file(
+        &mut cli,
+        tmp.path(),
+        "[[rules]]\nmatch = { exact = \"/index.yaml\" }\naction = \"revalidate\"\nfresh_for = \"6s\"\n",
+    );
     let p = Proxy::start_in(cli, Some(tmp));
 
     let js = p.get_with("/index.yaml", &[HELM]);

@@ -33,6 +33,14 @@ pub fn test_driver() -> Option<&'static str> {
         .then_some("epoll")
 }
 
+/// Writes `toml` as the configuration file `chartcache.toml` in `dir` (flags and
+/// `[[rules]]`, as an operator's file) and points `cli` at it.
+pub fn config_file(cli: &mut Cli, dir: &Path, toml: &str) {
+    let path = dir.join("chartcache.toml");
+    std::fs::write(&path, toml).unwrap();
+    cli.config = Some(path);
+}
+
 /// A CLI for tests: loopback, port 0, quiet, 2 workers, on [`test_driver`].
 pub fn test_cli(upstream: &str, cache_dir: &Path) -> Cli {
     let mut cli = Cli::default();
