@@ -149,8 +149,10 @@ fn truncated_under_verified_records(driver: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let mut c = cli(up.path(), &cache);
-    // `None`: this build's driver (tests/common/proxy.rs: test_driver).
-    c.runtime.driver = driver.or(common::proxy::test_driver()).map(str::to_string);
+    // `None`: this build's driver, as `test_cli` set it.
+    if let Some(driver) = driver {
+        c.runtime.driver = Some(driver.to_string());
+    }
     let p = Proxy::start(c);
     for o in &objs {
         assert_eq!(get_ok(&p, o).x_cache(), "MISS");

@@ -24,8 +24,10 @@ fn proxy(upstream: &Path, driver: Option<&str>, threshold: &str) -> Proxy {
     );
     cli.cache.cache_size = Some("256MiB".into());
     cli.server.sendfile_threshold = Some(threshold.into());
-    // `None`: this build's driver (tests/common/proxy.rs: test_driver).
-    cli.runtime.driver = driver.or(common::proxy::test_driver()).map(str::to_string);
+    // `None`: this build's driver, as `test_cli` set it.
+    if let Some(driver) = driver {
+        cli.runtime.driver = Some(driver.to_string());
+    }
     Proxy::start_in(cli, Some(tmp))
 }
 
